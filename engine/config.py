@@ -1,0 +1,256 @@
+"""Engine configuration: pydantic models loaded from YAML, with a discriminated union per backend kind.
+
+A config file selects, per agent, which chat backend answers it (`fake`, `replay`, `openai` for any
+OpenAI-compatible server such as vLLM, `local` for transformers models on this machine) and which
+grounder/segmenter builds masks (`fake`, `grounding_dino`, `sam2`). Profiles `offline`, `local` and
+`server` are the three starting points. Secrets never live here: an API key is read from the
+environment variable named by `api_key_env`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from engine.errors import ConfigError
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+# ---------------------------------------------------------------- chat backends
+
+
+class FakeChatConfig(_Strict):
+    """Deterministic, schema-valid replies derived from the request (no model at all)."""
+
+    kind: Literal["fake"] = "fake"
+    model: str = "fake-chat"
+    latency_s: float = 0.0
+    # Probability in [0, 1] that a reviewer judge reply disagrees on purpose (quality tests).
+    disagree_rate: float = 0.0
+    seed: int = 0
+
+
+class ReplayChatConfig(_Strict):
+    """Answers from a cassette of recorded requests; records through `inner` when `mode` is `record`."""
+
+    kind: Literal["replay"] = "replay"
+    cassette: str
+    mode: Literal["strict", "record", "fallthrough"] = "strict"
+    inner: ChatBackendConfig | None = None
+
+
+class OpenAIChatConfig(_Strict):
+    """Any OpenAI-compatible chat-completions server: vLLM (`vllm serve MODEL`) or the OpenAI API."""
+
+    kind: Literal["openai"] = "openai"
+    base_url: str = "http://127.0.0.1:8000/v1"
+    model: str
+    api_key_env: str = "OPENAI_API_KEY"
+    max_in_flight: int = 32
+    timeout_s: float = 120.0
+    max_retries: int = 6
+    backoff_base_s: float = 0.5
+    backoff_max_s: float = 30.0
+    temperature: float = 0.2
+    max_tokens: int = 1024
+    structured_output: Literal["json_schema", "json_object", "none"] = "json_schema"
+
+
+class LocalChatConfig(_Strict):
+    """A transformers model on this machine (text LLM or image-text VLM through the Auto classes)."""
+
+    kind: Literal["local"] = "local"
+    model: str  # a local directory (or hub id on machines that have a hub)
+    modality: Literal["text", "vision"] = "text"
+    device: str = "cpu"
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    batch_size: int = 8
+    max_new_tokens: int = 256
+    temperature: float = 0.0
+
+
+ChatBackendConfig = Annotated[
+    FakeChatConfig | ReplayChatConfig | OpenAIChatConfig | LocalChatConfig, Field(discriminator="kind")
+]
+ReplayChatConfig.model_rebuild()
+
+
+# ---------------------------------------------------------------- grounding / segmentation
+
+
+class FakeGrounderConfig(_Strict):
+    """Ground-truth boxes of synthetic clips when present, else a deterministic central box."""
+
+    kind: Literal["fake"] = "fake"
+
+
+class GroundingDinoConfig(_Strict):
+    kind: Literal["grounding_dino"] = "grounding_dino"
+    model: str = "IDEA-Research/grounding-dino-tiny"
+    device: str = "cpu"
+    box_threshold: float = 0.35
+    text_threshold: float = 0.25
+
+
+GrounderConfig = Annotated[FakeGrounderConfig | GroundingDinoConfig, Field(discriminator="kind")]
+
+
+class FakeSegmenterConfig(_Strict):
+    """Ground-truth masks of synthetic clips when present, else the box filled on every frame."""
+
+    kind: Literal["fake"] = "fake"
+
+
+class Sam2Config(_Strict):
+    kind: Literal["sam2"] = "sam2"
+    config_name: str = "configs/sam2.1/sam2.1_hiera_t.yaml"
+    checkpoint: str | None = None  # None builds random weights (tests only)
+    device: str = "cpu"
+    image_size: int | None = None  # override of the model's input size (512 makes CPU tests fast)
+    max_frames: int = 64  # frames of the clip SAM 2 propagates through (uniformly sampled)
+
+
+SegmenterConfig = Annotated[FakeSegmenterConfig | Sam2Config, Field(discriminator="kind")]
+
+
+# ---------------------------------------------------------------- engine
+
+
+class SamplingConfig(_Strict):
+    num_frames: int = 16  # frames the annotator / reviewer / exported sample see
+    mask_frames: int = 16  # frames of a masklet kept in a detailed / QA sample
+    image_size: int = 384  # exported frames are resized to this square for the vision tower
+    multi_frame_ratio: float = 0.5  # fraction of detailed/QA samples exported in multi-frame mode
+
+    @field_validator("num_frames", "mask_frames", "image_size")
+    @classmethod
+    def _positive(cls, value: int) -> int:
+        if value <= 0:
+            raise ValueError("must be positive")
+        return value
+
+
+class AgentsConfig(_Strict):
+    analyzer: ChatBackendConfig = FakeChatConfig()
+    annotator: ChatBackendConfig = FakeChatConfig()
+    region_captioner: ChatBackendConfig = FakeChatConfig()
+    judge: ChatBackendConfig = FakeChatConfig()
+    refiner: ChatBackendConfig = FakeChatConfig()
+    grounder: GrounderConfig = FakeGrounderConfig()
+    segmenter: SegmenterConfig = FakeSegmenterConfig()
+
+
+class EngineConfig(_Strict):
+    """Everything that decides what the engine produces. Its per-stage hashes drive resume."""
+
+    profile: Literal["offline", "local", "server", "custom"] = "offline"
+    seed: int = 0
+    shard_size: int = 500
+    max_reject_fraction: float = 0.95  # a stage whose rejected fraction is above this fails the run
+    min_mask_area_px: int = 16  # smaller masks count as empty
+    min_mask_frames: int = 2  # masklets present on fewer frames are degenerate
+    key_frame: Literal["random", "first", "middle"] | int = "random"
+    concurrency: int = 32  # items in flight inside one stage task
+    sampling: SamplingConfig = SamplingConfig()
+    agents: AgentsConfig = AgentsConfig()
+
+    def stage_hash(self, stage: str) -> str:
+        """Hash of exactly the settings that `stage`'s output depends on."""
+        dump = self.model_dump(mode="json")
+        keys = STAGE_CONFIG_KEYS.get(stage, ("seed", "sampling", "agents"))
+        picked = {key: _pick(dump, key) for key in keys}
+        return hashlib.sha256(json.dumps(picked, sort_keys=True).encode()).hexdigest()[:12]
+
+
+# What each stage reads from the config; a change elsewhere does not re-run it.
+STAGE_CONFIG_KEYS: dict[str, tuple[str, ...]] = {
+    "ingest": ("shard_size",),
+    "analyze": ("agents.analyzer",),
+    "annotate": ("agents.annotator", "sampling.num_frames", "seed"),
+    "segment": ("agents.grounder", "agents.segmenter", "key_frame", "seed", "min_mask_area_px", "min_mask_frames"),
+    "review": ("agents.region_captioner", "agents.judge", "sampling.num_frames"),
+    "refine": ("agents.refiner",),
+    "short_captions": ("agents.analyzer", "agents.grounder", "agents.segmenter", "seed"),
+    "generate_qa": ("agents.annotator", "agents.refiner", "seed"),
+    "export": ("sampling", "seed"),
+}
+
+
+def _pick(dump: dict[str, Any], dotted: str) -> Any:
+    value: Any = dump
+    for part in dotted.split("."):
+        value = value[part]
+    return value
+
+
+def profile(name: str) -> EngineConfig:
+    """The built-in starting points: `offline` (fakes), `local` (transformers), `server` (vLLM URLs)."""
+    if name == "offline":
+        return EngineConfig(profile="offline")
+    if name == "local":
+        text = LocalChatConfig(model="Qwen/Qwen2-0.5B-Instruct")
+        vision = LocalChatConfig(model="Qwen/Qwen2-VL-2B-Instruct", modality="vision")
+        return EngineConfig(
+            profile="local",
+            agents=AgentsConfig(
+                analyzer=text, annotator=vision, region_captioner=vision, judge=text, refiner=text,
+                grounder=GroundingDinoConfig(), segmenter=Sam2Config(),
+            ),
+        )
+    if name == "server":
+        llm = OpenAIChatConfig(base_url="http://127.0.0.1:8001/v1", model="Qwen/Qwen2-7B-Instruct")
+        vlm = OpenAIChatConfig(base_url="http://127.0.0.1:8002/v1", model="OpenGVLab/InternVL2-26B")
+        return EngineConfig(
+            profile="server",
+            agents=AgentsConfig(
+                analyzer=llm, annotator=vlm, region_captioner=vlm, judge=llm,
+                refiner=OpenAIChatConfig(base_url="https://api.openai.com/v1", model="gpt-4o"),
+                grounder=GroundingDinoConfig(device="cuda"), segmenter=Sam2Config(device="cuda"),
+            ),
+        )
+    raise ConfigError(f"unknown profile {name!r}; expected offline, local or server")
+
+
+def load_config(path: str | Path | None) -> EngineConfig:
+    """Read a YAML config file (or the offline profile when `path` is None); errors are `ConfigError`."""
+    if path is None:
+        return profile("offline")
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config file {path} is not valid YAML: {exc}") from exc
+    return parse_config(data, source=str(path))
+
+
+def parse_config(data: dict[str, Any], *, source: str = "<dict>") -> EngineConfig:
+    """Validate a config mapping; `base_profile: NAME` starts from a built-in profile."""
+    data = dict(data)
+    base = data.pop("base_profile", None)
+    try:
+        if base is not None:
+            merged = _deep_merge(profile(base).model_dump(mode="json"), data)
+            return EngineConfig.model_validate(merged)
+        return EngineConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(f"invalid config {source}:\n{exc}") from exc
+
+
+def _deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict) and "kind" not in value:
+            out[key] = _deep_merge(out[key], value)
+        else:
+            out[key] = value
+    return out

@@ -1,0 +1,114 @@
+"""The exception taxonomy and the reason codes of rejected items.
+
+Failures are sorted by kind: a `ConfigError` fails a run before any model work, a `TransientBackendError`
+is retried, a `BackendUnavailableError` fails the run with a clear message, and item-level errors
+(`BadVideoError`, `InvalidReplyError`, `NoMaskError`, `InvalidSampleError`) become rejected records whose
+`reason` is one of `RejectReason`.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+
+class RejectReason(StrEnum):
+    """Stable reason codes written into reject tables and shard statistics."""
+
+    BAD_VIDEO = "bad_video"
+    VIDEO_NOT_FOUND = "video_not_found"
+    EMPTY_VIDEO = "empty_video"
+    TRUNCATED_VIDEO = "truncated_video"
+    VIDEO_TOO_LARGE = "video_too_large"
+    INVALID_REPLY = "invalid_reply"
+    NO_NOUNS = "no_nouns"
+    STATIC_OBJECT = "static_object"
+    NO_BOX = "no_box"
+    NO_MASK = "no_mask"
+    EMPTY_MASKLET = "empty_masklet"
+    DEGENERATE_MASKLET = "degenerate_masklet"
+    REVIEW_REJECTED = "review_rejected"
+    MISSING_MASK = "missing_mask"
+    MASK_VANISHES_ON_GRID = "mask_vanishes_on_grid"
+    REGION_COUNT_MISMATCH = "region_count_mismatch"
+    MALFORMED_SAMPLE = "malformed_sample"
+    BACKEND_ERROR = "backend_error"
+
+
+class VideoReferError(Exception):
+    """Base class of every error this project raises on purpose."""
+
+    reason: RejectReason = RejectReason.BACKEND_ERROR
+
+
+class ConfigError(VideoReferError):
+    """A configuration problem: raised before any work starts and never retried."""
+
+
+class BackendError(VideoReferError):
+    """A model backend failed."""
+
+    reason = RejectReason.BACKEND_ERROR
+
+
+class TransientBackendError(BackendError):
+    """Timeouts, HTTP 429 / 5xx and dropped connections: worth retrying with backoff."""
+
+    def __init__(self, message: str, *, retry_after_s: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
+class BackendUnavailableError(BackendError):
+    """The backend stayed down after all retries, or cannot be reached at all: fail the run, not the items."""
+
+
+class ReplayMissError(BackendError):
+    """A strict replay backend was asked a request that its cassette does not hold."""
+
+
+class InvalidReplyError(VideoReferError):
+    """A model reply that breaks its schema even after the repair attempt."""
+
+    reason = RejectReason.INVALID_REPLY
+
+
+class BadVideoError(VideoReferError):
+    """A video that cannot be opened or decoded."""
+
+    reason = RejectReason.BAD_VIDEO
+
+
+class VideoNotFoundError(BadVideoError):
+    reason = RejectReason.VIDEO_NOT_FOUND
+
+
+class EmptyVideoError(BadVideoError):
+    reason = RejectReason.EMPTY_VIDEO
+
+
+class TruncatedVideoError(BadVideoError):
+    reason = RejectReason.TRUNCATED_VIDEO
+
+
+class VideoTooLargeError(BadVideoError):
+    reason = RejectReason.VIDEO_TOO_LARGE
+
+
+class NoMaskError(VideoReferError):
+    """Grounding or segmentation found nothing usable for an object."""
+
+    reason = RejectReason.NO_MASK
+
+    def __init__(self, message: str, *, reason: RejectReason = RejectReason.NO_MASK) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+class InvalidSampleError(VideoReferError):
+    """A training sample that fails validation (missing masks, `<region>` count mismatch, ...)."""
+
+    reason = RejectReason.MALFORMED_SAMPLE
+
+    def __init__(self, message: str, *, reason: RejectReason = RejectReason.MALFORMED_SAMPLE) -> None:
+        super().__init__(message)
+        self.reason = reason

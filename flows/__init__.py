@@ -1,0 +1,1 @@
+"""Prefect flows, deployments and the `videorefer` CLI: the only package that imports prefect."""

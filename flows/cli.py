@@ -1,0 +1,30 @@
+"""The `videorefer` command line: one typer app; each area registers its commands from its own module.
+
+Engine commands (demo, ingest, build, stage, export, import-700k, validate, status) live in
+`flows.cli_engine`; `infer` and `model info` in `flows.cli_model`; `train` in `flows.cli_train`;
+`bench` in `flows.cli_bench`. Heavy imports happen inside the commands, so `--help` stays fast.
+"""
+
+from __future__ import annotations
+
+import typer
+
+from flows import cli_bench, cli_engine, cli_model, cli_train
+
+app = typer.Typer(
+    name="videorefer",
+    help="VideoRefer suite: data engine, shard export, model, training and VideoRefer-Bench.",
+    no_args_is_help=True,
+    add_completion=False,
+)
+
+for _module in (cli_engine, cli_model, cli_train, cli_bench):
+    _module.register(app)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()
