@@ -1,4 +1,4 @@
-"""COCO RLE masks: encode/decode of single masks and stacks, area, box, IoU, resizing to a feature grid.
+"""COCO RLE masks: encode/decode of single masks and stacks, conversion, area, box, IoU, resizing.
 
 Interchangeable with pycocotools (which does the run-length coding): `encode_rle` returns
 `{"size": [h, w], "counts": str}` and `decode_rle` accepts that, bytes counts, uncompressed RLE
@@ -40,6 +40,102 @@ def _to_compressed(rle: Mapping[str, Any] | RleMask) -> dict[str, Any]:
     if isinstance(counts, str):
         counts = counts.encode("ascii")
     return {"size": [height, width], "counts": counts}
+
+
+MaskLike = Mapping[str, Any] | RleMask | np.ndarray
+"""Anything the helpers below take as one mask: compressed or uncompressed COCO RLE, an `RleMask`, or an array."""
+
+
+def encode_rle_stack(masks: np.ndarray) -> list[dict[str, Any]]:
+    """Encode a stack of boolean masks `[n, h, w]` as a list of compressed COCO RLE dicts (string counts)."""
+    masks = np.asarray(masks)
+    if masks.ndim != 3:
+        raise ValueError(f"encode_rle_stack expects masks [n, h, w], got shape {masks.shape}")
+    if masks.shape[0] == 0:
+        return []
+    encoded = coco_mask.encode(np.asfortranarray(masks.transpose(1, 2, 0).astype(np.uint8)))
+    return [{"size": [int(r["size"][0]), int(r["size"][1])], "counts": r["counts"].decode("ascii")} for r in encoded]
+
+
+def decode_rle_stack(rles: Sequence[Mapping[str, Any] | RleMask]) -> np.ndarray:
+    """Decode RLEs of one size to a boolean stack `[n, h, w]`."""
+    if not rles:
+        raise ValueError("decode_rle_stack needs at least one RLE (the size of an empty stack is unknown)")
+    return np.stack([decode_rle(rle) for rle in rles])
+
+
+def to_rle_mask(
+    mask: MaskLike | Sequence[Sequence[float]], *, height: int | None = None, width: int | None = None
+) -> RleMask:
+    """Normalise any mask form to an `RleMask`: compressed or uncompressed RLE dicts, bool/0-1 arrays,
+    `RleMask` itself, or COCO polygons (a list of `[x0, y0, x1, y1, ...]` lists, which need `height`
+    and `width`)."""
+    if isinstance(mask, RleMask):
+        return mask
+    if isinstance(mask, np.ndarray):
+        return RleMask.from_coco(encode_rle(mask.astype(bool)))
+    if isinstance(mask, Mapping):
+        compressed = _to_compressed(mask)
+        return RleMask(
+            height=compressed["size"][0], width=compressed["size"][1], counts=compressed["counts"].decode("ascii")
+        )
+    if isinstance(mask, Sequence) and not isinstance(mask, str):
+        return _polygons_to_rle(mask, height, width)
+    raise TypeError(f"cannot convert {type(mask).__name__} to an RLE mask")
+
+
+def _polygons_to_rle(polygons: Sequence[Sequence[float]], height: int | None, width: int | None) -> RleMask:
+    if height is None or width is None:
+        raise ValueError("polygons need the image height and width")
+    rings = [[float(v) for v in ring] for ring in polygons if len(ring) >= 6]
+    if not rings:
+        return RleMask.from_coco(encode_rle(np.zeros((height, width), dtype=bool)))
+    merged = coco_mask.merge(coco_mask.frPyObjects(rings, height, width))
+    return RleMask(height=int(height), width=int(width), counts=merged["counts"].decode("ascii"))
+
+
+def _as_array(mask: MaskLike) -> np.ndarray:
+    if isinstance(mask, np.ndarray):
+        if mask.ndim != 2:
+            raise ValueError(f"expected a 2-D mask, got shape {mask.shape}")
+        return mask.astype(bool)
+    return decode_rle(mask)
+
+
+def area(mask: MaskLike) -> int:
+    """Number of pixels inside a mask (RLE without decoding, or array)."""
+    if isinstance(mask, np.ndarray):
+        return int(_as_array(mask).sum())
+    return int(coco_mask.area(_to_compressed(mask)))
+
+
+def bbox(mask: MaskLike) -> tuple[float, float, float, float] | None:
+    """Tight box `(x0, y0, x1, y1)` in pixel-edge coordinates (x1, y1 exclusive); None for an empty mask."""
+    array = _as_array(mask)
+    rows = np.flatnonzero(array.any(axis=1))
+    if rows.size == 0:
+        return None
+    cols = np.flatnonzero(array.any(axis=0))
+    return (float(cols[0]), float(rows[0]), float(cols[-1] + 1), float(rows[-1] + 1))
+
+
+def iou(a: MaskLike, b: MaskLike) -> float:
+    """Intersection over union of two masks of one size; two empty masks have IoU 0."""
+    first, second = _as_array(a), _as_array(b)
+    if first.shape != second.shape:
+        raise ValueError(f"iou of masks of different sizes {first.shape} and {second.shape}")
+    union = int(np.logical_or(first, second).sum())
+    return 0.0 if union == 0 else int(np.logical_and(first, second).sum()) / union
+
+
+def resize_mask(mask: MaskLike, height: int, width: int) -> np.ndarray:
+    """Nearest-neighbour resize of a mask to `[height, width]` booleans (pixel centres sampled)."""
+    array = _as_array(mask)
+    if height <= 0 or width <= 0:
+        raise ValueError(f"resize_mask needs a positive size, got {height}x{width}")
+    rows = np.minimum(((np.arange(height) + 0.5) * array.shape[0] / height).astype(np.int64), array.shape[0] - 1)
+    cols = np.minimum(((np.arange(width) + 0.5) * array.shape[1] / width).astype(np.int64), array.shape[1] - 1)
+    return array[rows[:, None], cols[None, :]]
 
 
 def resize_to_grid(mask: np.ndarray, grid_h: int, grid_w: int | None = None) -> np.ndarray:

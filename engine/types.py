@@ -149,6 +149,20 @@ class ObjectRecord:
 
 
 @dataclass(**_FROZEN)
+class ClipQA:
+    """The QA path's output for one clip: its described given objects and the questions generated about them."""
+
+    clip: Clip
+    objects: tuple[ObjectRecord, ...]
+    qa: tuple[QAPair, ...]
+    provenance: tuple[Provenance, ...] = ()
+
+    @property
+    def clip_id(self) -> str:
+        return self.clip.clip_id
+
+
+@dataclass(**_FROZEN)
 class Reject:
     """An item a stage could not use, with a stable reason code and a human message."""
 

@@ -1,0 +1,6 @@
+"""Where the data engine's data lives: the dataset root layout, Parquet stage tables, pinned shards, training
+samples (JSON, validation, builders), WebDataset export and the VideoRefer-700K JSON format.
+
+Import the submodules (`storage.root`, `storage.tables`, `storage.shards`, `storage.samples`, `storage.wds`,
+`storage.videorefer_json`); this package imports nothing heavy so that `import storage` stays cheap.
+"""

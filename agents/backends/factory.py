@@ -1,0 +1,87 @@
+"""The one place that turns a backend config into a backend: an explicit match on `kind`, heavy imports deferred.
+
+`build_chat_backend`, `build_grounder` and `build_segmenter` accept the pydantic configs of `engine.config`
+(or the same thing as a plain mapping, validated here). Each branch imports its module only when chosen, so
+building a fake never loads torch, transformers, sam2 or openai. An unknown kind or an invalid mapping is a
+`ConfigError`, raised before any model work.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from pydantic import TypeAdapter, ValidationError
+
+from agents.backends.base import ChatBackend, Grounder, Segmenter
+from engine.config import ChatBackendConfig, GrounderConfig, SegmenterConfig
+from engine.errors import ConfigError
+
+
+def build_chat_backend(config: ChatBackendConfig | Mapping[str, Any]) -> ChatBackend:
+    """The chat backend of `config.kind`: fake, replay (with its inner backend), openai, local."""
+    config = _validated(ChatBackendConfig, config, "chat backend")
+    match config.kind:
+        case "fake":
+            from agents.backends.fake_chat import FakeChatBackend
+
+            return FakeChatBackend(config)
+        case "replay":
+            from agents.backends.replay import ReplayChatBackend
+
+            # A strict replay never calls its inner backend, so it is not built (no model loaded, no server needed).
+            inner = build_chat_backend(config.inner) if config.inner is not None and config.mode != "strict" else None
+            return ReplayChatBackend(config, inner)
+        case "openai":
+            from agents.backends.openai_chat import OpenAIChatBackend
+
+            return OpenAIChatBackend(config)
+        case "local":
+            from agents.backends.local_chat import LocalChatBackend
+
+            return LocalChatBackend(config)
+        case other:
+            raise ConfigError(f"unknown chat backend kind {other!r}")
+
+
+def build_grounder(config: GrounderConfig | Mapping[str, Any]) -> Grounder:
+    """The grounder of `config.kind`: fake or grounding_dino."""
+    config = _validated(GrounderConfig, config, "grounder")
+    match config.kind:
+        case "fake":
+            from agents.backends.fake_vision import FakeGrounder
+
+            return FakeGrounder(config)
+        case "grounding_dino":
+            from agents.backends.grounding_dino import GroundingDinoGrounder
+
+            return GroundingDinoGrounder(config)
+        case other:
+            raise ConfigError(f"unknown grounder kind {other!r}")
+
+
+def build_segmenter(config: SegmenterConfig | Mapping[str, Any]) -> Segmenter:
+    """The segmenter of `config.kind`: fake or sam2."""
+    config = _validated(SegmenterConfig, config, "segmenter")
+    match config.kind:
+        case "fake":
+            from agents.backends.fake_vision import FakeSegmenter
+
+            return FakeSegmenter(config)
+        case "sam2":
+            from agents.backends.sam2_segmenter import Sam2Segmenter
+
+            return Sam2Segmenter(config)
+        case other:
+            raise ConfigError(f"unknown segmenter kind {other!r}")
+
+
+def _validated(annotation: Any, config: Any, what: str) -> Any:
+    if not isinstance(config, Mapping):
+        if not hasattr(config, "kind"):
+            raise ConfigError(f"{what} config must be a config model or a mapping, got {type(config).__name__}")
+        return config
+    try:
+        return TypeAdapter(annotation).validate_python(dict(config))
+    except ValidationError as exc:
+        raise ConfigError(f"invalid {what} config: {exc}") from exc

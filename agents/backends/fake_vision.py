@@ -1,0 +1,159 @@
+"""FAKE grounder and segmenter: ground truth of synthetic clips instead of models, for tests and the offline profile.
+
+These are fakes, not models. `FakeGrounder` answers a noun with the ground-truth box of the synthetic object
+whose name or category is that noun (the clip's `.gt.json` sidecar from `engine.synthetic`), or None when the
+clip has ground truth but no such object; for a video without a sidecar it returns a deterministic box near the
+centre derived from a hash of the noun. `FakeSegmenter` returns, on every requested frame, the ground-truth mask
+of the synthetic object whose key-frame box best matches the prompt box; without a sidecar (or with no
+matching object) it returns the prompt box filled on every requested frame. Masks are COCO RLE keyed by
+absolute frame index, as the real SAM 2 segmenter returns them, so the segmentor agent runs unchanged.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from collections.abc import Sequence
+
+import numpy as np
+
+from agents.backends.base import Detection
+from engine.config import FakeGrounderConfig, FakeSegmenterConfig
+from engine.ids import stable_hash
+from engine.masks import encode_rle
+from engine.synthetic import SyntheticGroundTruth, SyntheticObject, load_ground_truth, sidecar_path
+from engine.types import Masklet, RleMask
+from engine.video import probe
+
+# A prompt box must overlap an object's true box at least this much (box IoU) to be taken as that object.
+_MIN_BOX_IOU = 0.3
+
+
+class FakeGrounder:
+    """FAKE: ground-truth boxes of synthetic clips; a deterministic central box for other videos."""
+
+    kind = "fake"
+    model = "fake-grounder"
+
+    def __init__(self, config: FakeGrounderConfig | None = None) -> None:
+        self.config = config or FakeGrounderConfig()
+
+    def ground(self, *, video_uri: str, frame_index: int, frame: np.ndarray, noun: str) -> Detection | None:
+        truth = _ground_truth(video_uri)
+        if truth is not None:
+            obj = _object_named(truth, noun)
+            if obj is None or frame_index not in obj.boxes:
+                return None
+            return Detection(box=tuple(float(v) for v in obj.boxes[frame_index]), score=1.0, label=obj.name)
+        height, width = frame.shape[:2]
+        return Detection(box=hashed_central_box(noun, width=width, height=height), score=0.5, label=noun)
+
+
+class FakeSegmenter:
+    """FAKE: ground-truth masks of the prompted synthetic object; the filled box for other videos."""
+
+    kind = "fake"
+    model = "fake-segmenter"
+
+    def __init__(self, config: FakeSegmenterConfig | None = None) -> None:
+        self.config = config or FakeSegmenterConfig()
+
+    def segment(
+        self,
+        *,
+        video_uri: str,
+        frame_indices: Sequence[int],
+        key_frame: int,
+        box: tuple[float, float, float, float],
+    ) -> Masklet:
+        indices = sorted({int(i) for i in (*frame_indices, key_frame)})
+        truth = _ground_truth(video_uri)
+        if truth is not None:
+            obj = _object_at_box(truth, key_frame, box)
+            if obj is not None:
+                empty = _rle(np.zeros((truth.height, truth.width), dtype=bool))
+                masks = {i: obj.masks.get(i, empty) for i in indices}
+                return Masklet(masks=masks, key_frame=key_frame, box=tuple(box), score=1.0)
+            height, width = truth.height, truth.width
+        else:
+            info = probe(video_uri)
+            height, width = info.height, info.width
+        filled = _rle(filled_box_mask(box, width=width, height=height))
+        return Masklet(masks=dict.fromkeys(indices, filled), key_frame=key_frame, box=tuple(box), score=0.5)
+
+
+def hashed_central_box(noun: str, *, width: int, height: int) -> tuple[float, float, float, float]:
+    """A box of 30-50% of the frame, centred within the middle fifth, placed by a hash of the noun."""
+    digest = int(stable_hash("fake-box", noun.strip().lower()), 16)
+    fractions = [((digest >> shift) & 0xFFFF) / 0xFFFF for shift in (0, 16, 32, 48)]
+    centre_x = width * (0.4 + 0.2 * fractions[0])
+    centre_y = height * (0.4 + 0.2 * fractions[1])
+    half_w = width * (0.15 + 0.1 * fractions[2])
+    half_h = height * (0.15 + 0.1 * fractions[3])
+    return (
+        round(max(0.0, centre_x - half_w), 2),
+        round(max(0.0, centre_y - half_h), 2),
+        round(min(float(width), centre_x + half_w), 2),
+        round(min(float(height), centre_y + half_h), 2),
+    )
+
+
+def filled_box_mask(box: tuple[float, float, float, float], *, width: int, height: int) -> np.ndarray:
+    """A boolean `[height, width]` mask with the pixels whose centres lie inside `box` set."""
+    x0, y0, x1, y1 = box
+    columns = (np.arange(width) + 0.5 >= x0) & (np.arange(width) + 0.5 <= x1)
+    rows = (np.arange(height) + 0.5 >= y0) & (np.arange(height) + 0.5 <= y1)
+    return rows[:, None] & columns[None, :]
+
+
+def box_iou(a: Sequence[float], b: Sequence[float]) -> float:
+    """IoU of two `(x0, y0, x1, y1)` boxes."""
+    inter_w = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    inter_h = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    intersection = inter_w * inter_h
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - intersection
+    return intersection / union if union > 0 else 0.0
+
+
+def _rle(mask: np.ndarray) -> RleMask:
+    return RleMask.from_coco(encode_rle(mask))
+
+
+def _object_named(truth: SyntheticGroundTruth, noun: str) -> SyntheticObject | None:
+    wanted = " ".join(noun.lower().split())
+    words = wanted.split()
+    exact = [o for o in truth.objects if wanted in (o.name.lower(), o.category.lower())]
+    if exact:
+        return exact[0]
+    # "the red ball" / "balls": the head noun is the last word; a colour word picks between two objects.
+    head = words[-1] if words else ""
+    candidates = [
+        o for o in truth.objects
+        if head in (o.name.lower(), o.category.lower()) or head.rstrip("s") in (o.name.lower(), o.category.lower())
+    ]
+    coloured = [o for o in candidates if o.color.lower() in words]
+    return (coloured or candidates or [None])[0]
+
+
+def _object_at_box(truth: SyntheticGroundTruth, key_frame: int, box: Sequence[float]) -> SyntheticObject | None:
+    scored = [(box_iou(o.boxes[key_frame], box), o) for o in truth.objects if key_frame in o.boxes]
+    if not scored:
+        return None
+    best_iou, best = max(scored, key=lambda pair: pair[0])
+    return best if best_iou >= _MIN_BOX_IOU else None
+
+
+def _ground_truth(video_uri: str) -> SyntheticGroundTruth | None:
+    path = os.fspath(video_uri)
+    sidecar = sidecar_path(path)
+    try:
+        stamp = sidecar.stat().st_mtime_ns
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    return _cached_ground_truth(path, stamp)
+
+
+@functools.lru_cache(maxsize=64)
+def _cached_ground_truth(path: str, stamp: int) -> SyntheticGroundTruth | None:
+    # `stamp` (the sidecar's mtime) is part of the cache key so that a rewritten sidecar is read again.
+    return load_ground_truth(path)

@@ -1,0 +1,309 @@
+"""The chat backend for any OpenAI-compatible server (vLLM's `vllm serve`, the OpenAI API) through `AsyncOpenAI`.
+
+It sends text and JPEG images (as data URLs), asks for structured output the way the config says (a strict
+JSON schema, JSON mode, or nothing), keeps at most `max_in_flight` requests on the wire, and retries transient
+failures itself (timeouts, 429, 408/409, 5xx, dropped connections, malformed bodies) with exponential backoff
+and full jitter, honouring `Retry-After`. The client's own retries are off so every retry is counted here.
+A backend that stays down raises `BackendUnavailableError` (fail the run); a request the server refuses as
+bad (other 4xx) raises `InvalidReplyError` (reject the item); bad credentials or an unknown model/URL raise
+`ConfigError`. Tokens, requests and retries are counted on the backend (`usage`). The API key is read from the
+environment variable the config names and never appears in reprs, logs or error messages.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import email.utils
+import json
+import logging
+import os
+import random
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from agents.backends.base import ChatMessage, ChatReply, ChatRequest, ImagePart
+from engine.config import OpenAIChatConfig
+from engine.errors import (
+    BackendUnavailableError,
+    ConfigError,
+    InvalidReplyError,
+    TransientBackendError,
+)
+
+log = logging.getLogger(__name__)
+
+# vLLM accepts any key; the OpenAI client refuses to start without one.
+PLACEHOLDER_API_KEY = "EMPTY"
+# A server asking for longer than this is treated as down for our purposes; we wait at most this long.
+_MAX_RETRY_AFTER_S = 300.0
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ChatUsage:
+    """Cumulative counters of one backend: what it asked, what it got, what it cost."""
+
+    requests: int = 0  # calls to `complete` (items), not HTTP attempts
+    attempts: int = 0  # HTTP attempts, retries included
+    replies: int = 0
+    failures: int = 0
+    retries: int = 0
+    retry_wait_s: float = 0.0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    max_in_flight: int = 0  # the most attempts this backend had on the wire at once
+
+
+class _MalformedReply(TransientBackendError):
+    """A reply body that could not be parsed: retried, and an `InvalidReplyError` if it never parses."""
+
+
+class OpenAIChatBackend:
+    """`ChatBackend` over the OpenAI chat-completions protocol; see the module docstring."""
+
+    kind = "openai"
+
+    def __init__(self, config: OpenAIChatConfig) -> None:
+        if config.max_in_flight < 1:
+            raise ConfigError("openai backend: max_in_flight must be at least 1")
+        self.config = config
+        self.model = config.model
+        self._api_key = os.environ.get(config.api_key_env) or PLACEHOLDER_API_KEY
+        self._random = random.Random()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._client: Any = None
+        self._semaphore: asyncio.Semaphore | None = None
+        self._counts: dict[str, Any] = dict.fromkeys(ChatUsage.__slots__, 0)
+        self._counts["retry_wait_s"] = 0.0
+        self._in_flight = 0
+
+    def __repr__(self) -> str:
+        return (
+            f"OpenAIChatBackend(model={self.model!r}, base_url={self.config.base_url!r}, "
+            f"max_in_flight={self.config.max_in_flight}, structured_output={self.config.structured_output!r})"
+        )
+
+    @property
+    def usage(self) -> ChatUsage:
+        return ChatUsage(**self._counts)
+
+    # ------------------------------------------------------------ protocol
+
+    async def complete(self, request: ChatRequest) -> ChatReply:
+        payload = chat_completion_payload(request, self.config)
+        self._counts["requests"] += 1
+        try:
+            reply = await self._complete_with_retries(payload)
+        except BaseException:
+            self._counts["failures"] += 1
+            raise
+        self._counts["replies"] += 1
+        self._counts["prompt_tokens"] += reply.prompt_tokens
+        self._counts["completion_tokens"] += reply.completion_tokens
+        return reply
+
+    async def complete_batch(self, requests: Sequence[ChatRequest]) -> list[ChatReply | Exception]:
+        """All requests at once (the semaphore bounds the wire); one reply or exception per request, in order."""
+        results = await asyncio.gather(*(self.complete(r) for r in requests), return_exceptions=True)
+        for result in results:
+            if isinstance(result, BackendUnavailableError | ConfigError):
+                raise result
+            if isinstance(result, BaseException) and not isinstance(result, Exception):
+                raise result
+        return list(results)
+
+    async def aclose(self) -> None:
+        client, loop = self._client, self._loop
+        self._client, self._loop, self._semaphore = None, None, None
+        # A client whose event loop has ended cannot be closed from another loop; its sockets died with it.
+        if client is not None and loop is asyncio.get_running_loop():
+            await client.close()
+
+    # ------------------------------------------------------------ internals
+
+    def _connection(self) -> tuple[Any, asyncio.Semaphore]:
+        """The client and semaphore of the running event loop (both are bound to a loop: a new loop, new ones)."""
+        loop = asyncio.get_running_loop()
+        if self._loop is not loop or self._client is None or self._semaphore is None:
+            from openai import AsyncOpenAI
+
+            self._client = AsyncOpenAI(
+                api_key=self._api_key,
+                base_url=self.config.base_url,
+                timeout=self.config.timeout_s,
+                max_retries=0,  # retries happen here, where they are counted and the backoff is ours
+            )
+            self._semaphore = asyncio.Semaphore(self.config.max_in_flight)
+            self._loop = loop
+        return self._client, self._semaphore
+
+    async def _complete_with_retries(self, payload: dict[str, Any]) -> ChatReply:
+        client, semaphore = self._connection()
+        attempt = 0
+        while True:
+            try:
+                return await self._attempt(client, semaphore, payload)
+            except TransientBackendError as error:
+                if attempt >= self.config.max_retries:
+                    raise self._exhausted(error, attempt + 1) from None
+                delay = self._backoff(attempt, error.retry_after_s)
+                self._counts["retries"] += 1
+                self._counts["retry_wait_s"] += delay
+                log.debug("openai backend %s: %s; retry %d in %.2fs", self.model, error, attempt + 1, delay)
+                await asyncio.sleep(delay)
+                attempt += 1
+
+    async def _attempt(self, client: Any, semaphore: asyncio.Semaphore, payload: dict[str, Any]) -> ChatReply:
+        async with semaphore:
+            self._in_flight += 1
+            self._counts["attempts"] += 1
+            self._counts["max_in_flight"] = max(self._counts["max_in_flight"], self._in_flight)
+            started = time.perf_counter()
+            try:
+                # The client's documented raw `post` with `cast_to=str`: its status-code errors, timeouts and
+                # connection handling, without re-validating our own payload and building pydantic models of the
+                # reply (that costs about a millisecond of CPU per request, the limit at hundreds of requests/s).
+                body = await client.post("/chat/completions", body=payload, cast_to=str)
+            except Exception as exc:  # sorted into our taxonomy; anything unknown propagates unchanged
+                raise self._classify(exc) from None
+            finally:
+                self._in_flight -= 1
+        latency = time.perf_counter() - started
+        return self._reply(body, latency)
+
+    def _reply(self, body: str, latency_s: float) -> ChatReply:
+        try:
+            completion = json.loads(body)
+            message = completion["choices"][0]["message"]
+        except (json.JSONDecodeError, TypeError, KeyError, IndexError):
+            raise _MalformedReply(f"{self.config.base_url} ({self.model}): malformed reply body") from None
+        text = message.get("content") if isinstance(message, Mapping) else None
+        if not isinstance(text, str):
+            refusal = message.get("refusal") if isinstance(message, Mapping) else None
+            raise InvalidReplyError(f"reply has no text content (refusal: {self._redact(str(refusal))})")
+        usage = completion.get("usage") or {}
+        return ChatReply(
+            text=text,
+            model=completion.get("model") or self.model,
+            backend=self.kind,
+            latency_s=latency_s,
+            prompt_tokens=int(usage.get("prompt_tokens") or 0),
+            completion_tokens=int(usage.get("completion_tokens") or 0),
+        )
+
+    def _classify(self, exc: Exception) -> Exception:
+        import openai
+
+        where = f"{self.config.base_url} ({self.model})"
+        if isinstance(exc, openai.APITimeoutError):
+            return TransientBackendError(f"{where}: no reply within {self.config.timeout_s:g}s")
+        if isinstance(exc, openai.APIConnectionError):
+            cause = exc.__cause__ or exc.__context__
+            detail = type(cause).__name__ if cause is not None else "connection error"
+            return TransientBackendError(f"{where}: connection failed ({detail})")
+        if isinstance(exc, openai.APIStatusError):
+            status = exc.status_code
+            message = self._redact(_error_message(exc))
+            if status in (408, 409, 429) or status >= 500:
+                return TransientBackendError(
+                    f"{where}: HTTP {status}: {message}", retry_after_s=_retry_after_s(exc.response.headers)
+                )
+            if status in (401, 403):
+                return ConfigError(
+                    f"{where}: HTTP {status}: credentials refused; check the environment variable "
+                    f"{self.config.api_key_env}"
+                )
+            if status == 404:
+                return ConfigError(f"{where}: HTTP 404: unknown model or wrong base_url: {message}")
+            return InvalidReplyError(f"{where}: HTTP {status}: request refused: {message}")
+        if isinstance(exc, json.JSONDecodeError | openai.APIResponseValidationError):
+            return _MalformedReply(f"{where}: malformed reply body ({type(exc).__name__})")
+        return exc
+
+    def _exhausted(self, error: TransientBackendError, attempts: int) -> Exception:
+        if isinstance(error, _MalformedReply):
+            return InvalidReplyError(f"{error} after {attempts} attempts")
+        return BackendUnavailableError(f"still failing after {attempts} attempts: {error}")
+
+    def _backoff(self, attempt: int, retry_after_s: float | None) -> float:
+        if retry_after_s is not None:
+            return min(max(retry_after_s, 0.0), _MAX_RETRY_AFTER_S)
+        ceiling = min(self.config.backoff_max_s, self.config.backoff_base_s * (2**attempt))
+        return self._random.uniform(0.0, ceiling)  # "full jitter": spreads a thundering herd of retries
+
+    def _redact(self, text: str) -> str:
+        if self._api_key and self._api_key != PLACEHOLDER_API_KEY:
+            text = text.replace(self._api_key, "***")
+        return text
+
+
+# ---------------------------------------------------------------- request shape
+
+
+def chat_completion_payload(request: ChatRequest, config: OpenAIChatConfig) -> dict[str, Any]:
+    """The keyword arguments of `chat.completions.create` for one request under `config`."""
+    payload: dict[str, Any] = {
+        "model": config.model,
+        "messages": [_message(m) for m in request.messages],
+        "temperature": config.temperature if request.temperature is None else request.temperature,
+        "max_tokens": config.max_tokens if request.max_tokens is None else request.max_tokens,
+    }
+    if request.json_schema is not None and config.structured_output == "json_schema":
+        payload["response_format"] = {
+            "type": "json_schema",
+            "json_schema": {"name": request.schema_name, "schema": dict(request.json_schema), "strict": True},
+        }
+    elif request.json_schema is not None and config.structured_output == "json_object":
+        payload["response_format"] = {"type": "json_object"}
+    return payload
+
+
+def image_data_url(image: ImagePart) -> str:
+    return "data:image/jpeg;base64," + base64.b64encode(image.jpeg).decode("ascii")
+
+
+def _message(message: ChatMessage) -> dict[str, Any]:
+    if all(isinstance(part, str) for part in message.content):
+        return {"role": message.role, "content": "\n\n".join(message.content)}  # type: ignore[arg-type]
+    parts: list[dict[str, Any]] = []
+    for part in message.content:
+        if isinstance(part, ImagePart):
+            parts.append({"type": "image_url", "image_url": {"url": image_data_url(part)}})
+        else:
+            parts.append({"type": "text", "text": part})
+    return {"role": message.role, "content": parts}
+
+
+def _error_message(exc: Any) -> str:
+    body = getattr(exc, "body", None)
+    if isinstance(body, Mapping):
+        inner = body.get("error", body)
+        if isinstance(inner, Mapping) and inner.get("message"):
+            return str(inner["message"])[:300]
+        if isinstance(body.get("message"), str):
+            return body["message"][:300]
+    return str(getattr(exc, "message", "") or type(exc).__name__)[:300]
+
+
+def _retry_after_s(headers: Mapping[str, str]) -> float | None:
+    """`Retry-After` in seconds (number or HTTP date), or the non-standard `retry-after-ms`; None when absent."""
+    millis = headers.get("retry-after-ms")
+    if millis:
+        try:
+            return float(millis) / 1000.0
+        except ValueError:
+            pass
+    value = headers.get("retry-after")
+    if not value:
+        return None
+    try:
+        return float(value)
+    except ValueError:
+        pass
+    try:
+        parsed = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, parsed.timestamp() - time.time())

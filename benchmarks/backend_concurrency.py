@@ -1,0 +1,129 @@
+"""Requests/s of `OpenAIChatBackend` against the stub server at a fixed latency, as a ratio of the ideal rate.
+
+With `in_flight` requests on the wire and `latency_s` per reply, no client can beat `in_flight / latency_s`
+requests/s; the figure is the achieved rate over that ideal (target >= 0.9). A second run injects transient
+faults (429 with Retry-After, 500, timeouts) into a fraction of the requests: every request must still
+complete, and the figure reports the achieved ratio and the retries it took. The stub server runs in a child
+process so that its work does not compete with the client for this interpreter's GIL. Prints ONE JSON line.
+
+    .venv/bin/python benchmarks/backend_concurrency.py [--requests 640] [--in-flight 64] [--latency 0.1]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import multiprocessing
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from agents.backends.base import ChatMessage, ChatRequest  # noqa: E402
+from agents.backends.openai_chat import OpenAIChatBackend  # noqa: E402
+from agents.backends.stub_server import StubOpenAIServer  # noqa: E402
+from engine.config import OpenAIChatConfig  # noqa: E402
+
+SCHEMA = {
+    "type": "object", "properties": {"nouns": {"type": "array", "items": {"type": "string"}}}, "required": ["nouns"]
+}
+
+
+def _serve(settings: dict, port_queue: multiprocessing.Queue, stop: multiprocessing.Event) -> None:
+    with StubOpenAIServer(**settings) as server:
+        port_queue.put(server.port)
+        stop.wait(120)
+
+
+class _ServerProcess:
+    """The stub server in a child process (`spawn`, so no threads or loops are inherited)."""
+
+    def __init__(self, **settings: object) -> None:
+        context = multiprocessing.get_context("spawn")
+        self._ports = context.Queue()
+        self._stop = context.Event()
+        self._process = context.Process(target=_serve, args=(settings, self._ports, self._stop), daemon=True)
+
+    def __enter__(self) -> str:
+        self._process.start()
+        return f"http://127.0.0.1:{self._ports.get(timeout=60)}/v1"
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._stop.set()
+        self._process.join(10)
+        if self._process.is_alive():
+            self._process.kill()
+
+
+async def _run(base_url: str, requests: int, in_flight: int, timeout_s: float) -> tuple[float, OpenAIChatBackend, int]:
+    config = OpenAIChatConfig(
+        base_url=base_url, model="stub", api_key_env="BENCH_UNSET_KEY", max_in_flight=in_flight,
+        timeout_s=timeout_s, max_retries=8, backoff_base_s=0.05, backoff_max_s=0.5,
+    )
+    backend = OpenAIChatBackend(config)
+    batch = [
+        ChatRequest(messages=(ChatMessage(role="user", content=(f"caption number {i}",)),), json_schema=SCHEMA)
+        for i in range(requests)
+    ]
+    await backend.complete_batch(batch[:in_flight])  # warm the connection pool; not timed
+    started = time.perf_counter()
+    results = await backend.complete_batch(batch)
+    elapsed = time.perf_counter() - started
+    failed = sum(isinstance(r, Exception) for r in results)
+    await backend.aclose()
+    return elapsed, backend, failed
+
+
+def measure(requests: int, in_flight: int, latency_s: float, fault_rate: float, timeout_s: float) -> dict:
+    settings = {
+        "latency_s": latency_s, "fault_rate": fault_rate, "retry_after_s": 0.05, "hang_s": timeout_s * 3,
+        "fault_kinds": ("rate_limit", "server_error", "timeout"), "seed": 1,
+    }
+    with _ServerProcess(**settings) as base_url:
+        elapsed, backend, failed = asyncio.run(_run(base_url, requests, in_flight, timeout_s))
+    ideal = in_flight / latency_s
+    usage = backend.usage
+    return {
+        "requests": requests,
+        "elapsed_s": round(elapsed, 3),
+        "req_per_s": round(requests / elapsed, 1),
+        "ratio_to_ideal": round(requests / elapsed / ideal, 3),
+        "failed": failed,
+        "retries": usage.retries,
+        "max_in_flight_seen": usage.max_in_flight,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--requests", type=int, default=640)
+    parser.add_argument("--in-flight", type=int, default=64)
+    parser.add_argument("--latency", type=float, default=0.1)
+    parser.add_argument("--fault-rate", type=float, default=0.2)
+    parser.add_argument("--timeout", type=float, default=0.5, help="client timeout; timeout faults hang 3x this")
+    args = parser.parse_args()
+    clean = measure(args.requests, args.in_flight, args.latency, 0.0, args.timeout)
+    faulty = measure(args.requests, args.in_flight, args.latency, args.fault_rate, args.timeout)
+    print(json.dumps({
+        "benchmark": "backend_concurrency",
+        "ideal_req_per_s": args.in_flight / args.latency,
+        "in_flight": args.in_flight,
+        "latency_s": args.latency,
+        "ratio_to_ideal": clean["ratio_to_ideal"],
+        "target_ratio": 0.9,
+        "clean": clean,
+        "fault_rate": args.fault_rate,
+        "faulty_ratio_to_ideal": faulty["ratio_to_ideal"],
+        "faulty": faulty,
+        "all_completed": clean["failed"] == 0 and faulty["failed"] == 0,
+        "cpus": os.cpu_count(),
+        "python": platform.python_version(),
+    }))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,485 @@
+"""Video frames: probing, frame-index policies, frame-exact reading and resizing, with typed errors for bad inputs.
+
+A "video" is either a file that FFmpeg can demux (read through PyAV and decord) or a folder of frame
+images (jpg/png, sorted by file name). Frames are addressed by their absolute index in decode
+(presentation) order, never by `timestamp * fps`, so variable-frame-rate files index correctly.
+
+Policies:
+- `uniform_indices` is the paper's 16-frame segment-middle sampling; when the video has fewer frames
+  than asked, indices repeat (it always returns exactly `n` indices, so a model always sees `n` frames).
+- `n_uniform_frames` is the "N uniform frames" policy for masks: unique, sorted, first and last included.
+- `read_frames` returns exactly the requested frames or raises; it never returns fewer frames. A file
+  that decodes fewer frames than its header announces raises `TruncatedVideoError` only when a requested
+  frame lies in the missing part (the frames before the cut are still readable).
+- Edit lists are ignored: every coded frame counts, as in the container's frame count and in decord.
+  (demo2.mp4 of the shared media hides 19 pre-roll frames behind an edit list: 522 frames here and in
+  decord, 503 in a default FFmpeg decode; its duration here is 17.4 s where players show 16.8 s.)
+- Strategy (measured by benchmarks/frame_sampling.py): PyAV with frame threading, seeking to the
+  keyframe before a wanted frame only when that skips frames, otherwise decoding on, and stopping after
+  the last wanted frame. Frames are matched to indices by timestamp rank, so this is exactly what a
+  sequential decode gives; streams without usable timestamps decode sequentially. decord is available
+  as `backend="decord"` but is not the default: on demo2.mp4 (edit list, negative timestamps) and at
+  the last frame of demo4.mp4 its frames differ from a sequential decode.
+Heavy libraries (av, decord, cv2) are imported lazily inside the functions that need them.
+"""
+
+from __future__ import annotations
+
+import bisect
+import math
+import os
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+
+from engine.errors import (
+    BadVideoError,
+    EmptyVideoError,
+    TruncatedVideoError,
+    VideoNotFoundError,
+    VideoTooLargeError,
+)
+
+__all__ = [
+    "FRAME_EXTENSIONS",
+    "MAX_FRAMES",
+    "MAX_SIDE",
+    "VideoInfo",
+    "check_video_limits",
+    "list_frame_files",
+    "n_uniform_frames",
+    "probe",
+    "read_frames",
+    "resize_frames",
+    "span_to_frames",
+    "uniform_indices",
+]
+
+FRAME_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp")
+MAX_SIDE = 8192
+MAX_FRAMES = 1_000_000
+DEFAULT_FOLDER_FPS = 30.0
+
+Backend = Literal["auto", "sequential", "seek", "decord"]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class VideoInfo:
+    """What a probe learns without decoding: size, frame count, rate, and how the video is stored.
+
+    `backend` names the reader that probed it (`pyav` for files, `frames` for a folder of images);
+    `num_frames` is the container's count (or a packet count when the container has none).
+    """
+
+    fps: float
+    width: int
+    height: int
+    num_frames: int
+    duration_s: float
+    backend: str
+    is_frame_folder: bool
+    codec: str = ""
+
+
+# ------------------------------------------------------------------------------------------ index policies
+
+
+def uniform_indices(num_frames: int, n: int = 16) -> list[int]:
+    """The paper's `n` segment-middle frame indices of a `num_frames`-frame video (PAPER.md, "frames").
+
+    s = (T-1)/n; for i in 0..n-1: a = round(s*i), b = round(s*(i+1)) (round half to even), index = (a+b)//2.
+    Always `n` indices in non-decreasing order; when `num_frames < n` some indices repeat (a one-frame
+    video gives `n` zeros), so the model's frame count never changes.
+    """
+    if n <= 0:
+        raise ValueError(f"uniform_indices needs n >= 1, got {n}")
+    if num_frames <= 0:
+        raise EmptyVideoError(f"cannot sample frames from a video with {num_frames} frames")
+    step = (num_frames - 1) / n
+    return [(round(step * i) + round(step * (i + 1))) // 2 for i in range(n)]
+
+
+def n_uniform_frames(num_frames: int, n: int) -> list[int]:
+    """The "N uniform frames" policy for masks: `round(linspace(0, T-1, n))`, unique and sorted.
+
+    Includes the first and last frame when `n >= 2`; `n == 1` gives `[0]`; when `num_frames <= n`
+    every frame is returned once.
+    """
+    if n <= 0:
+        raise ValueError(f"n_uniform_frames needs n >= 1, got {n}")
+    if num_frames <= 0:
+        raise EmptyVideoError(f"cannot sample frames from a video with {num_frames} frames")
+    if num_frames <= n:
+        return list(range(num_frames))
+    return [int(v) for v in np.unique(np.round(np.linspace(0, num_frames - 1, n)))]
+
+
+def span_to_frames(info: VideoInfo, start_s: float | None, end_s: float | None) -> tuple[int, int]:
+    """First and last (inclusive) frame index whose time `index / fps` lies in `[start_s, end_s)`.
+
+    `None` means the start or end of the video. Frame times assume a constant rate, so on a
+    variable-frame-rate file the span is approximate (frames themselves are still read exactly).
+    """
+    if info.num_frames <= 0 or info.fps <= 0:
+        raise EmptyVideoError("a video without frames or frame rate has no frame span")
+    tolerance = 1e-6  # float noise: 2.0 s at 12 fps is frame 24, not 23
+    first = 0 if start_s is None else max(0, math.ceil(start_s * info.fps - tolerance))
+    last = (
+        info.num_frames - 1 if end_s is None else min(info.num_frames - 1, math.ceil(end_s * info.fps - tolerance) - 1)
+    )
+    if first > last:
+        raise ValueError(f"time span [{start_s}, {end_s}) holds no frame of a {info.duration_s:.3f} s video")
+    return first, last
+
+
+# ------------------------------------------------------------------------------------------ probing
+
+
+def probe(path: str | os.PathLike[str], *, fps: float | None = None) -> VideoInfo:
+    """Size, frame count, rate and duration of a video file or a folder of frames, without decoding.
+
+    `fps` overrides the rate of a frame folder (default 30); it is ignored for video files.
+    Raises VideoNotFoundError, EmptyVideoError, BadVideoError, TruncatedVideoError or VideoTooLargeError.
+    """
+    path = _existing(path)
+    if path.is_dir():
+        info = _probe_folder(path, fps)
+    else:
+        with _open_container(path) as container:
+            info = _probe_container(container, path)
+    check_video_limits(info)
+    return info
+
+
+def check_video_limits(info: VideoInfo) -> None:
+    """Refuse absurd videos (a side above MAX_SIDE pixels, more than MAX_FRAMES frames) before decoding."""
+    if max(info.width, info.height) > MAX_SIDE or info.num_frames > MAX_FRAMES:
+        raise VideoTooLargeError(
+            f"video of {info.width}x{info.height} pixels and {info.num_frames} frames exceeds the limits "
+            f"({MAX_SIDE} px per side, {MAX_FRAMES} frames)"
+        )
+
+
+def list_frame_files(folder: str | os.PathLike[str]) -> list[Path]:
+    """The frame images of a folder (by extension, case-insensitive), sorted by file name."""
+    return sorted(
+        (p for p in Path(folder).iterdir() if p.suffix.lower() in FRAME_EXTENSIONS and p.is_file()),
+        key=lambda p: p.name,
+    )
+
+
+def _existing(path: str | os.PathLike[str]) -> Path:
+    path = Path(path)
+    try:
+        stat = path.stat()
+    except FileNotFoundError as error:
+        raise VideoNotFoundError(f"no such video: {path}") from error
+    except OSError as error:  # permission denied, a path through a regular file, name too long
+        raise VideoNotFoundError(f"cannot reach video {path}: {error.strerror or error}") from error
+    if path.is_dir():
+        if not os.access(path, os.R_OK | os.X_OK):
+            raise VideoNotFoundError(f"cannot read frame folder {path}")
+        return path
+    if not os.access(path, os.R_OK):
+        raise VideoNotFoundError(f"cannot read video {path}")
+    if stat.st_size == 0:
+        raise EmptyVideoError(f"video file is empty (0 bytes): {path}")
+    return path
+
+
+def _probe_folder(folder: Path, fps: float | None) -> VideoInfo:
+    files = list_frame_files(folder)
+    if not files:
+        raise EmptyVideoError(f"frame folder holds no {'/'.join(FRAME_EXTENSIONS)} images: {folder}")
+    height, width = _image_size(files[0])
+    rate = DEFAULT_FOLDER_FPS if fps is None else float(fps)
+    if rate <= 0:
+        raise ValueError(f"fps must be positive, got {fps}")
+    return VideoInfo(
+        fps=rate,
+        width=width,
+        height=height,
+        num_frames=len(files),
+        duration_s=len(files) / rate,
+        backend="frames",
+        is_frame_folder=True,
+        codec="image",
+    )
+
+
+def _image_size(path: Path) -> tuple[int, int]:
+    from PIL import Image  # lazily; reads the header only
+
+    try:
+        with Image.open(path) as image:
+            return image.height, image.width
+    except Exception as error:  # PIL raises many kinds for a broken image
+        raise BadVideoError(f"unreadable frame image {path}: {error}") from error
+
+
+def _open_container(path: Path) -> Any:
+    import av  # lazily: FFmpeg bindings are heavy
+
+    try:
+        # Edit lists ignored: every coded frame counts, as in the container's frame count and in decord
+        # (an edit list that hides pre-roll frames would otherwise shift indices against both).
+        return av.open(str(path), mode="r", metadata_errors="ignore", options={"ignore_editlist": "1"})
+    except av.error.FFmpegError as error:
+        if _looks_like_cut_mp4(path):
+            raise TruncatedVideoError(f"truncated video (no index found): {path}: {error}") from error
+        raise BadVideoError(f"not a readable video: {path}: {error}") from error
+    except (OSError, UnicodeDecodeError) as error:
+        raise BadVideoError(f"not a readable video: {path}: {error}") from error
+
+
+def _looks_like_cut_mp4(path: Path) -> bool:
+    """An ISO-BMFF file (an `ftyp` box first) that FFmpeg cannot open: its tail (with the index) was cut off."""
+    with path.open("rb") as handle:
+        head = handle.read(12)
+    return head[4:8] == b"ftyp"
+
+
+def _probe_container(container: Any, path: Path) -> VideoInfo:
+    if not container.streams.video:
+        raise BadVideoError(f"file has no video stream: {path}")
+    stream = container.streams.video[0]
+    width, height = int(stream.codec_context.width or 0), int(stream.codec_context.height or 0)
+    if width <= 0 or height <= 0:
+        raise BadVideoError(f"video stream without a frame size: {path}")
+    rate = stream.average_rate or stream.guessed_rate or stream.base_rate
+    fps = float(rate) if rate else 0.0
+    num_frames = int(stream.frames or 0)
+    if num_frames <= 0:
+        # Containers without a frame count (some webm/mkv/avi): count packets, which costs a demux, not a decode.
+        num_frames = sum(1 for packet in container.demux(stream) if packet.size > 0)
+        container.seek(0)
+    if num_frames <= 0:
+        raise EmptyVideoError(f"video has no frames: {path}")
+    duration_s = float(stream.duration * stream.time_base) if stream.duration and stream.time_base else 0.0
+    if duration_s <= 0 and container.duration:
+        duration_s = container.duration / 1_000_000
+    if fps <= 0 and duration_s > 0:
+        fps = num_frames / duration_s
+    if fps > 0:
+        duration_s = num_frames / fps  # consistent with the frame count, whatever the container claims
+    return VideoInfo(
+        fps=fps,
+        width=width,
+        height=height,
+        num_frames=num_frames,
+        duration_s=duration_s,
+        backend="pyav",
+        is_frame_folder=False,
+        codec=str(stream.codec_context.name),
+    )
+
+
+# ------------------------------------------------------------------------------------------ reading
+
+
+def read_frames(path: str | os.PathLike[str], indices: Sequence[int], *, backend: Backend = "auto") -> np.ndarray:
+    """The frames at absolute `indices` (any order, repeats allowed) as uint8 RGB `[n, h, w, 3]`.
+
+    For files, `backend` picks the strategy: `sequential` (PyAV decode from the start), `seek` (PyAV,
+    keyframe to keyframe), `decord` (decord's batch reader, see the module docstring), or `auto`
+    (= `seek`, which falls back to `sequential` for streams without timestamps). Raises ValueError for an index
+    outside the probed frame count, TruncatedVideoError when a requested frame cannot be decoded, and the
+    typed errors of `probe` for bad inputs.
+    """
+    path = _existing(path)
+    wanted = [int(i) for i in indices]
+    if path.is_dir():
+        info = _probe_folder(path, None)
+        check_video_limits(info)
+        _check_indices(wanted, info, path)
+        return _read_folder(path, wanted, info) if wanted else _empty(info)
+    with _open_container(path) as container:
+        info = _probe_container(container, path)
+        check_video_limits(info)
+        _check_indices(wanted, info, path)
+        if not wanted:
+            return _empty(info)
+        if backend == "decord":
+            return _read_decord(path, wanted)
+        if backend in ("seek", "auto"):
+            frames = _read_seeking(container, path, wanted)
+            if frames is not None:
+                return frames
+            container.seek(0)
+        return _read_sequential(container, path, wanted)
+
+
+def _empty(info: VideoInfo) -> np.ndarray:
+    return np.zeros((0, info.height, info.width, 3), dtype=np.uint8)
+
+
+def _check_indices(wanted: list[int], info: VideoInfo, path: Path) -> None:
+    bad = [i for i in wanted if i < 0 or i >= info.num_frames]
+    if bad:
+        raise ValueError(f"frame indices {bad[:5]} outside 0..{info.num_frames - 1} of {path}")
+
+
+def _read_sequential(container: Any, path: Path, wanted: list[int]) -> np.ndarray:
+    """Decode from the start in presentation order, keeping wanted frames, stopping after the last one."""
+    import av
+
+    targets = set(wanted)
+    last = max(targets)
+    stream = container.streams.video[0]
+    stream.thread_type = "AUTO"  # frame + slice threads: the decoder is the bottleneck
+    decoded: dict[int, np.ndarray] = {}
+    count = 0
+    try:
+        for frame in container.decode(stream):
+            if count in targets:
+                decoded[count] = frame.to_ndarray(format="rgb24")
+            count += 1
+            if count > last:
+                break
+    except av.error.FFmpegError as error:
+        if count == 0:
+            raise TruncatedVideoError(f"no frame of {path} decodes: {error}") from error
+        # A decode error partway: keep what decoded; missing wanted frames are reported below.
+    missing = sorted(targets - decoded.keys())
+    if missing:
+        raise TruncatedVideoError(f"{path} decodes only {count} frames; requested frames {missing[:5]} are missing")
+    return _stack([decoded[i] for i in wanted])
+
+
+def _read_seeking(container: Any, path: Path, wanted: list[int]) -> np.ndarray | None:
+    """Seek to the keyframe before each far-away wanted frame and decode forward from there.
+
+    Frames are identified by presentation timestamp: the demuxed packets' sorted timestamps give each
+    frame its index, exactly as a sequential decode would. None (caller decodes sequentially) when the
+    stream lacks the timestamps this needs.
+    """
+    import av
+
+    stream = container.streams.video[0]
+    timestamps: list[int] = []
+    keyframe_timestamps: list[int] = []
+    for packet in container.demux(stream):
+        if packet.size == 0:
+            continue
+        if packet.pts is None:
+            return None
+        timestamps.append(packet.pts)
+        if packet.is_keyframe:
+            keyframe_timestamps.append(packet.pts)
+    timestamps.sort()
+    index_of = {pts: i for i, pts in enumerate(timestamps)}
+    if len(index_of) != len(timestamps) or not keyframe_timestamps:
+        return None
+    keyframes = sorted(index_of[pts] for pts in keyframe_timestamps)
+    stream.thread_type = "AUTO"
+    targets = set(wanted)
+    decoded: dict[int, np.ndarray] = {}
+    position = -1  # index of the last decoded frame
+    frames: Iterator[Any] = iter(())
+    try:
+        for target in sorted(targets):
+            start = keyframes[max(0, bisect.bisect_right(keyframes, target) - 1)]
+            if position < start:
+                container.seek(timestamps[start], stream=stream, backward=True, any_frame=False)
+                # One decode iterator per seek: abandoning an iterator mid-packet would drop frames.
+                frames = container.decode(stream)
+            while position < target:
+                frame = next(frames, None)
+                if frame is None:
+                    break
+                index = index_of.get(frame.pts) if frame.pts is not None else None
+                if index is None or index < position:
+                    return None
+                position = index
+                if index in targets:
+                    decoded[index] = frame.to_ndarray(format="rgb24")
+    except av.error.FFmpegError as error:
+        raise TruncatedVideoError(f"decoding {path} failed while seeking: {error}") from error
+    missing = sorted(set(wanted) - decoded.keys())
+    if missing:
+        raise TruncatedVideoError(f"requested frames {missing[:5]} of {path} do not decode")
+    return _stack([decoded[i] for i in wanted])
+
+
+def _read_decord(path: Path, wanted: list[int]) -> np.ndarray:
+    """decord's batch reader: fast seeking, but not frame-exact on files with an edit list (see module doc)."""
+    import decord
+
+    try:
+        reader = decord.VideoReader(str(path), num_threads=0)
+    except (decord.DECORDError, RuntimeError) as error:
+        raise BadVideoError(f"decord cannot open {path}: {error}") from error
+    try:
+        if max(wanted) >= len(reader):
+            raise TruncatedVideoError(f"{path} holds only {len(reader)} frames for decord")
+        return np.ascontiguousarray(reader.get_batch(wanted).asnumpy())
+    except (decord.DECORDError, RuntimeError) as error:
+        raise TruncatedVideoError(f"decord failed reading frames of {path}: {error}") from error
+    finally:
+        del reader
+
+
+def _read_folder(folder: Path, wanted: list[int], info: VideoInfo) -> np.ndarray:
+    # PIL, not cv2: once decord is imported, cv2's PNG decoder fails ("bad parameters to zlib").
+    from PIL import Image
+
+    files = list_frame_files(folder)
+    loaded: dict[int, np.ndarray] = {}
+    for index in sorted(set(wanted)):
+        try:
+            with Image.open(files[index]) as image:
+                pixels = np.asarray(image.convert("RGB"))
+        except Exception as error:  # PIL raises many kinds for a broken image
+            raise BadVideoError(f"unreadable frame image {files[index]}: {error}") from error
+        if pixels.shape[:2] != (info.height, info.width):
+            raise BadVideoError(
+                f"frame {files[index].name} is {pixels.shape[1]}x{pixels.shape[0]}, "
+                f"the folder's first frame is {info.width}x{info.height}"
+            )
+        loaded[index] = pixels
+    return _stack([loaded[i] for i in wanted])
+
+
+def _stack(frames: list[np.ndarray]) -> np.ndarray:
+    return np.ascontiguousarray(np.stack(frames).astype(np.uint8, copy=False))
+
+
+# ------------------------------------------------------------------------------------------ resizing
+
+
+def resize_frames(
+    frames: np.ndarray, size: int | tuple[int, int], *, keep_aspect: bool = False, fill: int = 0
+) -> np.ndarray:
+    """Resize uint8 frames `[n, h, w, 3]` (or one `[h, w, 3]`) to `size` (an int is a square; a pair is (h, w)).
+
+    By default the frames are stretched to the target. With `keep_aspect` they are scaled to fit inside
+    it and centred on a `fill`-coloured canvas (letterbox). Area interpolation when shrinking, bilinear
+    when enlarging.
+    """
+    import cv2  # lazily
+
+    target_h, target_w = (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
+    if target_h <= 0 or target_w <= 0:
+        raise ValueError(f"resize target must be positive, got {size}")
+    array = np.asarray(frames)
+    single = array.ndim == 3
+    batch = array[None] if single else array
+    if batch.ndim != 4:
+        raise ValueError(f"resize_frames expects [n, h, w, c] or [h, w, c], got shape {array.shape}")
+    height, width = batch.shape[1:3]
+    if keep_aspect:
+        scale = min(target_h / height, target_w / width)
+        inner_h, inner_w = max(1, round(height * scale)), max(1, round(width * scale))
+    else:
+        inner_h, inner_w = target_h, target_w
+    shrinking = inner_h * inner_w < height * width
+    interpolation = cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR
+    out = np.full((batch.shape[0], target_h, target_w, batch.shape[3]), fill, dtype=np.uint8)
+    top, left = (target_h - inner_h) // 2, (target_w - inner_w) // 2
+    for k, frame in enumerate(batch):
+        resized = cv2.resize(np.ascontiguousarray(frame), (inner_w, inner_h), interpolation=interpolation)
+        out[k, top : top + inner_h, left : left + inner_w] = resized.reshape(inner_h, inner_w, -1)
+    return out[0] if single else out

@@ -1,0 +1,403 @@
+"""The data engine's Prefect flows: one task per (stage, shard), per-stage flows, the full build, and import.
+
+Prefect is the control plane only: each task calls a plain pipeline function (`flows.pipeline`) that streams
+a whole shard through one agent. Flows: `ingest`, `analyze`, `annotate`, `segment`, `review`, `refine`,
+`short_captions`, `generate_qa`, `export` (each over all or the selected shards), `build` (ingest, then every
+stage chained per shard, shards in parallel on the task runner) and `import_700k`.
+
+Failures: a transient backend error that survived the backend's own retries is retried by Prefect
+(`retry_condition_fn` accepts only `TransientBackendError`); an unreachable backend (`BackendUnavailableError`)
+fails the run with a message naming the stage and shard; bad items are rejects; at the end the run fails if
+a stage's rejected fraction passes `max_reject_fraction`, after writing the run's figures to
+`<root>/reports/` and a Prefect markdown artifact.
+
+Concurrency per backend: every stage task carries tags naming its backends (`sam2`, `grounding_dino`,
+`chat:openai`, `chat:local`, `gpu` when a backend runs on CUDA, and `stage:<name>`). Tags only limit work once
+a limit exists on the server, e.g. `prefect concurrency-limit create sam2 1` (one SAM 2 task per GPU
+machine) or `prefect concurrency-limit create chat:openai 4`; without limits the tags are labels.
+
+Runners: the default is `ThreadPoolTaskRunner`; `task_runner("ray")` returns `prefect_ray.RayTaskRunner`
+(optional extra `ray`, imported lazily), and GPU stages then ask Ray for one GPU per task.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+import uuid
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+from prefect import flow, task
+from prefect.cache_policies import NO_CACHE
+from prefect.futures import PrefectFuture, wait
+from prefect.task_runners import ThreadPoolTaskRunner
+
+from engine.config import EngineConfig
+from engine.errors import BackendUnavailableError, ConfigError, TransientBackendError
+from flows.pipeline import layout
+from flows.pipeline.ingest import ingest as ingest_manifest
+from flows.pipeline.reports import RunReport, StageReport
+from flows.pipeline.runner import run_stage
+from flows.pipeline.stages import (
+    ANALYZE,
+    ANNOTATE,
+    EXPORT,
+    GENERATE_QA,
+    REFINE,
+    REVIEW,
+    SEGMENT,
+    SHARD_STAGES,
+    SHORT_CAPTIONS,
+    STAGE_PARENTS,
+    check_stage,
+)
+
+# Prefect retries on top of the backend's own retries, only for errors that may pass with time.
+TASK_RETRIES = 2
+TASK_RETRY_DELAYS_S = [2.0, 10.0]
+
+
+class StageFailedError(RuntimeError):
+    """One or more stage tasks failed; the message names each (stage, shard) and its error."""
+
+
+def is_transient(task: Any, task_run: Any, state: Any) -> bool:
+    """Prefect `retry_condition_fn`: retry only transient backend errors (never bad config, bad items, bugs)."""
+    exc = state.data if isinstance(getattr(state, "data", None), BaseException) else None
+    if exc is None:
+        try:
+            exc = state.result(raise_on_failure=False)
+        except Exception:  # noqa: BLE001 - a result we cannot read is not a reason to retry
+            return False
+    return isinstance(exc, TransientBackendError)
+
+
+@task(
+    name="stage",
+    task_run_name="{stage}-{shard_id}",
+    retries=TASK_RETRIES,
+    retry_delay_seconds=TASK_RETRY_DELAYS_S,
+    retry_condition_fn=is_transient,
+    cache_policy=NO_CACHE,
+    persist_result=False,
+)
+def stage_task(root: str, stage: str, shard_id: str, config: EngineConfig, force: bool = False) -> StageReport:
+    """One stage over one shard (skipped when already done for this config)."""
+    try:
+        return run_stage(root, stage, shard_id, config, force=force)
+    except BackendUnavailableError as exc:
+        raise BackendUnavailableError(
+            f"stage {stage!r} on {shard_id}: a backend is unreachable, the run stops here (nothing was marked "
+            f"failed; fix the backend and re-run to resume): {exc}"
+        ) from exc
+
+
+@task(name="ingest", cache_policy=NO_CACHE, persist_result=False)
+def ingest_task(root: str, manifest: str, config: EngineConfig) -> StageReport:
+    """Probe the manifest's new rows and pin them into new shards."""
+    return ingest_manifest(root, manifest, config).report
+
+
+def backend_tags(stage: str, config: EngineConfig) -> set[str]:
+    """Tags of a stage task: its stage and every backend it calls (keys of Prefect concurrency limits)."""
+    agents = config.agents
+    chat = {
+        ANALYZE: [agents.analyzer],
+        ANNOTATE: [agents.annotator],
+        REVIEW: [agents.region_captioner, agents.judge],
+        REFINE: [agents.refiner],
+        SHORT_CAPTIONS: [agents.analyzer],
+        GENERATE_QA: [agents.annotator, agents.refiner],
+    }.get(stage, [])
+    tags = {f"stage:{stage}"} | {f"chat:{backend.kind}" for backend in chat}
+    vision = [agents.grounder, agents.segmenter] if stage in (SEGMENT, SHORT_CAPTIONS) else []
+    tags |= {backend.kind for backend in vision if backend.kind != "fake"}
+    devices = [getattr(backend, "device", "") for backend in [*chat, *vision]]
+    if any(str(device).startswith("cuda") for device in devices):
+        tags.add("gpu")
+    return tags
+
+
+def needs_gpu(stage: str, config: EngineConfig) -> bool:
+    """A stage asks the runner for a GPU when one of its backends runs on CUDA."""
+    return "gpu" in backend_tags(stage, config)
+
+
+def task_runner(name: str = "local", *, max_workers: int | None = None) -> Any:
+    """The task runner for `--runner`: `local` (threads) or `ray` (prefect-ray, optional extra)."""
+    if name == "local":
+        return ThreadPoolTaskRunner(max_workers=max_workers)
+    if name == "ray":
+        try:
+            from prefect_ray import RayTaskRunner
+        except ImportError as exc:
+            raise ConfigError(
+                "--runner ray needs the optional extra: pip install 'videorefer-suite[ray]' (prefect-ray)"
+            ) from exc
+        return RayTaskRunner()
+    raise ConfigError(f"unknown task runner {name!r}; expected local or ray")
+
+
+@contextlib.contextmanager
+def _gpu_request(stage: str, config: EngineConfig) -> Iterator[None]:
+    """On Ray, a GPU stage's task asks for one GPU; elsewhere this does nothing."""
+    if not needs_gpu(stage, config):
+        yield
+        return
+    try:
+        from prefect_ray.context import remote_options
+    except ImportError:
+        yield
+        return
+    with remote_options(num_gpus=1):
+        yield
+
+
+def submit_stages(
+    root: str,
+    config: EngineConfig,
+    shard_ids: Sequence[str],
+    stages: Sequence[str],
+    *,
+    force: bool = False,
+) -> list[tuple[str, str, PrefectFuture[StageReport]]]:
+    """Submit one task per (stage, shard), chained along the stage graph within each shard."""
+    wanted = [stage for stage in SHARD_STAGES if stage in set(stages)]
+    tasks = {stage: stage_task.with_options(tags=sorted(backend_tags(stage, config))) for stage in wanted}
+    submitted: list[tuple[str, str, PrefectFuture[StageReport]]] = []
+    for shard in shard_ids:
+        by_stage: dict[str, PrefectFuture[StageReport]] = {}
+        for stage in wanted:
+            upstream = [by_stage[parent] for parent in STAGE_PARENTS[stage] if parent in by_stage]
+            with _gpu_request(stage, config):
+                future = tasks[stage].submit(root, stage, shard, config, force, wait_for=upstream)
+            by_stage[stage] = future
+            submitted.append((stage, shard, future))
+    return submitted
+
+
+def collect(
+    submitted: Sequence[tuple[str, str, PrefectFuture[StageReport]]],
+) -> tuple[list[StageReport], list[tuple[str, str, BaseException]]]:
+    """Wait for every task; split finished reports from failures (upstream-blocked tasks are not failures)."""
+    wait([future for _, _, future in submitted])
+    reports: list[StageReport] = []
+    failures: list[tuple[str, str, BaseException]] = []
+    for stage, shard, future in submitted:
+        state = future.state
+        if state.is_completed():
+            reports.append(future.result())
+        elif state.is_failed() or state.is_crashed():
+            result = future.result(raise_on_failure=False)
+            if isinstance(result, BaseException):
+                failures.append((stage, shard, result))
+            else:
+                failures.append((stage, shard, RuntimeError(state.message or state.name)))
+    return reports, failures
+
+
+def finish_run(
+    root: str,
+    config: EngineConfig,
+    reports: Sequence[StageReport],
+    failures: Sequence[tuple[str, str, BaseException]],
+    *,
+    started: float,
+    name: str,
+) -> RunReport:
+    """Write the run's figures (JSON under the root + artifact), then fail on errors or too many rejects."""
+    run = RunReport.from_stage_reports(
+        reports, run_id=f"{name}-{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}-{_run_suffix()}",
+        wall_seconds=time.perf_counter() - started,
+    )
+    droot = layout.open_root(root)
+    data = run.to_json()
+    data["failures"] = [{"stage": s, "shard_id": sh, "error": f"{type(e).__name__}: {e}"} for s, sh, e in failures]
+    droot.write_json(f"{layout.run_reports_dir()}/runs/{run.run_id}.json", data)
+    droot.write_json(f"{layout.run_reports_dir()}/latest-run.json", data)
+    _artifact(run, failures, name=name)
+    if failures:
+        unreachable = [f for f in failures if isinstance(f[2], BackendUnavailableError)]
+        stage, shard, exc = (unreachable or list(failures))[0]
+        if unreachable:
+            raise exc
+        lines = "; ".join(f"{s}/{sh}: {type(e).__name__}: {e}" for s, sh, e in failures)
+        raise StageFailedError(f"{len(failures)} stage task(s) failed: {lines}") from exc
+    run.check_reject_fraction(config.max_reject_fraction)
+    return run
+
+
+def _run_suffix() -> str:
+    try:
+        from prefect.runtime import flow_run
+
+        return str(flow_run.id or uuid.uuid4())[:8]
+    except Exception:  # noqa: BLE001 - outside a flow run any unique suffix will do
+        return uuid.uuid4().hex[:8]
+
+
+def _artifact(run: RunReport, failures: Sequence[tuple[str, str, BaseException]], *, name: str) -> None:
+    try:
+        from prefect.artifacts import create_markdown_artifact
+
+        failed = "".join(f"\n- **failed** {s} / {sh}: {type(e).__name__}: {e}" for s, sh, e in failures)
+        create_markdown_artifact(
+            markdown=f"## {name}: {run.run_id}\n\n{run.to_markdown()}\n{failed}\n",
+            key="engine-run-figures",
+            description=f"Data engine figures of {run.run_id}",
+        )
+    except Exception:  # noqa: BLE001 - figures are also on disk; a missing API must not fail the run
+        return
+
+
+def _select_shards(root: str, shards: Sequence[str] | None) -> list[str]:
+    available = layout.shards(layout.open_root(root))
+    if not shards:
+        return available
+    unknown = sorted(set(shards) - set(available))
+    if unknown:
+        raise ConfigError(f"unknown shards {unknown}; the root has {len(available)} shards")
+    return [shard for shard in available if shard in set(shards)]
+
+
+def run_stages(
+    root: str,
+    stages: Sequence[str],
+    config_path: str | None = None,
+    shards: Sequence[str] | None = None,
+    force: bool = False,
+    *,
+    name: str,
+    manifest: str | None = None,
+) -> RunReport:
+    """Body of every engine flow: optional ingest, then the stages over the shards, then the figures."""
+    started = time.perf_counter()
+    root = str(root)
+    for stage in stages:
+        check_stage(stage)
+    config = layout.resolve_config(root, config_path)
+    layout.ensure_dataset(layout.open_root(root), config)
+    reports: list[StageReport] = []
+    if manifest:
+        reports.append(ingest_task(root, str(manifest), config))
+    shard_ids = _select_shards(root, shards)
+    submitted = submit_stages(root, config, shard_ids, stages, force=force)
+    stage_reports, failures = collect(submitted)
+    return finish_run(root, config, [*reports, *stage_reports], failures, started=started, name=name)
+
+
+# ---------------------------------------------------------------- flows (parameters: identity only)
+
+
+@flow(name="ingest", log_prints=False)
+def ingest(root: str, manifest: str, config_path: str | None = None) -> dict[str, Any]:
+    """Probe the manifest's new rows, write their clips, pin them into new shards."""
+    return run_stages(root, [], config_path, name="ingest", manifest=manifest).to_json()
+
+
+@flow(name="analyze")
+def analyze(root: str, config_path: str | None = None, shards: list[str] | None = None, force: bool = False) -> dict:
+    """Analyzer over the selected shards: nouns of each clip's caption."""
+    return run_stages(root, [ANALYZE], config_path, shards, force, name="analyze").to_json()
+
+
+@flow(name="annotate")
+def annotate(root: str, config_path: str | None = None, shards: list[str] | None = None, force: bool = False) -> dict:
+    """Annotator over the selected shards: appearance and motion text per object."""
+    return run_stages(root, [ANNOTATE], config_path, shards, force, name="annotate").to_json()
+
+
+@flow(name="segment")
+def segment(root: str, config_path: str | None = None, shards: list[str] | None = None, force: bool = False) -> dict:
+    """Segmentor over the selected shards: key-frame box, mask, propagated masklet."""
+    return run_stages(root, [SEGMENT], config_path, shards, force, name="segment").to_json()
+
+
+@flow(name="review")
+def review(root: str, config_path: str | None = None, shards: list[str] | None = None, force: bool = False) -> dict:
+    """Reviewer over the selected shards: region caption + judge."""
+    return run_stages(root, [REVIEW], config_path, shards, force, name="review").to_json()
+
+
+@flow(name="refine")
+def refine(root: str, config_path: str | None = None, shards: list[str] | None = None, force: bool = False) -> dict:
+    """Refiner over the selected shards: one detailed caption per accepted object."""
+    return run_stages(root, [REFINE], config_path, shards, force, name="refine").to_json()
+
+
+@flow(name="short_captions")
+def short_captions(
+    root: str, config_path: str | None = None, shards: list[str] | None = None, force: bool = False
+) -> dict:
+    """Short-caption path over the selected shards: single subject + segmentation."""
+    return run_stages(root, [SHORT_CAPTIONS], config_path, shards, force, name="short_captions").to_json()
+
+
+@flow(name="generate_qa")
+def generate_qa(
+    root: str, config_path: str | None = None, shards: list[str] | None = None, force: bool = False
+) -> dict:
+    """QA path over the selected shards (clips that came with masks and referring expressions)."""
+    return run_stages(root, [GENERATE_QA], config_path, shards, force, name="generate_qa").to_json()
+
+
+@flow(name="export")
+def export(root: str, config_path: str | None = None, shards: list[str] | None = None, force: bool = False) -> dict:
+    """WebDataset shards and 700K-style JSON from the finished stages of the selected shards."""
+    return run_stages(root, [EXPORT], config_path, shards, force, name="export").to_json()
+
+
+@flow(name="build")
+def build(
+    root: str,
+    manifest: str | None = None,
+    config_path: str | None = None,
+    shards: list[str] | None = None,
+    force: bool = False,
+) -> dict:
+    """The full engine: ingest the manifest's new rows, then every stage chained per shard (only what is
+    not already done for this config runs, so a scheduled run processes just the new shards)."""
+    return run_stages(root, list(SHARD_STAGES), config_path, shards, force, name="build", manifest=manifest).to_json()
+
+
+@task(name="import_700k", task_run_name="import-{shard_id}", cache_policy=NO_CACHE, persist_result=False)
+def import_700k_task(root: str, json_path: str, video_root: str, shard_id: str, config: EngineConfig) -> StageReport:
+    from flows.pipeline.importing import import_700k_shard
+
+    return import_700k_shard(root, json_path, video_root, shard_id, config)
+
+
+@flow(name="import_700k")
+def import_700k(root: str, json_path: str, video_root: str, config_path: str | None = None) -> dict:
+    """Shard the released VideoRefer-700K JSON (no engine run): validate, read frames, write WebDataset tars."""
+    from flows.pipeline.importing import plan_import
+
+    started = time.perf_counter()
+    root = str(root)
+    config = layout.resolve_config(root, config_path)
+    layout.ensure_dataset(layout.open_root(root), config)
+    shard_ids = plan_import(root, json_path, config)
+    futures = [
+        (
+            "import_700k",
+            shard,
+            import_700k_task.submit(root, str(Path(json_path)), str(Path(video_root)), shard, config),
+        )
+        for shard in shard_ids
+    ]
+    reports, failures = collect(futures)
+    return finish_run(root, config, reports, failures, started=started, name="import_700k").to_json()
+
+
+STAGE_FLOWS = {
+    ANALYZE: analyze,
+    ANNOTATE: annotate,
+    SEGMENT: segment,
+    REVIEW: review,
+    REFINE: refine,
+    SHORT_CAPTIONS: short_captions,
+    GENERATE_QA: generate_qa,
+    EXPORT: export,
+}

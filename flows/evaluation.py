@@ -1,0 +1,81 @@
+"""The `evaluate_checkpoint` Prefect flow: VideoRefer-Bench-Q and -D for a model checkpoint (or each new one).
+
+`model_dir` is either one checkpoint (a folder with `config.json`, as `save_pretrained` writes) or a folder of
+checkpoints; each is evaluated into `out/<checkpoint name>/`. One Prefect task per (checkpoint, benchmark, mode),
+never per item: the items stream through `flows.cli_bench.run_bench`, which resumes from its prediction and
+judge files, so a scheduled deployment re-run every hour only does the work of checkpoints (and items) that
+are new. Tasks run one after another, since they share the one model in memory (and the one GPU).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from prefect import flow, task
+
+from flows.cli_bench import BenchJob, run_bench
+
+
+def find_checkpoints(model_dir: str | Path) -> list[Path]:
+    """`model_dir` itself when it is a checkpoint, else its checkpoint sub-folders in name order."""
+    root = Path(model_dir)
+    if (root / "config.json").is_file():
+        return [root]
+    if not root.is_dir():
+        from engine.errors import ConfigError
+
+        raise ConfigError(f"model_dir is not a directory: {root}")
+    return sorted(child for child in root.iterdir() if (child / "config.json").is_file())
+
+
+@task(name="bench", task_run_name="{kind}-{mode}-{checkpoint_name}")
+def bench_task(
+    *, kind: str, mode: str, checkpoint_name: str, checkpoint: str, data: str, data_root: str | None, out: str,
+    judge_url: str | None, judge_model: str, limit: int | None,
+) -> dict[str, Any]:
+    job = BenchJob(
+        kind=kind, mode=mode, data=Path(data), data_root=Path(data_root) if data_root else None,
+        model_dir=Path(checkpoint), out=Path(out), judge_url=judge_url, judge_model=judge_model, limit=limit,
+    )
+    result = run_bench(job)
+    return {"checkpoint": checkpoint_name, "bench": kind, "mode": mode, "headline": result.headline,
+            "report": str(result.report_json), "predicted": result.predicted, "resumed": result.skipped,
+            "rejected": result.rejected}
+
+
+@flow(name="evaluate-checkpoint", log_prints=True)
+def evaluate_checkpoint(
+    model_dir: str,
+    out: str,
+    bench_q: str | None = None,
+    bench_d: str | None = None,
+    data_root_q: str | None = None,
+    data_root_d: str | None = None,
+    judge_url: str | None = None,
+    judge_model: str = "gpt-4o",
+    modes: list[str] | None = None,
+    limit: int | None = None,
+) -> list[dict[str, Any]]:
+    """Evaluate every checkpoint under `model_dir` on the given benchmark files, in each mode (default both)."""
+    from engine.errors import ConfigError
+
+    if not bench_q and not bench_d:
+        raise ConfigError("evaluate_checkpoint needs bench_q and/or bench_d")
+    benches = [(kind, path, root) for kind, path, root in (("q", bench_q, data_root_q), ("d", bench_d, data_root_d))
+               if path]
+    results = []
+    for checkpoint in find_checkpoints(model_dir):
+        for kind, path, root in benches:
+            for mode in modes or ["single", "multi"]:
+                results.append(bench_task(
+                    kind=kind, mode=mode, checkpoint_name=checkpoint.name, checkpoint=str(checkpoint), data=path,
+                    data_root=root, out=str(Path(out) / checkpoint.name), judge_url=judge_url,
+                    judge_model=judge_model, limit=limit,
+                ))
+                print(f"{checkpoint.name}: {results[-1]['headline']}")
+    return results
+
+
+if __name__ == "__main__":
+    evaluate_checkpoint.serve(name="evaluate-checkpoint")

@@ -1,0 +1,102 @@
+"""Read-only checks of a dataset root: re-validating exported tars, and per-stage progress for `status`.
+
+`validate_tar` re-reads a tar with the storage reader and applies the same validation the writer applied
+(masks present and visible on the vision grid, `<region>` count, conversation shape) plus frame checks
+(one decodable image per frame index) and its index. `stage_status` counts, per stage, the shards done for
+the current config, done for another config (stale: they will re-run), and not done.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from flows.pipeline import layout
+from flows.pipeline.reports import StageReport
+from flows.pipeline.stages import EXPORT, SHARD_STAGES, chained_hash
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TarCheck:
+    samples: int
+    problems: tuple[str, ...]
+
+
+def validate_tar(path: str | Path) -> TarCheck:
+    """Every problem of one exported tar (empty when all its samples are valid)."""
+    from storage.samples import validate_sample
+    from storage.wds import iter_samples, read_index
+
+    problems: list[str] = []
+    keys: list[str] = []
+    try:
+        for sample, frames in iter_samples(str(path)):
+            keys.append(sample.key)
+            for reason, message in validate_sample(sample):
+                problems.append(f"{sample.key}: {reason}: {message}")
+            if len(frames) != len(sample.frame_indices):
+                problems.append(f"{sample.key}: {len(frames)} frames for {len(sample.frame_indices)} indices")
+            if any(frame.ndim != 3 or frame.shape[-1] != 3 for frame in frames):
+                problems.append(f"{sample.key}: a frame is not an RGB image")
+    except Exception as exc:  # noqa: BLE001 - a tar that cannot be read is the problem we report
+        problems.append(f"unreadable: {type(exc).__name__}: {exc}")
+    if len(set(keys)) != len(keys):
+        problems.append("duplicate sample keys")
+    index_path = Path(str(path)).with_suffix(".parquet")
+    if index_path.is_file():
+        indexed = [row["key"] for row in read_index(str(index_path))]
+        if indexed != keys:
+            problems.append(f"index lists {len(indexed)} keys, the tar holds {len(keys)} (or in another order)")
+    return TarCheck(samples=len(keys), problems=tuple(problems))
+
+
+def stage_status(root: layout.RootLike, config_path: str | None = None) -> list[dict[str, Any]]:
+    """One row per stage: done / stale / todo shard counts and the stored item figures of done shards."""
+    from flows.pipeline.runner import stored_report
+
+    droot = layout.open_root(root)
+    config = layout.resolve_config(droot, config_path)
+    shards = layout.shards(droot)
+    rows = []
+    for stage in SHARD_STAGES:
+        config_hash = chained_hash(config, stage)
+        done = stale = 0
+        items_in = items_out = rejected = 0
+        for shard in shards:
+            report = stored_report(droot, stage, shard, config_hash)
+            if report is not None:
+                done += 1
+                items_in += report.items_in
+                items_out += report.items_out
+                rejected += report.rejected
+            elif droot.read_done(stage, shard) is not None:
+                stale += 1
+        rows.append({"stage": stage, "done": done, "stale": stale, "todo": len(shards) - done - stale,
+                     "items_in": items_in, "items_out": items_out, "rejected": rejected})
+    return rows
+
+
+def count_done(root: layout.RootLike, config_path: str | None = None) -> tuple[int, int]:
+    """(stage, shard) pairs done for the current config, and how many there are."""
+    droot = layout.open_root(root)
+    config = layout.resolve_config(droot, config_path)
+    shards = layout.shards(droot)
+    done = 0
+    for stage in SHARD_STAGES:
+        config_hash = chained_hash(config, stage)
+        for shard in shards:
+            marker = droot.read_done(stage, shard)
+            done += bool(marker and marker.get("config_hash") == config_hash)
+    return done, len(shards) * len(SHARD_STAGES)
+
+
+def stored_stage_reports(root: layout.RootLike, stage: str = EXPORT) -> list[StageReport]:
+    """The stored figures of every shard of a stage (whatever config they ran with)."""
+    droot = layout.open_root(root)
+    out = []
+    for shard in layout.shards(droot):
+        path = layout.stage_report_path(stage, shard)
+        if droot.exists(path):
+            out.append(StageReport.from_json(droot.read_json(path)))
+    return out

@@ -1,0 +1,209 @@
+"""Export of one shard: accepted records -> training samples -> WebDataset tars + VideoRefer-700K JSON.
+
+Detailed samples come from the refine table, short ones from short_captions, QA ones from generate_qa. Each
+sample's frames are the clip's uniformly sampled frames (the ones the agents saw), read once per clip and
+resized to `sampling.image_size`. The tars of shard `S` are `export/wds/train-S-NNNNNN.tar` (with their index
+and stats), its JSON is `export/json/S.json`; a re-export first removes the shard's old files, and the done
+marker (written last) lists the files. Samples that fail validation are rejects of the `export` stage.
+
+Exported samples are a pure function of the inputs: a video under the dataset root is named relative to the
+root, and provenance keeps who produced each field but not the run's timings (they stay in the stage tables),
+so the same inputs give byte-identical tars on any root.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import threading
+import time
+from collections import defaultdict
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from engine.config import EngineConfig
+from engine.errors import InvalidSampleError, RejectReason, VideoReferError
+from engine.types import ClipQA, ObjectRecord, Reject, Sample
+from flows.pipeline import layout
+from flows.pipeline.reports import StageReport, count_reasons
+from flows.pipeline.stages import EXPORT, GENERATE_QA, REFINE, SHORT_CAPTIONS, chained_hash
+from storage.root import DatasetRoot
+
+SPLIT = "train"
+WDS_DIR = "export/wds"
+JSON_DIR = "export/json"
+MAX_SAMPLES_PER_TAR = 1000
+
+# ShardWriter merges `_stats.json` on close (read-modify-write): shards exported in parallel threads take turns.
+_STATS_LOCK = threading.Lock()
+
+
+def split_of(shard_id: str) -> str:
+    return f"{SPLIT}-{shard_id}"
+
+
+def export_done(root: DatasetRoot, shard_id: str, config_hash: str) -> bool:
+    """True when the shard was exported with this hash and every file its marker lists is in place."""
+    marker = root.read_done(EXPORT, shard_id)
+    if marker is None or marker.get("config_hash") != config_hash:
+        return False
+    return all(root.exists(path) for path in marker.get("files", []))
+
+
+def build_samples(
+    root: DatasetRoot, shard_id: str, config: EngineConfig
+) -> tuple[list[Sample], list[Reject], int]:
+    """The shard's samples (in a stable order), the items that could not become samples, and the items read."""
+    from agents.frames import sample_clip_frames
+    from storage.samples import detailed_sample, qa_samples, short_sample, use_multi_frame
+
+    sampling = config.sampling
+    samples: list[Sample] = []
+    rejects: list[Reject] = []
+    frames_of: dict[str, list[int]] = {}
+
+    def frames(clip: Any) -> list[int]:
+        if clip.clip_id not in frames_of:
+            frames_of[clip.clip_id] = sample_clip_frames(clip, sampling.num_frames)
+        return frames_of[clip.clip_id]
+
+    def attempt(item_id: str, clip_id: str, make: Any) -> None:
+        try:
+            samples.append(make())
+        except (InvalidSampleError, VideoReferError, ValueError) as exc:
+            reason = getattr(exc, "reason", RejectReason.MALFORMED_SAMPLE)
+            rejects.append(Reject(stage=EXPORT, item_id=item_id, clip_id=clip_id, reason=reason, message=str(exc)))
+
+    detailed: list[ObjectRecord] = _read(root, REFINE, shard_id)
+    for record in detailed:
+        multi = use_multi_frame(sampling.multi_frame_ratio, config.seed, record.object_id)
+        attempt(record.object_id, record.clip_id, lambda r=record, m=multi: detailed_sample(
+            r, frame_indices=frames(r.clip), multi_frame=m, seed=config.seed))
+    short: list[ObjectRecord] = _read(root, SHORT_CAPTIONS, shard_id)
+    for record in short:
+        attempt(record.object_id, record.clip_id, lambda r=record: short_sample(
+            r, frame_indices=frames(r.clip), seed=config.seed))
+    clip_qas: list[ClipQA] = _read(root, GENERATE_QA, shard_id)
+    for clip_qa in clip_qas:
+        multi = use_multi_frame(sampling.multi_frame_ratio, config.seed, clip_qa.clip_id)
+        try:
+            made, bad = qa_samples(clip_qa, frame_indices=frames(clip_qa.clip), multi_frame=multi, seed=config.seed)
+        except (VideoReferError, ValueError) as exc:
+            reason = getattr(exc, "reason", RejectReason.MALFORMED_SAMPLE)
+            made, bad = [], [Reject(stage=EXPORT, item_id=clip_qa.clip_id, clip_id=clip_qa.clip_id, reason=reason,
+                                    message=str(exc))]
+        samples.extend(made)
+        rejects.extend(bad)
+    items = len(detailed) + len(short) + sum(max(1, len(q.qa)) for q in clip_qas)
+    return [_portable(root, sample) for sample in samples], rejects, items
+
+
+def _read(root: DatasetRoot, stage: str, shard_id: str) -> list[Any]:
+    if not root.exists(root.stage_path(stage, shard_id)):
+        return []
+    return list(layout.read_stage(root, stage, shard_id))
+
+
+def _portable(root: DatasetRoot, sample: Sample) -> Sample:
+    """The sample without run-specific values: root-relative video path, provenance without timings."""
+    video = sample.video_uri
+    if root.is_local and video and not video.startswith(("http://", "https://")):
+        with contextlib.suppress(ValueError):  # a video outside the root keeps its absolute path
+            video = Path(video).resolve().relative_to(Path(root.full_path("")).resolve()).as_posix()
+    provenance = tuple(dataclasses.replace(p, latency_s=0.0) for p in sample.provenance)
+    return dataclasses.replace(sample, video_uri=video, provenance=provenance)
+
+
+def export_shard(root: layout.RootLike, shard_id: str, config: EngineConfig) -> StageReport:
+    """Write the shard's tars and JSON, then its report and done marker; return the figures."""
+    from storage.wds import ShardWriter
+
+    started = time.perf_counter()
+    droot = layout.open_root(root)
+    config_hash = chained_hash(config, EXPORT)
+    droot.delete(droot.done_path(EXPORT, shard_id))
+    clear_shard_export(droot, shard_id)
+    samples, rejects, items = build_samples(droot, shard_id, config)
+    by_clip: dict[str, list[Sample]] = defaultdict(list)
+    for sample in samples:
+        by_clip[sample.clip_id].append(sample)
+    clips = {clip.clip_id: clip for clip in layout.shard_clips(droot, shard_id)}
+
+    written: list[Sample] = []
+    writer = ShardWriter(droot, split=split_of(shard_id), max_samples_per_tar=MAX_SAMPLES_PER_TAR)
+    try:
+        for clip_id in sorted(by_clip):
+            group = sorted(by_clip[clip_id], key=lambda s: s.key)
+            try:
+                frames_by_index = _clip_frames(clips[clip_id].video_uri, group, config.sampling.image_size)
+            except VideoReferError as exc:
+                rejects.extend(
+                    Reject(stage=EXPORT, item_id=s.key, clip_id=clip_id, reason=exc.reason, message=str(exc))
+                    for s in group
+                )
+                continue
+            for sample in group:
+                frames = np.stack([frames_by_index[i] for i in sample.frame_indices])
+                reject = writer.write(sample, frames)
+                if reject is None:
+                    written.append(sample)
+                else:
+                    rejects.append(reject)
+    except BaseException:
+        writer.__exit__(RuntimeError, None, None)
+        raise
+    with _STATS_LOCK:
+        stats = writer.close()
+
+    files = [f"{WDS_DIR}/{name}" for name in stats["tars"]]
+    files += [f"{WDS_DIR}/{name.removesuffix('.tar')}.parquet" for name in stats["tars"]]
+    json_path = f"{JSON_DIR}/{shard_id}.json"
+    droot.write_json(json_path, _json_700k(written))
+    files.append(json_path)
+    layout.tables.write_rejects(droot, EXPORT, shard_id, rejects)
+    report = StageReport(
+        stage=EXPORT,
+        shard_id=shard_id,
+        config_hash=config_hash,
+        items_in=items,
+        items_out=len(written),
+        rejects=count_reasons(rejects),
+        seconds=time.perf_counter() - started,
+    )
+    droot.write_json(layout.stage_report_path(EXPORT, shard_id), report.to_json())
+    droot.mark_done(EXPORT, shard_id, config_hash, files=files, samples=len(written))
+    return report
+
+
+def _clip_frames(video_uri: str, samples: Sequence[Sample], size: int) -> dict[int, np.ndarray]:
+    """Every frame the clip's samples need, decoded once and resized for the vision tower."""
+    from engine.video import read_frames, resize_frames
+
+    wanted = sorted({int(i) for s in samples for i in s.frame_indices})
+    frames = resize_frames(read_frames(video_uri, wanted), size)
+    return {index: frames[k] for k, index in enumerate(wanted)}
+
+
+def _json_700k(samples: Sequence[Sample]) -> list[dict[str, Any]]:
+    from storage.videorefer_json import export_700k
+
+    return list(export_700k(list(samples)))
+
+
+def clear_shard_export(root: DatasetRoot, shard_id: str) -> None:
+    """Remove a shard's exported files (before a re-export), leaving other shards' files alone."""
+    prefix = f"{split_of(shard_id)}-"
+    for name in root.listdir(WDS_DIR):
+        if name.startswith(prefix):
+            root.delete(f"{WDS_DIR}/{name}")
+    root.delete(f"{JSON_DIR}/{shard_id}.json")
+
+
+def exported_tars(root: layout.RootLike) -> list[str]:
+    """Paths (or URLs) of every finished tar of the root, in name order."""
+    droot = layout.open_root(root)
+    return [droot.url_of(f"{WDS_DIR}/{name}") for name in droot.listdir(WDS_DIR) if name.endswith(".tar")]
+

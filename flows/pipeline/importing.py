@@ -1,0 +1,156 @@
+"""Import of the released VideoRefer-700K JSON into WebDataset tars, without running the engine.
+
+`plan_import` splits the JSON list into chunks of `shard_size` items under `imports/<name>/chunk-NNNNNN.json`
+(so each task reads only its chunk, not a JSON of hundreds of MB); `import_700k_shard` validates a chunk
+(`storage.videorefer_json.import_700k`: null/missing masks and `<region>` mismatches become rejects), gives
+each sample its frames (the paper's uniform frames of the video plus every annotated frame, so the masks'
+frames are always among the images), reads them once per video, and writes `export/wds/import-<name>-...tar`.
+Per chunk the work is skipped when its done marker carries the same config hash.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+
+from engine.config import EngineConfig
+from engine.errors import ConfigError, RejectReason, VideoReferError
+from engine.ids import stable_hash
+from engine.types import Reject, Sample
+from flows.pipeline import layout
+from flows.pipeline.reports import StageReport, count_reasons
+
+STAGE = "import_700k"
+MAX_FRAMES = 100  # ShardWriter names frames with two digits
+
+
+def _chunk_dir(json_path: str | Path) -> str:
+    path = Path(json_path)
+    return f"imports/{path.stem}-{stable_hash(str(path.resolve()), path.stat().st_size, length=8)}"
+
+
+def plan_import(root: layout.RootLike, json_path: str | Path, config: EngineConfig) -> list[str]:
+    """Split the JSON into chunk files under the root (once); return the chunk ids."""
+    droot = layout.open_root(root)
+    path = Path(json_path)
+    if not path.is_file():
+        raise ConfigError(f"700K JSON not found: {path}")
+    directory = _chunk_dir(path)
+    plan = f"{directory}/plan.json"
+    if droot.exists(plan):
+        return list(droot.read_json(plan)["chunks"])
+    try:
+        items = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"{path} is not valid JSON: {exc}") from exc
+    if not isinstance(items, list):
+        raise ConfigError(f"{path} must hold a JSON list of samples")
+    chunks = []
+    for offset in range(0, len(items), config.shard_size):
+        chunk = f"{Path(directory).name}-{offset // config.shard_size:06d}"
+        part = items[offset : offset + config.shard_size]
+        droot.write_json(f"{directory}/{chunk}.json", {"offset": offset, "items": part})
+        chunks.append(chunk)
+    droot.write_json(plan, {"source": str(path.resolve()), "chunks": chunks})
+    return chunks
+
+
+def import_700k_shard(
+    root: layout.RootLike, json_path: str | Path, video_root: str | Path, chunk: str, config: EngineConfig
+) -> StageReport:
+    """Validate one chunk, read its frames, write its tars; skipped when done with the same config."""
+    from storage.videorefer_json import import_700k
+    from storage.wds import ShardWriter
+
+    started = time.perf_counter()
+    droot = layout.open_root(root)
+    config_hash = stable_hash(STAGE, config.stage_hash("export"), str(video_root))
+    marker = droot.read_done(STAGE, chunk)
+    if marker and marker.get("config_hash") == config_hash:
+        stored = StageReport.from_json(droot.read_json(layout.stage_report_path(STAGE, chunk)))
+        return dataclasses.replace(stored, skipped=True, seconds=0.0)
+    data = droot.read_json(f"{_chunk_dir(json_path)}/{chunk}.json")
+    samples, rejects = import_700k(data["items"], video_root=str(video_root))
+    rejects = [dataclasses.replace(r, item_id=_renumber(r.item_id, data["offset"])) for r in rejects]
+
+    split = f"import-{chunk}"
+    for name in droot.listdir("export/wds"):
+        if name.startswith(f"{split}-"):
+            droot.delete(f"export/wds/{name}")
+    by_video: dict[str, list[Sample]] = defaultdict(list)
+    for sample in samples:
+        by_video[sample.video_uri].append(sample)
+    written = 0
+    with ShardWriter(droot, split=split) as writer:
+        for video in sorted(by_video):
+            try:
+                framed = _with_frames(video, by_video[video], config)
+            except VideoReferError as exc:
+                rejects.extend(
+                    Reject(stage=STAGE, item_id=s.key, clip_id=s.clip_id, reason=exc.reason, message=str(exc))
+                    for s in by_video[video]
+                )
+                continue
+            for sample, frames in framed:
+                if frames is None:
+                    rejects.append(
+                        Reject(
+                            stage=STAGE, item_id=sample.key, clip_id=sample.clip_id,
+                            reason=RejectReason.MALFORMED_SAMPLE, message=f"annotated frame beyond the end of {video}",
+                        )
+                    )
+                    continue
+                reject = writer.write(sample, frames)
+                if reject is None:
+                    written += 1
+                else:
+                    rejects.append(reject)
+    from storage import tables
+
+    tables.write_rejects(droot, STAGE, chunk, rejects)
+    report = StageReport(
+        stage=STAGE,
+        shard_id=chunk,
+        config_hash=config_hash,
+        items_in=len(data["items"]),
+        items_out=written,
+        rejects=count_reasons(rejects),
+        seconds=time.perf_counter() - started,
+    )
+    droot.write_json(layout.stage_report_path(STAGE, chunk), report.to_json())
+    droot.mark_done(STAGE, chunk, config_hash, samples=written)
+    return report
+
+
+def _renumber(item_id: str, offset: int) -> str:
+    if item_id.startswith("item") and item_id[4:].isdigit():
+        return f"item{offset + int(item_id[4:])}"
+    return item_id
+
+
+def _with_frames(video: str, samples: list[Sample], config: EngineConfig) -> list[tuple[Sample, np.ndarray | None]]:
+    """Each sample with its frame indices set (uniform frames + annotated frames) and those frames read."""
+    from engine.video import probe, read_frames, resize_frames, uniform_indices
+
+    info = probe(video)
+    uniform = set(uniform_indices(info.num_frames, config.sampling.num_frames))
+    planned = []
+    for sample in samples:
+        annotated = {frame for obj in sample.objects for frame in obj.masks}
+        indices = tuple(sorted(uniform | annotated))[:MAX_FRAMES]
+        planned.append(dataclasses.replace(sample, frame_indices=indices))
+    wanted = sorted({i for sample in planned for i in sample.frame_indices if i < info.num_frames})
+    frames = resize_frames(read_frames(video, wanted), config.sampling.image_size)
+    by_index = {index: frames[k] for k, index in enumerate(wanted)}
+    out: list[tuple[Sample, np.ndarray | None]] = []
+    for sample in planned:
+        if any(i not in by_index for i in sample.frame_indices):
+            out.append((sample, None))  # an annotated frame beyond the video's end
+        else:
+            out.append((sample, np.stack([by_index[i] for i in sample.frame_indices])))
+    return out

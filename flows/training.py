@@ -1,0 +1,53 @@
+"""The `train_stage` Prefect flow: one training stage as a torchrun subprocess, so deployments can train.
+
+Prefect is the control plane only: the flow builds the same torchrun command as `videorefer train`, streams
+the trainer's output into the flow-run log, fails when the trainer fails, and returns the run's summary (last
+log line, the saved model directory). Retries of the flow resume from the last checkpoint (`--resume` is
+implied on a retry), so a preempted GPU job loses at most `checkpoint_every` steps.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from prefect import flow, get_run_logger
+from prefect.runtime import flow_run
+
+from model.training.launch import run_streaming, torchrun_command
+
+
+class TrainingFailed(RuntimeError):
+    """The torchrun subprocess exited with a non-zero code."""
+
+
+@flow(name="train_stage", retries=0, log_prints=False)
+def train_stage(
+    recipe: str,
+    data: list[str],
+    out: str,
+    max_steps: int | None = None,
+    nproc: int = 1,
+    init_from: str | None = None,
+    resume: bool = False,
+    overrides: dict[str, str] | None = None,
+) -> dict[str, Any]:
+    """Train one stage (`recipe`) from the shard globs `data` into `out`; returns the last logged step."""
+    logger = get_run_logger()
+    retrying = (flow_run.get_run_count() or 1) > 1
+    command = torchrun_command(recipe=recipe, data=data, out=out, nproc=nproc, max_steps=max_steps,
+                               resume=resume or retrying, init_from=init_from, overrides=overrides)
+    logger.info("launching: %s", " ".join(command))
+    code = run_streaming(command, on_line=lambda line: logger.info(line.rstrip()))
+    if code != 0:
+        raise TrainingFailed(f"{recipe}: torchrun exited with code {code}")
+    return summarize(Path(out))
+
+
+def summarize(out: Path) -> dict[str, Any]:
+    """The last line of `<out>/log.jsonl` and where the trained model was saved."""
+    log = out / "log.jsonl"
+    lines = log.read_text().splitlines() if log.is_file() else []
+    last = json.loads(lines[-1]) if lines else {}
+    return {"steps": last.get("step", 0), "loss": last.get("loss"), "model_dir": str(out / "model")}

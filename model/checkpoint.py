@@ -1,0 +1,179 @@
+"""Loading the RELEASED VideoRefer checkpoint layout (and its stage-2 / stage-1 partial files) into our model.
+
+The release (PAPER.md "Released checkpoint layout") names the LLM as Qwen2 does (`model.layers.N...`,
+`model.embed_tokens`, `model.norm`, `lm_head`), the connector `model.mm_projector.{s1,sampler.0,s2,readout.0,
+readout.2}`, the object encoder `model.region_encoder.feat_linear.{0,2}`; the SigLIP tower ships separately
+(`vision_model.*`, with `text_model.*` beside it in a full SigLIP checkpoint). `map_released_key` maps those names
+onto ours (`language_model.*`, `connector.*`, `object_encoder.*`, `vision_tower.*`); weights are read from
+safetensors or from `.bin` state dicts with `torch.load(weights_only=True)` (never unpickling code), single files
+or sharded folders. `released_state_dict` is the inverse, for exporting and for tests.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from engine.errors import ConfigError
+
+# Released prefix -> our prefix. Order matters: the first match wins, so longer prefixes come first.
+_PREFIXES: tuple[tuple[str, str], ...] = (
+    ("model.mm_projector.", "connector."),
+    ("mm_projector.", "connector."),
+    ("model.region_encoder.", "object_encoder."),
+    ("region_encoder.", "object_encoder."),
+    ("model.vision_tower.vision_tower.vision_model.", "vision_tower."),
+    ("vision_tower.vision_model.", "vision_tower."),
+    ("vision_model.", "vision_tower."),
+    ("model.", "language_model.model."),
+    ("lm_head.", "language_model.lm_head."),
+)
+# Parts of a full SigLIP checkpoint the vision tower does not use.
+_IGNORED_PREFIXES = ("text_model.", "logit_scale", "logit_bias")
+_GROUP_PREFIXES = {
+    "vision": "vision_tower.",
+    "connector": "connector.",
+    "object_encoder": "object_encoder.",
+    "llm": "language_model.",
+}
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class LoadReport:
+    """What a load did: our parameter names filled, released keys not understood, and expected names not found."""
+
+    loaded: tuple[str, ...]
+    unexpected: tuple[str, ...]
+    missing: tuple[str, ...]
+
+
+def map_released_key(key: str) -> str | None:
+    """Our state-dict name for a released key; None for keys that are deliberately ignored."""
+    if key.startswith(_IGNORED_PREFIXES):
+        return None
+    for released, ours in _PREFIXES:
+        if key.startswith(released):
+            return ours + key[len(released) :]
+    return key
+
+
+def released_state_dict(model: nn.Module, groups: Iterable[str] = ("connector", "object_encoder", "llm")) -> dict:
+    """Our weights under the released names (`model.mm_projector.*`, `model.region_encoder.*`, Qwen2 names)."""
+    inverse = (
+        ("connector.", "model.mm_projector."),
+        ("object_encoder.", "model.region_encoder."),
+        ("language_model.model.", "model."),
+        ("language_model.lm_head.", "lm_head."),
+        ("vision_tower.", "vision_model."),
+    )
+    wanted = tuple(_GROUP_PREFIXES[group] for group in groups)
+    out = {}
+    for name, tensor in model.state_dict().items():
+        if not name.startswith(wanted):
+            continue
+        for ours, released in inverse:
+            if name.startswith(ours):
+                out[released + name[len(ours) :]] = tensor
+                break
+    return out
+
+
+def load_state_dict_file(path: str | Path) -> dict[str, torch.Tensor]:
+    """Tensors of one `.safetensors` file, or of one `.bin`/`.pt` state dict (weights_only: no code runs)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"checkpoint file not found: {path}")
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        return load_file(str(path), device="cpu")
+    state = torch.load(str(path), map_location="cpu", weights_only=True)
+    if isinstance(state, Mapping) and "state_dict" in state and isinstance(state["state_dict"], Mapping):
+        state = state["state_dict"]
+    if not isinstance(state, Mapping):
+        raise ConfigError(f"{path} does not hold a state dict")
+    return dict(state)
+
+
+def read_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
+    """All tensors of a checkpoint file or folder (sharded via an `*.index.json`, or every weight file in it)."""
+    path = Path(path)
+    if path.is_file():
+        return load_state_dict_file(path)
+    if not path.is_dir():
+        raise ConfigError(f"checkpoint not found: {path}")
+    for index_name in ("model.safetensors.index.json", "pytorch_model.bin.index.json"):
+        index = path / index_name
+        if index.is_file():
+            files = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+            break
+    else:
+        files = sorted(p.name for p in path.glob("*.safetensors")) or sorted(p.name for p in path.glob("*.bin"))
+    if not files:
+        raise ConfigError(f"no weight files in {path}")
+    state: dict[str, torch.Tensor] = {}
+    for name in files:
+        state.update(load_state_dict_file(path / name))
+    return state
+
+
+def load_released_weights(
+    model: nn.Module,
+    state: Mapping[str, torch.Tensor],
+    *,
+    expect: Iterable[str] = (),
+) -> LoadReport:
+    """Copy released-layout tensors into `model`; `expect` names groups that must be complete (else ConfigError)."""
+    ours = model.state_dict()
+    mapped: dict[str, torch.Tensor] = {}
+    unexpected = []
+    for key, tensor in state.items():
+        name = map_released_key(key)
+        if name is None:
+            continue
+        if name not in ours:
+            unexpected.append(key)
+            continue
+        if tuple(ours[name].shape) != tuple(tensor.shape):
+            raise ConfigError(
+                f"checkpoint tensor {key} has shape {tuple(tensor.shape)}, model {name} has {tuple(ours[name].shape)}"
+                " (wrong preset / vocabulary size?)"
+            )
+        mapped[name] = tensor
+    model.load_state_dict(mapped, strict=False)
+    wanted = tuple(_GROUP_PREFIXES[group] for group in expect)
+    missing = tuple(sorted(name for name in ours if name.startswith(wanted) and name not in mapped)) if wanted else ()
+    if missing:
+        raise ConfigError(f"checkpoint lacks {len(missing)} weights of {sorted(expect)}, e.g. {missing[:3]}")
+    return LoadReport(loaded=tuple(sorted(mapped)), unexpected=tuple(sorted(unexpected)), missing=missing)
+
+
+def load_released_checkpoint(model: nn.Module, path: str | Path) -> LoadReport:
+    """Load a released VideoRefer checkpoint (LLM + connector + object encoder) from a file or folder."""
+    return load_released_weights(model, read_checkpoint(path), expect=("llm", "connector", "object_encoder"))
+
+
+def load_partial(model: nn.Module, path: str | Path, group: str | None = None) -> LoadReport:
+    """Load a partial file: stage-2 `region_encoder.bin` (object encoder) or stage-1 `mm_projector.bin` (connector).
+
+    `group` defaults from the file name; that group must be complete in the file.
+    """
+    path = Path(path)
+    if group is None:
+        if "region_encoder" in path.name:
+            group = "object_encoder"
+        elif "mm_projector" in path.name:
+            group = "connector"
+        else:
+            raise ConfigError(f"cannot tell which module {path.name} holds; pass group=")
+    return load_released_weights(model, read_checkpoint(path), expect=(group,))
+
+
+def load_vision_tower(model: nn.Module, path: str | Path) -> LoadReport:
+    """Load SigLIP weights (`vision_model.*`, e.g. google/siglip-so400m-patch14-384) into the vision tower."""
+    return load_released_weights(model, read_checkpoint(path), expect=("vision",))

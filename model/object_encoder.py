@@ -1,0 +1,177 @@
+"""The spatial-temporal object encoder: mask pooling on the vision grid, temporal token merge, MLP projector.
+
+Two forms of the same maths. The plain functions `mask_pool(features, mask)` and `temporal_token_merge(tokens, u)`
+handle one mask / one object and are the readable reference (PAPER.md "spatial token extractor" and "temporal
+token merge"). `batched_mask_pool` and `batched_temporal_token_merge` do many objects x many frames in one call
+with padding and masks (no Python loop over samples or tokens); tests hold them equal to the plain functions.
+`ObjectEncoder` chains the batched forms with the projector `feat_linear` (Linear 1152 -> 3584, GELU, Linear
+3584 -> 3584 at 7b: 16,980,992 parameters, the released `model.region_encoder.feat_linear` keys).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def _as_float_mask(mask: Any, device: torch.device) -> torch.Tensor:
+    if isinstance(mask, np.ndarray):
+        mask = torch.from_numpy(np.ascontiguousarray(mask))
+    return mask.to(device=device, dtype=torch.float32)
+
+
+def masks_to_grid(masks: torch.Tensor | np.ndarray, grid_h: int, grid_w: int | None = None) -> torch.Tensor:
+    """Boolean grid masks `[..., grid_h, grid_w]` from masks `[..., H, W]` of any resolution.
+
+    Bilinear resize with align_corners=False (no antialias), then every cell above zero is inside (PAPER.md).
+    """
+    grid_w = grid_h if grid_w is None else grid_w
+    source = _as_float_mask(masks, torch.device("cpu") if isinstance(masks, np.ndarray) else masks.device)
+    if tuple(source.shape[-2:]) == (grid_h, grid_w):
+        return source > 0
+    lead = source.shape[:-2]
+    flat = source.reshape(-1, 1, *source.shape[-2:])
+    resized = F.interpolate(flat, size=(grid_h, grid_w), mode="bilinear", align_corners=False)
+    return (resized > 0).reshape(*lead, grid_h, grid_w)
+
+
+# ---------------------------------------------------------------- plain reference functions
+
+
+def mask_pool(features: torch.Tensor, mask: torch.Tensor | np.ndarray) -> torch.Tensor:
+    """Mean of `features [h, w, d]` inside `mask [H, W]` resized to the grid; an empty mask gives zeros `[d]`."""
+    grid_h, grid_w, depth = features.shape
+    inside = masks_to_grid(_as_float_mask(mask, features.device), grid_h, grid_w)
+    if not bool(inside.any()):
+        return features.new_zeros(depth)
+    return features[inside].mean(dim=0)
+
+
+def temporal_token_merge(tokens: torch.Tensor, u: int) -> torch.Tensor:
+    """Merge one object's time-ordered tokens `[k, d]` into at most `u` tokens, order kept.
+
+    The k - u adjacent pairs with the highest cosine similarity are merged (ties: the earlier pair first); chains
+    of merged pairs form one group; each group is averaged. k <= u returns the input unchanged.
+    """
+    count = tokens.shape[0]
+    if count <= u:
+        return tokens
+    similarity = F.cosine_similarity(tokens[:-1], tokens[1:], dim=-1)
+    most_similar = torch.argsort(similarity, descending=True, stable=True)[: count - u]
+    merged = torch.zeros(count - 1, dtype=torch.bool, device=tokens.device)
+    merged[most_similar] = True
+    # A token opens a new group unless the pair joining it to its predecessor was merged.
+    group = torch.cat([merged.new_zeros(1, dtype=torch.long), torch.cumsum(~merged, dim=0)])
+    sums = tokens.new_zeros(u, tokens.shape[1]).index_add_(0, group, tokens)
+    sizes = torch.bincount(group, minlength=u).to(tokens.dtype)
+    return sums / sizes[:, None]
+
+
+# ---------------------------------------------------------------- batched, vectorised forms
+
+
+def batched_mask_pool(
+    frame_features: torch.Tensor, masks: torch.Tensor, mask_frame_index: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Pool many masks at once: `[M, d]` means of frame features inside each mask (zeros for empty masks).
+
+    `frame_features` is `[F, h, w, d]`; `masks` is `[M, H, W]` (any resolution; resized to the grid like
+    `mask_pool`); `mask_frame_index[m]` says which frame mask m lies on (default: mask m on frame m). Masks are
+    bucketed by frame and pooled with one batched matmul, so features are never copied per mask.
+    """
+    num_frames, grid_h, grid_w, depth = frame_features.shape
+    num_masks = masks.shape[0]
+    if mask_frame_index is None:
+        mask_frame_index = torch.arange(num_masks, device=frame_features.device)
+    if num_masks == 0:
+        return frame_features.new_zeros(0, depth)
+    inside = masks_to_grid(masks, grid_h, grid_w).to(frame_features.device)
+    weights = inside.reshape(num_masks, grid_h * grid_w).to(frame_features.dtype)
+    weights = weights / weights.sum(dim=1, keepdim=True).clamp(min=1)
+    frame_index = mask_frame_index.to(frame_features.device, torch.long)
+    order = torch.argsort(frame_index, stable=True)
+    sorted_frames = frame_index[order]
+    per_frame = torch.bincount(sorted_frames, minlength=num_frames)
+    starts = torch.cumsum(per_frame, dim=0) - per_frame
+    slot = torch.arange(num_masks, device=frame_index.device) - starts[sorted_frames]
+    bucket = weights.new_zeros(num_frames, int(per_frame.max()), grid_h * grid_w)
+    bucket[sorted_frames, slot] = weights[order]
+    pooled_by_frame = torch.bmm(bucket, frame_features.reshape(num_frames, grid_h * grid_w, depth))
+    pooled = frame_features.new_empty(num_masks, depth)
+    pooled[order] = pooled_by_frame[sorted_frames, slot]
+    return pooled
+
+
+def batched_temporal_token_merge(
+    tokens: torch.Tensor, object_index: torch.Tensor, num_objects: int, u: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Temporal merge of many objects at once.
+
+    `tokens [M, d]` are the pooled tokens of all objects; `object_index [M]` names each token's object (0 ..
+    num_objects-1); within an object, tokens are in time order. Returns `merged [num_objects, u, d]` (rows past an
+    object's count are zeros) and `counts [num_objects]` = min(k, u), the valid rows of each object.
+    """
+    depth = tokens.shape[1]
+    device = tokens.device
+    object_index = object_index.to(device, torch.long)
+    order = torch.argsort(object_index, stable=True)
+    tokens, object_index = tokens[order], object_index[order]
+    lengths = torch.bincount(object_index, minlength=num_objects)
+    longest = max(int(lengths.max()) if lengths.numel() else 0, 1)
+    starts = torch.cumsum(lengths, dim=0) - lengths
+    position = torch.arange(tokens.shape[0], device=device) - starts[object_index]
+    padded = tokens.new_zeros(num_objects, longest, depth)
+    padded[object_index, position] = tokens
+
+    merges = (lengths - u).clamp(min=0)
+    if longest > 1:
+        similarity = F.cosine_similarity(padded[:, :-1], padded[:, 1:], dim=-1)
+        real_pair = torch.arange(longest - 1, device=device)[None, :] < (lengths - 1)[:, None]
+        similarity = similarity.masked_fill(~real_pair, float("-inf"))
+        ranked = torch.argsort(similarity, dim=1, descending=True, stable=True)
+        rank = torch.empty_like(ranked).scatter_(
+            1, ranked, torch.arange(longest - 1, device=device).expand(num_objects, -1)
+        )
+        merged = rank < merges[:, None]
+    else:
+        merged = torch.zeros(num_objects, 0, dtype=torch.bool, device=device)
+    group = torch.cat([merged.new_zeros(num_objects, 1, dtype=torch.long), torch.cumsum(~merged, dim=1)], dim=1)
+
+    real_token = torch.arange(longest, device=device)[None, :] < lengths[:, None]
+    target = (torch.arange(num_objects, device=device)[:, None] * u + group)[real_token]
+    sums = tokens.new_zeros(num_objects * u, depth).index_add_(0, target, padded[real_token])
+    sizes = torch.bincount(target, minlength=num_objects * u).to(tokens.dtype)
+    merged_tokens = (sums / sizes.clamp(min=1)[:, None]).reshape(num_objects, u, depth)
+    return merged_tokens, torch.minimum(lengths, torch.full_like(lengths, u))
+
+
+class ObjectEncoder(nn.Module):
+    """Mask pooling + temporal merge + projector; returns the object tokens that replace `<region>` slots."""
+
+    def __init__(self, vision_hidden_size: int, hidden_size: int, *, tokens_per_object: int = 4, depth: int = 2):
+        super().__init__()
+        self.tokens_per_object = tokens_per_object
+        layers: list[nn.Module] = [nn.Linear(vision_hidden_size, hidden_size)]
+        for _ in range(1, depth):
+            layers += [nn.GELU(), nn.Linear(hidden_size, hidden_size)]
+        self.feat_linear = nn.Sequential(*layers)
+
+    def forward(
+        self,
+        frame_features: torch.Tensor,
+        masks: torch.Tensor,
+        mask_frame_index: torch.Tensor,
+        mask_object_index: torch.Tensor,
+        num_objects: int,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Object tokens `[sum(counts), hidden]` in object order (each object's tokens in time order) and counts."""
+        pooled = batched_mask_pool(frame_features, masks, mask_frame_index)
+        merged, counts = batched_temporal_token_merge(pooled, mask_object_index, num_objects, self.tokens_per_object)
+        valid = torch.arange(self.tokens_per_object, device=counts.device)[None, :] < counts[:, None]
+        flat = merged[valid]
+        weight = self.feat_linear[0].weight
+        return self.feat_linear(flat.to(weight.dtype)), counts

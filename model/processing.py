@@ -1,0 +1,465 @@
+"""Turns one sample (frames, object masks, conversation) into the tensors `VideoReferForCausalLM` takes.
+
+THE CONTRACT training and evaluation code against. For ONE sample, `VideoReferProcessor.encode` returns
+(unbatched; `collate` batches them for `model(**batch)`):
+
+- `input_ids`, `labels`, `attention_mask` `[L]`: the Qwen2 chat layout (`<|im_start|>role\\n ... <|im_end|>\\n`,
+  a system turn first). The `<video>` (or `<image>`) marker becomes `video_token_count(T)` slots holding
+  `video_token_id` (negative, -201: never looked up in the vocabulary); when a conversation has no marker, the
+  slots open the first human turn followed by "\\n". The i-th `<region>` becomes `tokens_per_object` slots of
+  `region_token_id` for object i: 1 in single-frame mode, min(k, u) in multi-frame mode (k mask frames used).
+  Labels are -100 everywhere except the assistant turns' content and their closing `<|im_end|>`.
+- `pixel_values [F, 3, S, S]` (float32, SigLIP normalisation (x - 0.5) / 0.5, frames resized to S x S without
+  cropping): first the T sampled frames (`frame_indices` order), then E extra mask frames (see below).
+  `frame_counts` = F and `video_frame_counts` = T (0-d tensors).
+- `object_masks [M, g, g]` bool: each used mask resized bilinearly (align_corners=False) to the g x g vision grid,
+  cells > 0 inside; `mask_frame_index [M]`: the row of `pixel_values` each mask lies on; `mask_object_index [M]`:
+  its object (0 .. num_objects-1, `<region>` order); masks of one object in time order. `num_objects` (0-d).
+
+Which mask frames are used, per object (frames that carry masks and are among the sampled frames REUSE those
+frames' features: the vision tower never sees a frame twice):
+- "single": one mask frame: the first of the object's mask frames that is among `frame_indices`; if none is, the
+  first of its mask frames that was supplied as an extra frame.
+- "multi": all of the object's mask frames that are among `frame_indices`; if none is, its supplied extra mask
+  frames (at most `num_frames`, uniformly thinned).
+- An object with no usable frame raises `InvalidSampleError(reason=MISSING_MASK)`; a `<region>` count that
+  differs from the number of objects raises `InvalidSampleError(reason=REGION_COUNT_MISMATCH)`.
+
+Extra frames in `encode`: `frames` holds `len(frame_indices)` frames, optionally followed by one frame for EVERY
+mask frame index not in `frame_indices` (all objects together, ascending, no repeats). Only the extra frames a
+chosen mask needs go into `pixel_values`. `encode_wds` gets only the shard's sampled frames (no extras).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from engine.errors import InvalidSampleError, RejectReason
+from engine.masks import decode_rle, resize_to_grid
+from engine.types import RleMask
+from model.configuration import TINY_SPECIAL_TOKENS, VIDEO_PLACEHOLDER_ID, VideoReferConfig, video_token_count
+
+PROCESSOR_FILE = "videorefer_processor.json"
+REGION = "<region>"
+VIDEO_MARKERS = ("<video>", "<image>")
+DEFAULT_SYSTEM_PROMPT = "You are a helpful assistant."
+IGNORE_INDEX = -100
+_MARKER_PATTERN = re.compile(r"(<video>|<image>|<region>)")
+_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "system": "system"}
+
+MaskLike = np.ndarray | Mapping[str, Any] | RleMask
+
+
+def decode_mask(mask: MaskLike) -> np.ndarray:
+    """A boolean `[H, W]` array from an array, a COCO RLE mapping, `{"segmentation": RLE}` or an `RleMask`."""
+    if isinstance(mask, np.ndarray):
+        return mask.astype(bool, copy=False)
+    if isinstance(mask, torch.Tensor):
+        return mask.detach().cpu().numpy().astype(bool)
+    if isinstance(mask, Mapping) and "segmentation" in mask:
+        mask = mask["segmentation"]
+        if mask is None:
+            raise InvalidSampleError("mask has a null segmentation", reason=RejectReason.MISSING_MASK)
+    if isinstance(mask, RleMask | Mapping):
+        return decode_rle(mask)
+    raise InvalidSampleError(f"unsupported mask type {type(mask).__name__}", reason=RejectReason.MALFORMED_SAMPLE)
+
+
+class VideoReferProcessor:
+    """Tokenizer + frame/mask preprocessing + chat layout for VideoRefer (see the module docstring)."""
+
+    def __init__(
+        self,
+        tokenizer: Any,
+        image_size: int,
+        num_frames: int = 16,
+        grid: int | None = None,
+        region_tokens_per_object: int = 4,
+        *,
+        connector_downsample: Sequence[int] = (2, 2, 2),
+        video_token_id: int = VIDEO_PLACEHOLDER_ID,
+        system_prompt: str = DEFAULT_SYSTEM_PROMPT,
+        image_mean: Sequence[float] = (0.5, 0.5, 0.5),
+        image_std: Sequence[float] = (0.5, 0.5, 0.5),
+        max_length: int = 2048,
+    ):
+        self.tokenizer = tokenizer
+        self.image_size = int(image_size)
+        self.num_frames = int(num_frames)
+        self.grid = int(grid) if grid is not None else self.image_size // 14
+        self.region_tokens_per_object = int(region_tokens_per_object)
+        self.connector_downsample = tuple(int(v) for v in connector_downsample)
+        self.video_token_id = int(video_token_id)
+        self.system_prompt = system_prompt
+        self.image_mean = tuple(float(v) for v in image_mean)
+        self.image_std = tuple(float(v) for v in image_std)
+        self.max_length = int(max_length)
+        self.region_token_id = int(tokenizer.convert_tokens_to_ids(REGION))
+        if self.region_token_id is None or self.region_token_id == tokenizer.unk_token_id:
+            raise ValueError("the tokenizer has no <region> token")
+        self.im_end_id = int(tokenizer.convert_tokens_to_ids("<|im_end|>"))
+        self.pad_token_id = int(tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.im_end_id)
+
+    # ------------------------------------------------------------ construction and persistence
+
+    @classmethod
+    def from_config(cls, tokenizer: Any, config: VideoReferConfig, **kwargs: Any) -> VideoReferProcessor:
+        """A processor whose sizes match a model configuration."""
+        return cls(
+            tokenizer,
+            config.image_size,
+            num_frames=config.num_frames,
+            grid=config.grid_size,
+            region_tokens_per_object=config.region_tokens_per_object,
+            connector_downsample=config.connector_downsample,
+            video_token_id=config.video_token_id,
+            **kwargs,
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "image_size": self.image_size,
+            "num_frames": self.num_frames,
+            "grid": self.grid,
+            "region_tokens_per_object": self.region_tokens_per_object,
+            "connector_downsample": list(self.connector_downsample),
+            "video_token_id": self.video_token_id,
+            "system_prompt": self.system_prompt,
+            "image_mean": list(self.image_mean),
+            "image_std": list(self.image_std),
+            "max_length": self.max_length,
+        }
+
+    def save_pretrained(self, directory: str | Path) -> Path:
+        """Write the tokenizer files and `videorefer_processor.json` (atomically: temp name + rename)."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        self.tokenizer.save_pretrained(str(directory))
+        target = directory / PROCESSOR_FILE
+        temporary = target.with_suffix(".json.tmp")
+        temporary.write_text(json.dumps(self.to_dict(), indent=2, sort_keys=True))
+        temporary.replace(target)
+        return directory
+
+    @classmethod
+    def from_pretrained(cls, directory: str | Path, **overrides: Any) -> VideoReferProcessor:
+        from transformers import AutoTokenizer
+
+        directory = Path(directory)
+        settings = json.loads((directory / PROCESSOR_FILE).read_text())
+        settings.update(overrides)
+        tokenizer = AutoTokenizer.from_pretrained(str(directory))
+        image_size = settings.pop("image_size")
+        return cls(tokenizer, image_size, **settings)
+
+    # ------------------------------------------------------------ sizes
+
+    def video_token_count(self, num_frames: int) -> int:
+        return video_token_count(num_frames, self.grid, self.connector_downsample)
+
+    def tokens_per_object(self, mode: str, mask_frames: int) -> int:
+        return 1 if mode == "single" else max(1, min(mask_frames, self.region_tokens_per_object))
+
+    # ------------------------------------------------------------ prompts
+
+    def build_prompt(self, question: str, num_objects: int, *, with_video: bool = True) -> str:
+        """The human turn for a question about `num_objects` objects: `<video>\\n` then the question.
+
+        A question that already holds `num_objects` `<region>` markers is kept as is; one with none gets them
+        named up front ("<object0><region>, <object1><region>. question"); any other count raises ValueError.
+        """
+        count = question.count(REGION)
+        text = question.strip()
+        if count == 0 and num_objects > 0:
+            names = ", ".join(f"<object{i}>{REGION}" for i in range(num_objects))
+            text = f"{names}. {text}" if num_objects > 1 else f"The object {REGION}. {text}"
+        elif count != num_objects:
+            raise ValueError(f"question has {count} {REGION} markers but {num_objects} objects were given")
+        has_marker = any(marker in text for marker in VIDEO_MARKERS)
+        return f"<video>\n{text}" if with_video and not has_marker else text
+
+    # ------------------------------------------------------------ encoding
+
+    def encode(
+        self,
+        *,
+        frames: np.ndarray,
+        frame_indices: Sequence[int],
+        objects: Sequence[Mapping[int, MaskLike]],
+        conversations: Sequence[Mapping[str, str]],
+        mode: str = "single",
+        add_generation_prompt: bool = False,
+    ) -> dict[str, torch.Tensor]:
+        """Tensors for ONE sample (layout in the module docstring)."""
+        if mode not in ("single", "multi"):
+            raise ValueError(f"mode must be 'single' or 'multi', got {mode!r}")
+        frames = np.asarray(frames)
+        if frames.ndim != 4 or frames.shape[-1] != 3:
+            raise InvalidSampleError(f"frames must be [n, h, w, 3], got {frames.shape}")
+        sampled = [int(i) for i in frame_indices]
+        if len(sampled) == 0:
+            raise InvalidSampleError("no sampled frames")
+        masks_by_object = [{int(k): v for k, v in obj.items()} for obj in objects]
+        extra_indices = sorted({k for obj in masks_by_object for k in obj} - set(sampled))
+        if frames.shape[0] == len(sampled):
+            supplied_extras: dict[int, int] = {}
+        elif frames.shape[0] == len(sampled) + len(extra_indices):
+            supplied_extras = {index: len(sampled) + i for i, index in enumerate(extra_indices)}
+        else:
+            raise InvalidSampleError(
+                f"{frames.shape[0]} frames for {len(sampled)} sampled frames and {len(extra_indices)} extra mask frames"
+            )
+        sampled_row = {index: row for row, index in enumerate(sampled)}
+
+        chosen = [self._choose_mask_frames(obj, sampled_row, supplied_extras, mode, i) for i, obj in enumerate(masks_by_object)]
+        used_extras = sorted({index for frames_of in chosen for index in frames_of if index not in sampled_row})
+        rows = list(range(len(sampled))) + [supplied_extras[index] for index in used_extras]
+        pixel_row = {**sampled_row, **{index: len(sampled) + i for i, index in enumerate(used_extras)}}
+
+        grid_masks, mask_rows, mask_objects = [], [], []
+        for object_number, (obj, frames_of) in enumerate(zip(masks_by_object, chosen, strict=True)):
+            for index in frames_of:
+                grid_masks.append(resize_to_grid(decode_mask(obj[index]), self.grid) > 0)
+                mask_rows.append(pixel_row[index])
+                mask_objects.append(object_number)
+
+        tokens_per_object = [self.tokens_per_object(mode, len(frames_of)) for frames_of in chosen]
+        input_ids, labels = self._tokenize(
+            conversations, len(sampled), tokens_per_object, add_generation_prompt=add_generation_prompt
+        )
+        return {
+            "input_ids": torch.tensor(input_ids, dtype=torch.long),
+            "labels": torch.tensor(labels, dtype=torch.long),
+            "attention_mask": torch.ones(len(input_ids), dtype=torch.long),
+            "pixel_values": self.preprocess_frames(frames[rows]),
+            "frame_counts": torch.tensor(len(rows), dtype=torch.long),
+            "video_frame_counts": torch.tensor(len(sampled), dtype=torch.long),
+            "object_masks": (
+                torch.from_numpy(np.stack(grid_masks))
+                if grid_masks
+                else torch.zeros(0, self.grid, self.grid, dtype=torch.bool)
+            ),
+            "mask_frame_index": torch.tensor(mask_rows, dtype=torch.long),
+            "mask_object_index": torch.tensor(mask_objects, dtype=torch.long),
+            "num_objects": torch.tensor(len(masks_by_object), dtype=torch.long),
+        }
+
+    def encode_wds(
+        self, sample_json: Mapping[str, Any], frames: Sequence[np.ndarray] | np.ndarray, *, mode: str | None = None
+    ) -> dict[str, torch.Tensor]:
+        """`encode` for one WebDataset sample: its `json` and its decoded frames ("00.jpg".. in frame order).
+
+        `mode` None means: "single" when every object has exactly one mask frame, else "multi".
+        """
+        frame_array = np.stack([np.asarray(frame) for frame in frames]) if not isinstance(frames, np.ndarray) else frames
+        if frame_array.ndim == 4 and frame_array.shape[-1] == 4:
+            frame_array = frame_array[..., :3]
+        try:
+            objects = [obj["masks"] for obj in sample_json.get("objects", [])]
+            conversations = sample_json["conversations"]
+        except (KeyError, TypeError) as exc:
+            raise InvalidSampleError(f"sample json lacks {exc}", reason=RejectReason.MALFORMED_SAMPLE) from exc
+        frame_indices = sample_json.get("frame_indices") or list(range(frame_array.shape[0]))
+        if mode is None:
+            mode = sample_json.get("mode") or ("single" if all(len(masks) == 1 for masks in objects) else "multi")
+        return self.encode(
+            frames=frame_array, frame_indices=frame_indices, objects=objects, conversations=conversations, mode=mode
+        )
+
+    def collate(self, items: Sequence[Mapping[str, torch.Tensor]], *, padding_side: str = "right") -> dict[str, torch.Tensor]:
+        """Pad and join encoded samples into one batch that `model(**batch)` accepts (left padding for generate)."""
+        if not items:
+            raise ValueError("collate needs at least one item")
+        longest = max(int(item["input_ids"].shape[0]) for item in items)
+
+        def pad(tensor: torch.Tensor, value: int) -> torch.Tensor:
+            filler = tensor.new_full((longest - tensor.shape[0],), value)
+            return torch.cat([tensor, filler] if padding_side == "right" else [filler, tensor])
+
+        frame_offset, object_offset = 0, 0
+        mask_frames, mask_objects = [], []
+        for item in items:
+            mask_frames.append(item["mask_frame_index"] + frame_offset)
+            mask_objects.append(item["mask_object_index"] + object_offset)
+            frame_offset += int(item["frame_counts"])
+            object_offset += int(item["num_objects"])
+        return {
+            "input_ids": torch.stack([pad(item["input_ids"], self.pad_token_id) for item in items]),
+            "labels": torch.stack([pad(item["labels"], IGNORE_INDEX) for item in items]),
+            "attention_mask": torch.stack([pad(item["attention_mask"], 0) for item in items]),
+            "pixel_values": torch.cat([item["pixel_values"] for item in items]),
+            "frame_counts": torch.stack([item["frame_counts"] for item in items]),
+            "video_frame_counts": torch.stack([item["video_frame_counts"] for item in items]),
+            "object_masks": torch.cat([item["object_masks"] for item in items]),
+            "mask_frame_index": torch.cat(mask_frames),
+            "mask_object_index": torch.cat(mask_objects),
+        }
+
+    def preprocess_frames(self, frames: np.ndarray) -> torch.Tensor:
+        """uint8 `[n, h, w, 3]` -> float32 `[n, 3, S, S]`: bicubic resize (antialiased, no crop), SigLIP norm."""
+        pixels = torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2).float() / 255.0
+        if tuple(pixels.shape[-2:]) != (self.image_size, self.image_size):
+            pixels = F.interpolate(
+                pixels, size=(self.image_size, self.image_size), mode="bicubic", align_corners=False, antialias=True
+            ).clamp_(0.0, 1.0)
+        mean = torch.tensor(self.image_mean).view(1, 3, 1, 1)
+        std = torch.tensor(self.image_std).view(1, 3, 1, 1)
+        return (pixels - mean) / std
+
+    def decode(self, token_ids: Sequence[int] | torch.Tensor) -> str:
+        """Text of generated ids, special tokens dropped."""
+        ids = token_ids.tolist() if isinstance(token_ids, torch.Tensor) else list(token_ids)
+        return self.tokenizer.decode([i for i in ids if i >= 0], skip_special_tokens=True)
+
+    # ------------------------------------------------------------ internals
+
+    def _choose_mask_frames(
+        self,
+        masks: Mapping[int, MaskLike],
+        sampled_row: Mapping[int, int],
+        supplied_extras: Mapping[int, int],
+        mode: str,
+        object_number: int,
+    ) -> list[int]:
+        on_sampled = sorted(index for index in masks if index in sampled_row)
+        on_extras = sorted(index for index in masks if index in supplied_extras)
+        candidates = on_sampled or on_extras
+        if not candidates:
+            raise InvalidSampleError(
+                f"object {object_number} has no mask on any available frame", reason=RejectReason.MISSING_MASK
+            )
+        if mode == "single":
+            return candidates[:1]
+        if len(candidates) > self.num_frames:
+            keep = np.linspace(0, len(candidates) - 1, self.num_frames).round().astype(int)
+            candidates = [candidates[i] for i in sorted(set(keep.tolist()))]
+        return candidates
+
+    def _text_ids(self, text: str) -> list[int]:
+        return list(self.tokenizer(text, add_special_tokens=False)["input_ids"]) if text else []
+
+    def _tokenize(
+        self,
+        conversations: Sequence[Mapping[str, str]],
+        num_video_frames: int,
+        tokens_per_object: Sequence[int],
+        *,
+        add_generation_prompt: bool,
+    ) -> tuple[list[int], list[int]]:
+        turns = [(_ROLES.get(str(turn.get("from", "")), ""), str(turn.get("value", ""))) for turn in conversations]
+        if any(role == "" for role, _ in turns):
+            raise InvalidSampleError("conversation turn with an unknown role", reason=RejectReason.MALFORMED_SAMPLE)
+        regions = sum(value.count(REGION) for _, value in turns)
+        if regions != len(tokens_per_object):
+            raise InvalidSampleError(
+                f"{regions} {REGION} markers for {len(tokens_per_object)} objects",
+                reason=RejectReason.REGION_COUNT_MISMATCH,
+            )
+        markers = sum(value.count(marker) for _, value in turns for marker in VIDEO_MARKERS)
+        if markers > 1:
+            raise InvalidSampleError("more than one <video>/<image> marker", reason=RejectReason.MALFORMED_SAMPLE)
+        system = next((value for role, value in turns if role == "system"), self.system_prompt)
+        turns = [(role, value) for role, value in turns if role != "system"]
+        if markers == 0:
+            first_user = next((i for i, (role, _) in enumerate(turns) if role == "user"), None)
+            if first_user is None:
+                raise InvalidSampleError("conversation has no human turn", reason=RejectReason.MALFORMED_SAMPLE)
+            turns[first_user] = ("user", "<video>\n" + turns[first_user][1])
+
+        ids: list[int] = []
+        labels: list[int] = []
+        objects = iter(tokens_per_object)
+
+        def add(piece_ids: list[int], learn: bool) -> None:
+            ids.extend(piece_ids)
+            labels.extend(piece_ids if learn else [IGNORE_INDEX] * len(piece_ids))
+
+        def add_content(text: str, learn: bool) -> None:
+            for piece in _MARKER_PATTERN.split(text):
+                if piece in VIDEO_MARKERS:
+                    add([self.video_token_id] * self.video_token_count(num_video_frames), False)
+                elif piece == REGION:
+                    add([self.region_token_id] * next(objects), False)
+                elif piece:
+                    add(self._text_ids(piece), learn)
+
+        add(self._text_ids(f"<|im_start|>system\n{system}<|im_end|>\n"), False)
+        for role, value in turns:
+            add(self._text_ids(f"<|im_start|>{role}\n"), False)
+            learn = role == "assistant"
+            add_content(value, learn)
+            add([self.im_end_id], learn)
+            add(self._text_ids("\n"), False)
+        if add_generation_prompt:
+            add(self._text_ids("<|im_start|>assistant\n"), False)
+
+        if len(ids) > self.max_length:
+            slots = [i for i, token in enumerate(ids) if token in (self.video_token_id, self.region_token_id)]
+            if slots and slots[-1] >= self.max_length:
+                raise InvalidSampleError(
+                    f"sample of {len(ids)} tokens cuts video/region slots at max_length {self.max_length}",
+                    reason=RejectReason.MALFORMED_SAMPLE,
+                )
+            ids, labels = ids[: self.max_length], labels[: self.max_length]
+        return ids, labels
+
+
+# ---------------------------------------------------------------- tiny tokenizer for tests and CPU runs
+
+_TINY_CORPUS = (
+    "You are a helpful assistant.",
+    "Please describe the object in the video in brief.",
+    "Please describe in detail the object in the video.",
+    "What is the object doing? The man is walking on the street and then he turns left.",
+    "A dog runs across the green grass, chasing a red ball, then stops near a tree.",
+    "The woman in a blue dress holds a cup of coffee and looks at the camera.",
+    "A white car drives along the road while a cyclist passes by on the right side.",
+    "Answer with the option's letter from the given choices directly. (A) left (B) right (C) up (D) down",
+    "The cat sits on the sofa, licks its paw and jumps down to the floor.",
+    "There are two objects: the first one is a boy, the second one is a ball.",
+    "Which object moves faster? How many times does the bird flap its wings?",
+    "It is small, brown, furry, and it moves slowly from the left to the right of the frame.",
+    "0 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 32 64 100",
+)
+
+
+def build_tiny_tokenizer(directory: str | Path | None = None) -> Any:
+    """A small byte-level BPE tokenizer trained offline, with Qwen2's chat tokens and `<region>`.
+
+    Special tokens come first, in `model.configuration.TINY_SPECIAL_TOKENS` order (`<|endoftext|>` = 0 pad,
+    `<|im_start|>` = 1, `<|im_end|>` = 2 eos, `<region>` = 3); the vocabulary is at most 512 (the tiny preset's).
+    Any text encodes (byte fallback). Saved to `directory` when given; `AutoTokenizer` loads it back.
+    """
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    backend = Tokenizer(models.BPE())
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    backend.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=512,
+        special_tokens=list(TINY_SPECIAL_TOKENS),
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    backend.train_from_iterator(list(_TINY_CORPUS) * 4, trainer=trainer)
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=backend,
+        bos_token=None,
+        eos_token="<|im_end|>",
+        pad_token="<|endoftext|>",
+        unk_token=None,
+        additional_special_tokens=["<|im_start|>", REGION],
+        model_max_length=2048,
+    )
+    if directory is not None:
+        tokenizer.save_pretrained(str(directory))
+    return tokenizer

@@ -1,0 +1,454 @@
+"""The training data loader: WebDataset shards -> encoded, collated micro-batches, deterministic and resumable.
+
+Each (process rank, DataLoader worker) pair is one *slot*. Per data source (a shard glob of the recipe's
+mixture) and per epoch, the shard list is shuffled with the seed and split over the slots (by node, then by
+worker); with fewer shards than slots, every slot reads all shards and keeps every n-th sample instead, so
+no sample is duplicated. Each slot keeps a seeded shuffle buffer of *raw* samples (bytes, nothing decoded),
+draws from its sources by weight with a counter-based RNG, picks single- or multi-frame mode per sample, and
+only then decodes the pre-sampled JPEG frames (OpenCV) and lets the processor turn the json (conversations,
+RLE masks) and frames into tensors. Micro-batches are collated inside the workers.
+
+Resume: every batch carries its slot's `SlotPosition` (per source: epoch and raw samples consumed in it, plus
+the mixer's draw count). The training loop keeps the position of the last batch it used from each slot and
+saves them with its checkpoint; a loader built with those positions replays each slot's current epoch up to
+the saved count without decoding and continues exactly where the run stopped, in the same worker order.
+
+A sample that cannot be decoded or encoded is counted and logged with its key and reason (never dropped
+silently); its record travels with the next batch to the loop, which writes it to `<out>/rejects.jsonl`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import glob
+import io
+import json
+import logging
+import random
+import tarfile
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+from engine.errors import ConfigError, InvalidSampleError, RejectReason
+from engine.ids import stable_hash
+from model.training.recipes import DataMixture, DataSource
+
+LOGGER = logging.getLogger(__name__)
+_FROZEN = {"frozen": True, "slots": True, "kw_only": True}
+_FRAME_SUFFIX = ".jpg"
+
+
+class SampleEncoder(Protocol):
+    """What the loader needs from the processor (`model.processing.VideoReferProcessor` is one)."""
+
+    def encode_wds(self, sample_json: dict, frames: Any, *, mode: str | None = None) -> dict: ...
+
+    def collate(self, items: list[dict]) -> dict: ...
+
+
+# ---------------------------------------------------------------- shards
+
+
+def expand_shards(pattern: str) -> list[str]:
+    """The sorted .tar files a pattern names: whitespace-separated globs, each with optional {a,b} / {00..09}."""
+    import braceexpand
+
+    paths: set[str] = set()
+    for part in pattern.split():
+        for expanded in braceexpand.braceexpand(part):
+            matches = glob.glob(expanded)
+            if not matches and Path(expanded).is_file():
+                matches = [expanded]
+            paths.update(matches)
+    if not paths:
+        raise ConfigError(f"no shards match {pattern!r}")
+    return sorted(paths)
+
+
+def read_tar_samples(path: str) -> Iterator[dict[str, Any]]:
+    """Raw samples of one WebDataset tar, in file order: {"__key__", "__url__", extension: bytes, ...}.
+
+    The key is the file name up to its first dot (WebDataset's rule); members of one sample are contiguous.
+    """
+    current: dict[str, Any] | None = None
+    with tarfile.open(path, mode="r|*") as archive:
+        for member in archive:
+            if not member.isreg() or "/" in member.name and member.name.rsplit("/", 1)[1].startswith("__"):
+                continue
+            directory, _, base = member.name.rpartition("/")
+            key, dot, extension = base.partition(".")
+            if not dot:
+                continue
+            key = f"{directory}/{key}" if directory else key
+            data = archive.extractfile(member).read()
+            if current is not None and current["__key__"] != key:
+                yield current
+                current = None
+            if current is None:
+                current = {"__key__": key, "__url__": path}
+            current[extension.lower()] = data
+    if current is not None:
+        yield current
+
+
+def count_samples(paths: Sequence[str]) -> int:
+    """Number of samples (distinct keys with a json member) in the shards, from tar headers only."""
+    total = 0
+    for path in paths:
+        with tarfile.open(path, mode="r:*") as archive:
+            total += sum(1 for name in archive.getnames() if name.endswith(".json"))
+    return total
+
+
+# ---------------------------------------------------------------- positions
+
+
+@dataclass(**_FROZEN)
+class SourcePosition:
+    """How far one slot is into one source: the epoch and the raw samples of it already consumed."""
+
+    epoch: int = 0
+    consumed: int = 0
+
+
+@dataclass(**_FROZEN)
+class SlotPosition:
+    """The resumable position of one (rank, worker) slot: per source, and the mixer's draws so far."""
+
+    draws: int = 0
+    sources: Mapping[str, SourcePosition] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"draws": self.draws, "sources": {k: dataclasses.asdict(v) for k, v in self.sources.items()}}
+
+    @classmethod
+    def from_json(cls, value: Mapping[str, Any]) -> SlotPosition:
+        sources = {k: SourcePosition(**v) for k, v in value.get("sources", {}).items()}
+        return cls(draws=int(value.get("draws", 0)), sources=sources)
+
+
+@dataclass(**_FROZEN)
+class LoaderState:
+    """What a rank saves in a checkpoint: batches it consumed and the last position seen from each worker."""
+
+    batches: int = 0
+    workers: Mapping[int, SlotPosition] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"batches": self.batches, "workers": {str(k): v.to_json() for k, v in self.workers.items()}}
+
+    @classmethod
+    def from_json(cls, value: Mapping[str, Any]) -> LoaderState:
+        workers = {int(k): SlotPosition.from_json(v) for k, v in value.get("workers", {}).items()}
+        return cls(batches=int(value.get("batches", 0)), workers=workers)
+
+    def advanced(self, worker: int, position: SlotPosition) -> LoaderState:
+        return LoaderState(batches=self.batches + 1, workers={**self.workers, worker: position})
+
+
+@dataclass(**_FROZEN)
+class BadSample:
+    """A sample the loader could not use, with its key and reason (reported, never dropped silently)."""
+
+    key: str
+    url: str
+    reason: str
+    message: str
+
+    def to_json(self) -> dict[str, str]:
+        return dataclasses.asdict(self)
+
+
+# ---------------------------------------------------------------- per-slot streams
+
+
+def _rng(*parts: Any) -> random.Random:
+    return random.Random(stable_hash(*parts, length=16))
+
+
+class _SourceStream:
+    """Endless raw samples of one source for one slot, epoch after epoch, with its position."""
+
+    def __init__(self, source: DataSource, mixture: DataMixture, *, seed: int, slot: int, slots: int,
+                 start: SourcePosition) -> None:
+        self.source = source
+        self.paths = expand_shards(source.shards)
+        self.mixture = mixture
+        self.seed = seed
+        self.slot = slot
+        self.slots = slots
+        self.position = start
+        self._iterator = self._epoch_iterator(start.epoch, skip=start.consumed)
+
+    def _epoch_samples(self, epoch: int) -> Iterator[dict[str, Any]]:
+        paths = list(self.paths)
+        if self.mixture.shuffle_shards:
+            _rng("shards", self.seed, self.source.shards, epoch).shuffle(paths)
+        if len(paths) >= self.slots:
+            for path in paths[self.slot :: self.slots]:
+                yield from read_tar_samples(path)
+        else:
+            # Fewer shards than slots: split by sample so that no slot idles and none repeats another's data.
+            index = 0
+            for path in paths:
+                for raw in read_tar_samples(path):
+                    if index % self.slots == self.slot:
+                        yield raw
+                    index += 1
+
+    def _shuffled(self, samples: Iterator[dict[str, Any]], epoch: int) -> Iterator[dict[str, Any]]:
+        size = self.mixture.shuffle_buffer
+        if size <= 1:
+            yield from samples
+            return
+        rng = _rng("buffer", self.seed, self.source.shards, epoch, self.slot)
+        buffer: list[dict[str, Any]] = []
+        for raw in samples:
+            buffer.append(raw)
+            if len(buffer) >= size:
+                index = rng.randrange(len(buffer))
+                buffer[index], buffer[-1] = buffer[-1], buffer[index]
+                yield buffer.pop()
+        rng.shuffle(buffer)
+        yield from buffer
+
+    def _epoch_iterator(self, epoch: int, *, skip: int) -> Iterator[dict[str, Any]]:
+        stream = self._shuffled(self._epoch_samples(epoch), epoch)
+        for _ in range(skip):  # replay of a resumed epoch: raw bytes only, nothing decoded
+            if next(stream, None) is None:
+                break
+        return stream
+
+    def next(self) -> dict[str, Any]:
+        raw = next(self._iterator, None)
+        if raw is None:
+            epoch = self.position.epoch + 1
+            self.position = SourcePosition(epoch=epoch, consumed=0)
+            self._iterator = self._epoch_iterator(epoch, skip=0)
+            raw = next(self._iterator, None)
+            if raw is None:
+                raise ConfigError(f"source {self.source.shards!r} has no samples for slot {self.slot}")
+        self.position = SourcePosition(epoch=self.position.epoch, consumed=self.position.consumed + 1)
+        return raw
+
+
+# ---------------------------------------------------------------- decoding
+
+
+def uniform_indices(available: int, wanted: int) -> list[int]:
+    """PAPER.md frame rule: segment s=(T-1)/n, a=round(s*i), b=round(s*(i+1)), index (a+b)//2."""
+    if wanted >= available:
+        return list(range(available))
+    step = (available - 1) / wanted
+    return [(round(step * i) + round(step * (i + 1))) // 2 for i in range(wanted)]
+
+
+def frame_names(raw: Mapping[str, Any]) -> list[str]:
+    """The frame members of a raw sample (`00.jpg`, `01.jpg`, ...) in order."""
+    return sorted(name for name in raw if name.endswith(_FRAME_SUFFIX) and name[: -len(_FRAME_SUFFIX)].isdigit())
+
+
+def choose_frames(sample_json: Mapping[str, Any], available: int, wanted: int) -> list[int]:
+    """Positions of the frames to keep: uniform, but every object keeps at least one of its mask frames.
+
+    An object with no mask on the uniform choice gets its mask frame nearest to the middle swapped in for the
+    closest chosen frame, so the frame count stays `wanted` and no object loses its region.
+    """
+    kept = uniform_indices(available, wanted)
+    if len(kept) == available:
+        return kept
+    indices = sample_json.get("frame_indices") or list(range(available))
+    position_of = {int(frame): position for position, frame in enumerate(indices)}
+    for obj in sample_json.get("objects", []):
+        positions = sorted(position_of[int(f)] for f in obj.get("masks", {}) if int(f) in position_of)
+        if not positions or set(positions) & set(kept):
+            continue
+        target = min(positions, key=lambda p: abs(p - available // 2))
+        free = [i for i, p in enumerate(kept) if not _holds_mask(sample_json, indices[p])]
+        swap = min(free or range(len(kept)), key=lambda i: abs(kept[i] - target))
+        kept[swap] = target
+        kept = sorted(set(kept))
+    return kept
+
+
+def _holds_mask(sample_json: Mapping[str, Any], frame: int) -> bool:
+    return any(str(frame) in obj.get("masks", {}) for obj in sample_json.get("objects", []))
+
+
+def restrict_to_frames(sample_json: dict[str, Any], kept: Sequence[int]) -> dict[str, Any]:
+    """The sample json with `frame_indices` cut to the kept positions and masks on dropped frames removed."""
+    indices = sample_json.get("frame_indices")
+    if not isinstance(indices, list) or len(kept) == len(indices):
+        return sample_json
+    frames = [indices[p] for p in kept]
+    keep = {str(int(f)) for f in frames}
+    objects = [{**obj, "masks": {f: m for f, m in obj.get("masks", {}).items() if f in keep}}
+               for obj in sample_json.get("objects", [])]
+    return {**sample_json, "frame_indices": frames, "objects": objects}
+
+
+def decode_frames(raw: Mapping[str, Any], kept: Sequence[int] | None = None) -> np.ndarray:
+    """The sample's JPEG frames at positions `kept` (all by default) as RGB uint8 `[n, h, w, 3]`."""
+    import cv2
+
+    names = frame_names(raw)
+    if not names:
+        raise InvalidSampleError("sample has no frames", reason=RejectReason.MALFORMED_SAMPLE)
+    frames = []
+    for position in range(len(names)) if kept is None else kept:
+        image = cv2.imdecode(np.frombuffer(raw[names[position]], dtype=np.uint8), cv2.IMREAD_COLOR)
+        if image is None:
+            raise InvalidSampleError(f"undecodable frame {names[position]}", reason=RejectReason.MALFORMED_SAMPLE)
+        frames.append(cv2.cvtColor(image, cv2.COLOR_BGR2RGB))
+    if len({frame.shape for frame in frames}) != 1:
+        raise InvalidSampleError("frames differ in size", reason=RejectReason.MALFORMED_SAMPLE)
+    return np.stack(frames)
+
+
+def decode_json(raw: Mapping[str, Any]) -> dict[str, Any]:
+    if "json" not in raw:
+        raise InvalidSampleError("sample has no json member", reason=RejectReason.MALFORMED_SAMPLE)
+    value = json.loads(raw["json"])
+    if not isinstance(value, dict):
+        raise InvalidSampleError("sample json is not an object", reason=RejectReason.MALFORMED_SAMPLE)
+    return value
+
+
+# ---------------------------------------------------------------- the dataset
+
+
+@dataclass(**_FROZEN)
+class LoaderSpec:
+    """Everything that fixes the stream of one rank: the mixture, the seed, micro batch and the slot layout."""
+
+    mixture: DataMixture
+    micro_batch: int
+    seed: int = 0
+    rank: int = 0
+    world_size: int = 1
+    num_workers: int = 0
+
+
+class TrainingStream:
+    """An iterable of micro-batches for one rank (a torch IterableDataset is built around it in `build_loader`).
+
+    Each yielded item is a dict: "batch" (the processor's collated tensors), "worker" (the logical worker id),
+    "position" (that worker's `SlotPosition` after this batch, as JSON), "keys", and "bad" (`BadSample` records
+    met since the previous batch of this worker).
+    """
+
+    def __init__(self, spec: LoaderSpec, encoder: SampleEncoder, *, state: LoaderState | None = None) -> None:
+        if not spec.mixture.sources:
+            raise ConfigError("the data mixture has no sources (give --data)")
+        if any(source.weight <= 0 for source in spec.mixture.sources):
+            raise ConfigError("data source weights must be positive")
+        for source in spec.mixture.sources:
+            expand_shards(source.shards)  # fail fast, before any worker starts
+        self.spec = spec
+        self.encoder = encoder
+        self.state = state or LoaderState()
+
+    def logical_worker(self, physical: int) -> int:
+        # DataLoader starts every iteration at worker 0; rotate so that the worker that was next continues.
+        workers = max(1, self.spec.num_workers)
+        return (physical + self.state.batches) % workers
+
+    def iterate(self, physical_worker: int) -> Iterator[dict[str, Any]]:
+        spec = self.spec
+        workers = max(1, spec.num_workers)
+        worker = self.logical_worker(physical_worker)
+        slot, slots = spec.rank * workers + worker, spec.world_size * workers
+        start = self.state.workers.get(worker, SlotPosition())
+        names = [source.name or f"source{i}" for i, source in enumerate(spec.mixture.sources)]
+        streams = {
+            name: _SourceStream(source, spec.mixture, seed=spec.seed, slot=slot, slots=slots,
+                                start=start.sources.get(name, SourcePosition()))
+            for name, source in zip(names, spec.mixture.sources, strict=True)
+        }
+        weights = [source.weight for source in spec.mixture.sources]
+        draws = start.draws
+        items: list[dict] = []
+        keys: list[str] = []
+        bad: list[BadSample] = []
+        while True:
+            rng = _rng("draw", spec.seed, slot, draws)
+            draws += 1
+            name = rng.choices(names, weights=weights)[0] if len(names) > 1 else names[0]
+            raw = streams[name].next()
+            ratio = spec.mixture.multi_frame_ratio
+            mode = None if ratio is None else ("multi" if rng.random() < ratio else "single")
+            try:
+                items.append(self._encode(raw, mode))
+                keys.append(raw["__key__"])
+            except Exception as error:  # noqa: BLE001 - any failure of one sample is that sample's, not the run's
+                record = BadSample(key=raw.get("__key__", "?"), url=raw.get("__url__", "?"),
+                                   reason=str(getattr(error, "reason", RejectReason.MALFORMED_SAMPLE)),
+                                   message=f"{type(error).__name__}: {error}")
+                LOGGER.warning("bad training sample %s (%s): %s", record.key, record.url, record.message)
+                bad.append(record)
+                continue
+            if len(items) == spec.micro_batch:
+                position = SlotPosition(draws=draws, sources={k: s.position for k, s in streams.items()})
+                yield {"batch": self.encoder.collate(items), "worker": worker, "position": position.to_json(),
+                       "keys": keys, "bad": [b.to_json() for b in bad]}
+                items, keys, bad = [], [], []
+
+    def _encode(self, raw: Mapping[str, Any], mode: str | None) -> dict:
+        sample_json = decode_json(raw)
+        available = len(frame_names(raw))
+        if available == 0:
+            raise InvalidSampleError("sample has no frames", reason=RejectReason.MALFORMED_SAMPLE)
+        kept = choose_frames(sample_json, available, self.spec.mixture.frames_per_sample)
+        frames = decode_frames(raw, kept)
+        return self.encoder.encode_wds(restrict_to_frames(sample_json, kept), frames, mode=mode)
+
+
+def build_loader(stream: TrainingStream, *, prefetch_factor: int = 2) -> Any:
+    """A torch DataLoader over `stream` (persistent workers, batches collated inside the workers)."""
+    import torch
+    from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+
+    class _Dataset(IterableDataset):
+        def __iter__(self) -> Iterator[dict[str, Any]]:
+            info = get_worker_info()
+            return stream.iterate(0 if info is None else info.id)
+
+    workers = stream.spec.num_workers
+    generator = torch.Generator().manual_seed(stream.spec.seed)
+    return DataLoader(
+        _Dataset(),
+        batch_size=None,
+        num_workers=workers,
+        persistent_workers=workers > 0,
+        prefetch_factor=prefetch_factor if workers > 0 else None,
+        generator=generator,
+    )
+
+
+def iterate_batches(stream: TrainingStream, *, prefetch_factor: int = 2) -> Iterator[dict[str, Any]]:
+    """Micro-batches of a stream through `build_loader`, endless."""
+    yield from build_loader(stream, prefetch_factor=prefetch_factor)
+
+
+def as_tensor_batch(batch: Mapping[str, Any], to: Callable[[Any], Any]) -> dict[str, Any]:
+    """The collated batch with `to` (e.g. a device move) applied to every tensor value."""
+    return {key: to(value) if hasattr(value, "to") else value for key, value in batch.items()}
+
+
+def raw_frames_of(raw: Mapping[str, Any]) -> list[bytes]:
+    """The JPEG bytes of a raw sample's frames in order (benchmarks compare against plain decoding)."""
+    return [raw[name] for name in frame_names(raw)]
+
+
+def jpeg_bytes(frame: np.ndarray, quality: int = 90) -> bytes:
+    """JPEG-encode an RGB uint8 frame (used to write synthetic shards in tests and benchmarks)."""
+    import cv2
+
+    ok, buffer = cv2.imencode(".jpg", cv2.cvtColor(frame, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, quality])
+    if not ok:
+        raise ValueError("JPEG encoding failed")
+    return io.BytesIO(buffer.tobytes()).getvalue()

@@ -1,0 +1,72 @@
+"""The fake grounder and segmenter: ground truth of synthetic clips, deterministic boxes for other videos."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from agents.backends.fake_vision import FakeGrounder, FakeSegmenter, filled_box_mask, hashed_central_box
+from engine.masks import decode_rle
+from engine.synthetic import make_clip
+
+NUM_FRAMES = 8
+
+
+@pytest.fixture(scope="module")
+def clip(tmp_path_factory: pytest.TempPathFactory):
+    return make_clip(tmp_path_factory.mktemp("fake-vision") / "scene.mp4", seed=3, num_frames=NUM_FRAMES,
+                     width=96, height=64, num_objects=2)
+
+
+def test_grounder_returns_the_true_box_of_the_named_object(clip) -> None:
+    truth = clip.ground_truth
+    frame = np.zeros((truth.height, truth.width, 3), dtype=np.uint8)
+    for obj in truth.objects:
+        for noun in (obj.name, f"the {obj.color} {obj.name}", obj.name.upper()):
+            detection = FakeGrounder().ground(video_uri=str(clip.path), frame_index=2, frame=frame, noun=noun)
+            assert detection is not None and detection.label == obj.name
+            assert detection.box == tuple(obj.boxes[2])
+
+
+def test_grounder_finds_nothing_for_a_noun_absent_from_a_synthetic_clip(clip) -> None:
+    frame = np.zeros((clip.ground_truth.height, clip.ground_truth.width, 3), dtype=np.uint8)
+    assert FakeGrounder().ground(video_uri=str(clip.path), frame_index=0, frame=frame, noun="giraffe") is None
+
+
+def test_grounder_without_ground_truth_gives_a_deterministic_central_box(tmp_path: Path) -> None:
+    frame = np.zeros((120, 200, 3), dtype=np.uint8)
+    video = str(tmp_path / "no-sidecar.mp4")
+    first = FakeGrounder().ground(video_uri=video, frame_index=0, frame=frame, noun="dog")
+    again = FakeGrounder().ground(video_uri=video, frame_index=5, frame=frame, noun="dog")
+    other = FakeGrounder().ground(video_uri=video, frame_index=0, frame=frame, noun="cat")
+    assert first == again and first.box != other.box
+    x0, y0, x1, y1 = first.box
+    assert 0 <= x0 < 100 < x1 <= 200 and 0 <= y0 < 60 < y1 <= 120
+    assert hashed_central_box("dog", width=200, height=120) == first.box
+
+
+def test_segmenter_returns_true_masks_on_exactly_the_requested_frames(clip) -> None:
+    truth = clip.ground_truth
+    target = truth.objects[1]
+    masklet = FakeSegmenter().segment(
+        video_uri=str(clip.path), frame_indices=[0, 3, 6], key_frame=3, box=target.boxes[3]
+    )
+    assert masklet.frame_indices == (0, 3, 6) and masklet.key_frame == 3
+    for index in (0, 3, 6):
+        assert np.array_equal(decode_rle(masklet.masks[index]), decode_rle(target.masks[index]))
+
+
+def test_segmenter_fills_the_box_when_it_matches_no_object(clip) -> None:
+    truth = clip.ground_truth
+    box = (0.0, 0.0, 4.0, 4.0)  # a corner no object covers
+    masklet = FakeSegmenter().segment(video_uri=str(clip.path), frame_indices=[1, 2], key_frame=1, box=box)
+    mask = decode_rle(masklet.masks[2])
+    assert mask.shape == (truth.height, truth.width)
+    assert mask.sum() == 16 and mask[:4, :4].all()
+
+
+def test_filled_box_mask_covers_pixel_centres_inside_the_box() -> None:
+    mask = filled_box_mask((1.0, 2.0, 4.0, 3.0), width=6, height=5)
+    assert mask.sum() == 3 and mask[2, 1:4].all()

@@ -1,0 +1,47 @@
+"""The `evaluate_checkpoint` flow end to end with the tiny model, the stub judge and synthetic benchmark files."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from agents.backends.stub_server import StubOpenAIServer
+from agents.bench.synthetic import make_synthetic_bench
+from engine.errors import ConfigError
+from flows.evaluation import evaluate_checkpoint, find_checkpoints
+
+
+def test_find_checkpoints(tmp_path: Path) -> None:
+    for name in ("step-200", "step-100"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "config.json").write_text("{}")
+    (tmp_path / "logs").mkdir()
+    assert [p.name for p in find_checkpoints(tmp_path)] == ["step-100", "step-200"]
+    assert find_checkpoints(tmp_path / "step-100") == [tmp_path / "step-100"]
+    with pytest.raises(ConfigError):
+        find_checkpoints(tmp_path / "absent")
+
+
+def test_flow_evaluates_each_checkpoint_and_resumes(tmp_path: Path) -> None:
+    from flows.runtime import fast_prefect
+    from model.inference import save_tiny_model
+
+    save_tiny_model(tmp_path / "checkpoints" / "step-1", seed=0)
+    data = tmp_path / "bench"
+    bench_q = make_synthetic_bench(data, kind="q", num_items=2, seed=7)
+    bench_d = make_synthetic_bench(data, kind="d", num_items=2, seed=8)
+    scores = {"subject_correspondence": 2, "appearance_description": 2, "temporal_description": 1,
+              "hallucination_detection": 3}
+    params = {"model_dir": str(tmp_path / "checkpoints"), "out": str(tmp_path / "eval"), "bench_q": str(bench_q),
+              "bench_d": str(bench_d), "judge_model": "judge-stub", "modes": ["single"]}
+    with StubOpenAIServer(responder=lambda r: json.dumps(scores)) as judge, fast_prefect():
+        first = evaluate_checkpoint(**params, judge_url=judge.base_url)
+        second = evaluate_checkpoint(**params, judge_url=judge.base_url)
+        assert judge.request_count == 2  # the second run judged nothing again
+    assert [(r["bench"], r["mode"], r["predicted"]) for r in first] == [("q", "single", 2), ("d", "single", 2)]
+    assert [(r["predicted"], r["resumed"]) for r in second] == [(0, 2), (0, 2)]
+    report = json.loads((tmp_path / "eval" / "step-1" / "d-single.report.json").read_text())
+    assert report["score"]["average"] == pytest.approx(2.0)
+    assert (tmp_path / "eval" / "step-1" / "q-single.report.md").is_file()

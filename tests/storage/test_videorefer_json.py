@@ -1,0 +1,145 @@
+"""VideoRefer-700K JSON: import with reasons for unusable items, polygon/uncompressed RLE conversion, round trip."""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+from pycocotools import mask as coco_mask
+
+from engine.errors import RejectReason
+from engine.masks import decode_rle, encode_rle
+from storage.root import DatasetRoot
+from storage.samples import validate_sample
+from storage.videorefer_json import export_700k, import_700k, read_700k, write_export_json
+
+H, W = 48, 64
+
+
+def rle(y0: int, x0: int, y1: int, x1: int) -> dict:
+    mask = np.zeros((H, W), bool)
+    mask[y0:y1, x0:x1] = True
+    return encode_rle(mask)
+
+
+def item(regions: int = 1, *, prompt: str = "describe in detail the object {r} in the video", **extra) -> dict:
+    region_text = " and ".join(["<region>"] * regions)
+    return {
+        "video": "panda/clip_0001.mp4",
+        "conversations": [
+            {"from": "human", "value": "<video>\nPlease " + prompt.format(r=region_text) + "."},
+            {"from": "gpt", "value": "A man in a red coat walks to the left."},
+        ],
+        "annotation": [{"3": {"segmentation": rle(5, 5, 30, 30)}, "17": {"segmentation": rle(10, 10, 40, 40)}}] * regions,
+        **extra,
+    }
+
+
+def test_valid_items_round_trip_exactly() -> None:
+    items = [
+        item(),
+        item(2, height=H, width=W, id="abc", source="mevis"),
+        item(prompt="describe the object {r} in the video in brief"),
+    ]
+    samples, rejects = import_700k(items, video_root="/data/videos")
+    assert rejects == []
+    assert [s.task for s in samples] == ["detailed", "detailed", "short"]
+    assert samples[0].video_uri == "/data/videos/panda/clip_0001.mp4"
+    assert samples[1].height == H and len(samples[1].objects) == 2
+    assert sorted(samples[0].objects[0].masks) == [3, 17]
+    assert all(validate_sample(s) == [] for s in samples)
+    assert export_700k(samples) == items
+
+
+def test_null_missing_and_empty_segmentation_are_rejected_with_reasons() -> None:
+    null = item()
+    null["annotation"] = [{"3": {"segmentation": None}}]
+    missing = item()
+    missing["annotation"] = [{"3": {}}]
+    empty_object = item()
+    empty_object["annotation"] = [{}]
+    no_annotation = item()
+    del no_annotation["annotation"]
+    zero_area = item()
+    zero_area["annotation"] = [{"3": {"segmentation": encode_rle(np.zeros((H, W), bool))}}]
+    samples, rejects = import_700k([null, missing, empty_object, no_annotation, zero_area, item()])
+    assert len(samples) == 1
+    assert [r.item_id for r in rejects] == ["item0", "item1", "item2", "item3", "item4"]
+    assert [r.reason for r in rejects] == [RejectReason.MISSING_MASK] * 4 + [RejectReason.EMPTY_MASKLET]
+    assert all(r.message for r in rejects)
+
+
+def test_region_count_mismatch_and_malformed_items() -> None:
+    two_regions_one_mask = item(2)
+    two_regions_one_mask["annotation"] = two_regions_one_mask["annotation"][:1]
+    no_video_prefix = item()
+    no_video_prefix["conversations"][0]["value"] = "describe in detail the object <region> in the video"
+    not_a_dict = ["just a string"]
+    no_video = item()
+    del no_video["video"]
+    samples, rejects = import_700k([two_regions_one_mask, no_video_prefix, not_a_dict, no_video])
+    assert samples == []
+    assert [r.reason for r in rejects] == [
+        RejectReason.REGION_COUNT_MISMATCH,
+        RejectReason.MALFORMED_SAMPLE,
+        RejectReason.MALFORMED_SAMPLE,
+        RejectReason.MALFORMED_SAMPLE,
+    ]
+
+
+def test_polygons_and_uncompressed_rle_are_converted() -> None:
+    polygon = item(height=H, width=W)
+    polygon["annotation"] = [{"0": {"segmentation": [[5.0, 5.0, 30.0, 5.0, 30.0, 25.0, 5.0, 25.0]]}}]
+    dense = np.zeros((H, W), bool)
+    dense[8:20, 4:50] = True
+    fortran = coco_mask.encode(np.asfortranarray(dense.astype(np.uint8)))
+    runs = []  # uncompressed RLE: column-major run lengths starting with zeros
+    flat, value, count = dense.flatten(order="F"), False, 0
+    for pixel in flat:
+        if pixel == value:
+            count += 1
+        else:
+            runs.append(count)
+            value, count = pixel, 1
+    runs.append(count)
+    uncompressed = item()
+    uncompressed["annotation"] = [{"4": {"segmentation": {"size": [H, W], "counts": runs}}}]
+    samples, rejects = import_700k([polygon, uncompressed])
+    assert rejects == []
+    poly_mask = decode_rle(samples[0].objects[0].masks[0])
+    assert poly_mask[10, 10] and not poly_mask[40, 60] and poly_mask.sum() > 400
+    assert samples[1].objects[0].masks[4].counts == fortran["counts"].decode()
+    exported = export_700k(samples)[1]["annotation"][0]["4"]["segmentation"]
+    assert exported == {"size": [H, W], "counts": fortran["counts"].decode()}
+
+
+def test_polygon_without_image_size_is_rejected() -> None:
+    polygon = item()
+    polygon["annotation"] = [{"0": {"segmentation": [[5.0, 5.0, 30.0, 5.0, 30.0, 25.0]]}}]
+    samples, rejects = import_700k([polygon])
+    assert samples == [] and rejects[0].reason is RejectReason.MALFORMED_SAMPLE
+
+
+def test_qa_items_and_task_override() -> None:
+    qa = item(prompt="what is the object {r} doing in the video?")
+    samples, _ = import_700k([qa])
+    assert samples[0].task == "qa"
+    samples, _ = import_700k([qa], task="detailed")
+    assert samples[0].task == "detailed"
+
+
+def test_import_does_not_mutate_items_and_keys_are_stable() -> None:
+    items = [item(), item(2)]
+    original = copy.deepcopy(items)
+    first, _ = import_700k(items)
+    second, _ = import_700k(items)
+    assert items == original
+    assert [s.key for s in first] == [s.key for s in second]
+    assert len({s.key for s in first}) == 2 and all("." not in s.key for s in first)
+
+
+def test_export_json_file_in_root(root: DatasetRoot) -> None:
+    samples, _ = import_700k([item(), item(2)])
+    relative = write_export_json(root, "detailed", samples)
+    assert relative == "export/json/detailed.json"
+    assert read_700k(root, relative) == [item(), item(2)]

@@ -1,0 +1,138 @@
+"""WebDataset export: validation on write, deterministic tars, index and stats, our reader and plain webdataset."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from engine.errors import RejectReason
+from storage.root import DatasetRoot
+from storage.wds import ShardWriter, iter_samples, list_tars, read_index, read_raw, read_sample_at
+from tests.storage.conftest import make_frames, make_sample
+
+
+def write_samples(directory, count: int, *, per_tar: int = 3, split: str = "train") -> list:
+    samples = [make_sample(f"detailed_{i:04d}", frames=(0, 5, 10)) for i in range(count)]
+    with ShardWriter(directory, split=split, max_samples_per_tar=per_tar) as writer:
+        for i, sample in enumerate(samples):
+            assert writer.write(sample, make_frames(3, seed=i)) is None
+    return samples
+
+
+def test_write_then_read_back_samples_and_frames(tmp_path: Path) -> None:
+    samples = write_samples(tmp_path, 7, per_tar=3)
+    tars = list_tars(tmp_path)
+    assert [Path(t).name for t in tars] == ["train-000000.tar", "train-000001.tar", "train-000002.tar"]
+    back = list(iter_samples(tars))
+    assert [s for s, _ in back] == samples
+    for i, (_, frames) in enumerate(back):
+        expected = make_frames(3, seed=i)
+        assert len(frames) == 3 and frames[0].shape == expected[0].shape and frames[0].dtype == np.uint8
+        # JPEG at quality 90 on smooth content: close to the original, in RGB order.
+        assert np.abs(frames[0].astype(int) - expected[0].astype(int)).mean() < 4
+
+
+def test_tar_members_and_no_temporary_files_left(tmp_path: Path) -> None:
+    write_samples(tmp_path, 2, per_tar=10)
+    names = sorted(p.name for p in tmp_path.iterdir())
+    assert names == ["_stats.json", "train-000000.parquet", "train-000000.tar"]
+    with tarfile.open(tmp_path / "train-000000.tar") as tar:
+        members = tar.getmembers()
+    assert [m.name for m in members[:4]] == [
+        "detailed_0000.00.jpg",
+        "detailed_0000.01.jpg",
+        "detailed_0000.02.jpg",
+        "detailed_0000.json",
+    ]
+    assert {(m.mtime, m.uid, m.gid, m.uname, m.mode) for m in members} == {(0, 0, 0, "", 0o644)}
+
+
+def test_same_samples_give_byte_identical_tars(tmp_path: Path) -> None:
+    write_samples(tmp_path / "a", 5)
+    write_samples(tmp_path / "b", 5)
+    for name in ("train-000000.tar", "train-000001.tar", "train-000000.parquet"):
+        digest_a = hashlib.sha256((tmp_path / "a" / name).read_bytes()).hexdigest()
+        assert digest_a == hashlib.sha256((tmp_path / "b" / name).read_bytes()).hexdigest()
+
+
+def test_invalid_samples_are_rejected_with_reasons_and_counted(tmp_path: Path) -> None:
+    good = make_sample("detailed_good", frames=(0, 5))
+    mismatch = dataclasses.replace(make_sample("detailed_bad", frames=(0, 5), regions=2), objects=good.objects)
+    with ShardWriter(tmp_path) as writer:
+        assert writer.write(good, make_frames(2)) is None
+        reject = writer.write(mismatch, make_frames(2))
+        assert reject is not None and reject.reason is RejectReason.REGION_COUNT_MISMATCH
+        assert reject.item_id == "detailed_bad" and reject.stage == "export"
+        wrong_frames = writer.write(make_sample("detailed_frames", frames=(0, 5)), make_frames(3))
+        assert wrong_frames is not None and wrong_frames.reason is RejectReason.MALFORMED_SAMPLE
+        not_uint8 = writer.write(make_sample("detailed_float", frames=(0, 5)), make_frames(2).astype(np.float32))
+        assert not_uint8 is not None and not_uint8.reason is RejectReason.MALFORMED_SAMPLE
+        duplicate = writer.write(good, make_frames(2))
+        assert duplicate is not None and "duplicate" in duplicate.message
+    stats = DatasetRoot(tmp_path).read_json("_stats.json")["splits"]["train"]
+    assert stats["samples"] == 1 and stats["samples_per_task"] == {"detailed": 1}
+    assert stats["rejects_per_reason"] == {"malformed_sample": 3, "region_count_mismatch": 1}
+    assert stats["bytes"] == (tmp_path / "train-000000.tar").stat().st_size
+    assert [s.key for s, _ in iter_samples(list_tars(tmp_path))] == ["detailed_good"]
+
+
+def test_index_rows_and_random_access(tmp_path: Path) -> None:
+    samples = write_samples(tmp_path, 4, per_tar=4)
+    tar = list_tars(tmp_path)[0]
+    rows = read_index(tar)
+    assert [r["key"] for r in rows] == [s.key for s in samples]
+    assert {(r["task"], r["num_objects"], r["num_frames"]) for r in rows} == {("detailed", 1, 3)}
+    sample, frames = read_sample_at(tar, rows[2]["offset"], rows[2]["size"])
+    assert sample == samples[2] and len(frames) == 3
+
+
+def test_failed_export_leaves_no_partial_tar(tmp_path: Path) -> None:
+    with pytest.raises(RuntimeError), ShardWriter(tmp_path) as writer:
+        writer.write(make_sample("detailed_x", frames=(0,)), make_frames(1))
+        raise RuntimeError("export crashed")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_writer_on_a_dataset_root_and_memory_fs(root: DatasetRoot) -> None:
+    with ShardWriter(root, split="val", max_samples_per_tar=2) as writer:
+        for i in range(3):
+            writer.write(make_sample(f"detailed_{i}", frames=(0,)), make_frames(1, seed=i))
+    assert root.listdir("export/wds") == [
+        "_stats.json",
+        "val-000000.parquet",
+        "val-000000.tar",
+        "val-000001.parquet",
+        "val-000001.tar",
+    ]
+    back = list(iter_samples(list_tars(root, split="val")))
+    assert [s.key for s, _ in back] == ["detailed_0", "detailed_1", "detailed_2"]
+
+
+def test_read_raw_yields_bytes_per_member(tmp_path: Path) -> None:
+    write_samples(tmp_path, 1)
+    (raw,) = read_raw(list_tars(tmp_path)[0])
+    assert raw["__key__"] == "detailed_0000"
+    assert set(raw) == {"__key__", "json", "00.jpg", "01.jpg", "02.jpg"}
+    assert raw["00.jpg"][:2] == b"\xff\xd8"
+
+
+def test_plain_webdataset_reads_our_tars(tmp_path: Path) -> None:
+    import webdataset as wds
+
+    samples = write_samples(tmp_path, 4, per_tar=2)
+    urls = sorted(str(p) for p in tmp_path.glob("*.tar"))
+    seen = []
+    for url in urls:
+        for item in wds.WebDataset(url, shardshuffle=False).decode("rgb8"):
+            seen.append(item)
+    assert [item["__key__"] for item in seen] == [s.key for s in samples]
+    first = seen[0]
+    assert first["json"]["task"] == "detailed" and first["json"]["objects"][0]["id"] == "obj0"
+    frame = first["00.jpg"]
+    assert isinstance(frame, np.ndarray) and frame.dtype == np.uint8 and frame.shape == (48, 64, 3)
+    assert np.abs(frame.astype(int) - make_frames(3, seed=0)[0].astype(int)).mean() < 4
