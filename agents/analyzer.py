@@ -14,7 +14,7 @@ from agents.backends.base import ChatBackend
 from agents.calling import Call, call_structured, structured_request
 from agents.prompting import load_prompt
 from agents.schemas import AnalyzerReply
-from agents.stage import StageResult, make_reject
+from agents.stage import StageResult, make_reject, run_in_batches
 from engine.errors import RejectReason
 from engine.ids import object_id
 from engine.types import Clip, ObjectRecord, Reject
@@ -35,11 +35,7 @@ class Analyzer:
         self.prompt = load_prompt("analyzer_single_subject" if single_subject else "analyzer")
 
     async def run(self, clips: Sequence[Clip]) -> StageResult[ObjectRecord]:
-        results = [
-            await self._run_batch(clips[start : start + self.batch_size])
-            for start in range(0, len(clips), self.batch_size)
-        ]
-        return StageResult.merge(*results) if results else StageResult(records=())
+        return await run_in_batches(clips, self.batch_size, self._run_batch)
 
     async def _run_batch(self, clips: Sequence[Clip]) -> StageResult[ObjectRecord]:
         rejects: list[Reject] = []

@@ -18,12 +18,13 @@ import numpy as np
 
 from agents.backends.base import ChatBackend, ChatRequest, ImagePart
 from agents.calling import Call, call_structured, structured_request
-from agents.frames import DEFAULT_MAX_SIDE, jpeg_part, read_clip_frames, sample_clip_frames, unique_in_order
+from agents.frames import DEFAULT_MAX_SIDE, decode_clip_frames, jpeg_part, sample_clip_frames, unique_in_order
 from agents.prompting import load_prompt
 from agents.schemas import AnnotatorReply
-from agents.stage import StageResult, make_reject, reject_for
+from agents.stage import StageResult, make_reject, reject_for, run_in_batches
 from engine.errors import RejectReason
 from engine.masks import decode_rle
+from engine.render import draw_contour
 from engine.types import Descriptions, ObjectRecord, Reject
 from engine.video import n_uniform_frames
 
@@ -54,17 +55,15 @@ class Annotator:
         self.prompt = load_prompt("annotator")
 
     async def run(self, records: Sequence[ObjectRecord]) -> StageResult[ObjectRecord]:
-        results = [
-            await self._run_batch(records[start : start + self.batch_size])
-            for start in range(0, len(records), self.batch_size)
-        ]
-        return StageResult.merge(*results) if results else StageResult(records=())
+        return await run_in_batches(records, self.batch_size, self._run_batch)
 
     async def _run_batch(self, records: Sequence[ObjectRecord]) -> StageResult[ObjectRecord]:
         groups: dict[str, list[ObjectRecord]] = {}
         for record in records:
             groups.setdefault(record.clip_id, []).append(record)
-        prepared = await asyncio.gather(*(self._prepare_clip(group) for group in groups.values()))
+        # Decoding and JPEG encoding run in worker threads, one clip per thread at a time, so the event loop
+        # stays free for requests in flight and only a few clips' raw frames are in memory at once.
+        prepared = await asyncio.gather(*(asyncio.to_thread(self._prepare_clip, group) for group in groups.values()))
         calls = [call for group_calls, _ in prepared for call in group_calls]
         rejects: list[Reject] = [reject for _, group_rejects in prepared for reject in group_rejects]
         by_id = {record.object_id: record for record in records}
@@ -90,13 +89,13 @@ class Annotator:
             )
         return StageResult(records=tuple(annotated), rejects=tuple(rejects))
 
-    async def _prepare_clip(self, group: list[ObjectRecord]) -> tuple[list[Call], list[Reject]]:
+    def _prepare_clip(self, group: list[ObjectRecord]) -> tuple[list[Call], list[Reject]]:
         """The requests of all objects of one clip, its frames decoded once; a bad video rejects them all."""
         clip = group[0].clip
         try:
             shown = {record.object_id: self._frames_to_show(record) for record in group}
             needed = unique_in_order([index for indices in shown.values() for index in indices])
-            frames = await read_clip_frames(clip, needed)
+            frames = decode_clip_frames(clip, needed)
         except Exception as exc:  # one undecodable video rejects its objects, not the batch
             return [], [reject_for(exc, stage=STAGE, item_id=r.object_id, clip_id=r.clip_id) for r in group]
         frame_at = dict(zip(needed, frames, strict=True))
@@ -120,8 +119,6 @@ class Annotator:
             if index not in plain:
                 plain[index] = jpeg_part(frame, max_side=self.max_side)
             return plain[index]
-        from engine.render import draw_contour  # lazy: only the outlined (QA) path draws
-
         return jpeg_part(draw_contour(frame, decode_rle(mask), OUTLINE_COLOR, 2), max_side=self.max_side)
 
     def _request(self, record: ObjectRecord, images: list[ImagePart], indices: list[int]) -> ChatRequest:

@@ -2,9 +2,10 @@
 
 A clip is a time span of a video; `clip_frame_range` turns it into absolute frame indices (from the
 clip's own metadata when it carries fps and frame count, else from a probe), `sample_clip_frames` picks
-the paper's uniform segment-middle frames inside it, and `read_clip_frames` decodes them off the event
-loop. `jpeg_part` shrinks a frame so its longer side is at most `max_side` pixels (what chat models
-are shown; full resolution only costs tokens) and encodes it (Pillow, imported lazily).
+the paper's uniform segment-middle frames inside it, and `decode_clip_frames` decodes them (agents call
+it from worker threads; `read_clip_frames` is the awaitable form). `jpeg_part` shrinks a frame so its
+longer side is at most `max_side` pixels (what chat models are shown; full resolution only costs
+tokens) and encodes it (Pillow, imported lazily).
 """
 
 from __future__ import annotations
@@ -46,9 +47,14 @@ def sample_clip_frames(clip: Clip, num_frames: int) -> list[int]:
     return [first + index for index in uniform_indices(last - first + 1, num_frames)]
 
 
+def decode_clip_frames(clip: Clip, indices: Sequence[int]) -> np.ndarray:
+    """The frames at absolute `indices` of the clip's video (blocking: call it from a worker thread)."""
+    return read_frames(clip.video_uri, list(indices))
+
+
 async def read_clip_frames(clip: Clip, indices: Sequence[int]) -> np.ndarray:
     """The frames at absolute `indices` of the clip's video, decoded in a worker thread."""
-    return await asyncio.to_thread(read_frames, clip.video_uri, list(indices))
+    return await asyncio.to_thread(decode_clip_frames, clip, indices)
 
 
 def jpeg_part(frame: np.ndarray, *, max_side: int = DEFAULT_MAX_SIDE, quality: int = JPEG_QUALITY) -> ImagePart:

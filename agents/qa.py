@@ -20,7 +20,7 @@ from agents.backends.base import ChatBackend, ChatRequest
 from agents.calling import Call, call_structured, structured_request
 from agents.prompting import load_prompt
 from agents.schemas import QAItem, QAReply
-from agents.stage import StageResult, make_reject
+from agents.stage import StageResult, make_reject, run_in_batches
 from engine.errors import RejectReason
 from engine.ids import object_id
 from engine.types import Clip, ClipQA, ObjectRecord, QAPair, Reject
@@ -41,19 +41,15 @@ class QAGenerator:
         self.prompt = load_prompt("qa")
 
     async def run(self, clips: Sequence[Clip]) -> StageResult[ClipQA]:
-        results = [
-            await self._run_batch(clips[start : start + self.batch_size])
-            for start in range(0, len(clips), self.batch_size)
-        ]
-        return StageResult.merge(*results) if results else StageResult(records=())
+        return await run_in_batches(clips, self.batch_size, self._run_batch)
 
     async def _run_batch(self, clips: Sequence[Clip]) -> StageResult[ClipQA]:
         rejects: list[Reject] = []
         candidates: list[ObjectRecord] = []
         for clip in clips:
             if not clip.given_objects:
-                rejects.append(make_reject(STAGE, clip.clip_id, clip.clip_id, RejectReason.NO_NOUNS,
-                                           "clip has no given objects to ask about"))
+                reason, message = RejectReason.NO_NOUNS, "clip has no given objects to ask about"
+                rejects.append(make_reject(STAGE, clip.clip_id, clip.clip_id, reason, message))
                 continue
             candidates.extend(given_object_records(clip))
 
@@ -70,8 +66,8 @@ class QAGenerator:
         ]
         for clip in clips:
             if clip.given_objects and clip.clip_id not in objects_of:
-                rejects.append(make_reject(STAGE, clip.clip_id, clip.clip_id, RejectReason.INVALID_REPLY,
-                                           "no object of the clip could be described"))
+                reason, message = RejectReason.INVALID_REPLY, "no object of the clip could be described"
+                rejects.append(make_reject(STAGE, clip.clip_id, clip.clip_id, reason, message))
 
         produced: list[ClipQA] = []
         outcomes = await call_structured(
@@ -85,8 +81,8 @@ class QAGenerator:
             objects = objects_of[outcome.item_id]
             pairs = [pair for item in outcome.value.items if (pair := to_qa_pair(item, objects)) is not None]
             if not pairs:
-                rejects.append(make_reject(STAGE, outcome.item_id, outcome.clip_id, RejectReason.INVALID_REPLY,
-                                           "no generated question names a known object"))
+                reason, message = RejectReason.INVALID_REPLY, "no generated question names a known object"
+                rejects.append(make_reject(STAGE, outcome.item_id, outcome.clip_id, reason, message))
                 continue
             produced.append(
                 ClipQA(

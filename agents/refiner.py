@@ -14,7 +14,7 @@ from agents.backends.base import ChatBackend
 from agents.calling import Call, call_structured, structured_request
 from agents.prompting import load_prompt
 from agents.schemas import RefinerReply
-from agents.stage import StageResult, make_reject
+from agents.stage import StageResult, make_reject, run_in_batches
 from engine.errors import RejectReason
 from engine.types import ObjectRecord, Reject
 
@@ -30,20 +30,15 @@ class Refiner:
         self.prompt = load_prompt("refiner")
 
     async def run(self, records: Sequence[ObjectRecord]) -> StageResult[ObjectRecord]:
-        results = [
-            await self._run_batch(records[start : start + self.batch_size])
-            for start in range(0, len(records), self.batch_size)
-        ]
-        return StageResult.merge(*results) if results else StageResult(records=())
+        return await run_in_batches(records, self.batch_size, self._run_batch)
 
     async def _run_batch(self, records: Sequence[ObjectRecord]) -> StageResult[ObjectRecord]:
         rejects: list[Reject] = []
         calls: list[Call] = []
         for record in records:
             if record.descriptions is None:
-                message = "object has no appearance/motion descriptions to refine"
-                rejects.append(make_reject(STAGE, record.object_id, record.clip_id, RejectReason.MALFORMED_SAMPLE,
-                                           message))
+                reason, message = RejectReason.MALFORMED_SAMPLE, "object has no appearance/motion texts to refine"
+                rejects.append(make_reject(STAGE, record.object_id, record.clip_id, reason, message))
                 continue
             values = {
                 "noun": record.noun,

@@ -16,13 +16,14 @@ from collections.abc import Sequence
 
 from agents.backends.base import ChatBackend, ChatRequest, ImagePart
 from agents.calling import Call, call_structured, structured_request
-from agents.frames import DEFAULT_MAX_SIDE, jpeg_part, read_clip_frames, unique_in_order
+from agents.frames import DEFAULT_MAX_SIDE, decode_clip_frames, jpeg_part, unique_in_order
 from agents.prompting import load_prompt
 from agents.schemas import JudgeReply, RegionCaptionReply
-from agents.stage import StageResult, make_reject, reject_for
+from agents.stage import StageResult, make_reject, reject_for, run_in_batches
 from engine.errors import RejectReason
 from engine.masks import decode_rle
-from engine.types import ObjectRecord, Reject, Review
+from engine.render import draw_contour
+from engine.types import ObjectRecord, Provenance, Reject, Review
 from engine.video import n_uniform_frames
 
 STAGE = "review"
@@ -49,53 +50,51 @@ class Reviewer:
         self.batch_size = batch_size
         self.caption_prompt = load_prompt("region_caption")
         self.judge_prompt = load_prompt("judge")
+        self.judge_version = self.judge_prompt.version
 
     async def run(self, records: Sequence[ObjectRecord]) -> StageResult[ObjectRecord]:
-        results = [
-            await self._run_batch(records[start : start + self.batch_size])
-            for start in range(0, len(records), self.batch_size)
-        ]
-        return StageResult.merge(*results) if results else StageResult(records=())
+        return await run_in_batches(records, self.batch_size, self._run_batch)
 
     async def _run_batch(self, records: Sequence[ObjectRecord]) -> StageResult[ObjectRecord]:
         rejects: list[Reject] = []
         ready: list[ObjectRecord] = []
         for record in records:
-            if record.masklet is None or not record.masklet.masks:
-                rejects.append(make_reject(STAGE, record.object_id, record.clip_id, RejectReason.MISSING_MASK,
-                                           "object has no masklet to review"))
-            elif record.descriptions is None:
-                rejects.append(make_reject(STAGE, record.object_id, record.clip_id, RejectReason.MALFORMED_SAMPLE,
-                                           "object has no annotator descriptions to compare with"))
-            else:
+            problem = _missing_input(record)
+            if problem is None:
                 ready.append(record)
+            else:
+                rejects.append(make_reject(STAGE, record.object_id, record.clip_id, *problem))
 
         groups: dict[str, list[ObjectRecord]] = {}
         for record in ready:
             groups.setdefault(record.clip_id, []).append(record)
-        prepared = await asyncio.gather(*(self._caption_calls(group) for group in groups.values()))
+        # Decoding, drawing and JPEG encoding run in worker threads (see the annotator).
+        prepared = await asyncio.gather(*(asyncio.to_thread(self._caption_calls, group) for group in groups.values()))
         caption_calls = [call for calls, _ in prepared for call in calls]
         rejects.extend(reject for _, group_rejects in prepared for reject in group_rejects)
         by_id = {record.object_id: record for record in ready}
 
         captions = await call_structured(
-            self.captioner, caption_calls, RegionCaptionReply,
-            agent="reviewer.region_captioner", stage=STAGE, prompt_version=self.caption_prompt.version,
+            self.captioner,
+            caption_calls,
+            RegionCaptionReply,
+            agent="reviewer.region_captioner",
+            stage=STAGE,
+            prompt_version=self.caption_prompt.version,
         )
         judge_calls: list[Call] = []
-        caption_of: dict[str, tuple[str, object]] = {}
+        caption_of: dict[str, tuple[str, Provenance]] = {}
         for outcome in captions:
             if outcome.reject is not None:
                 rejects.append(outcome.reject)
                 continue
             record = by_id[outcome.item_id]
             caption_of[record.object_id] = (outcome.value.caption, outcome.provenance)
-            judge_calls.append(Call(item_id=record.object_id, clip_id=record.clip_id,
-                                    request=self._judge_request(record, outcome.value.caption)))
+            request = self._judge_request(record, outcome.value.caption)
+            judge_calls.append(Call(item_id=record.object_id, clip_id=record.clip_id, request=request))
 
         verdicts = await call_structured(
-            self.judge, judge_calls, JudgeReply, agent="reviewer.judge", stage=STAGE,
-            prompt_version=self.judge_prompt.version,
+            self.judge, judge_calls, JudgeReply, agent="reviewer.judge", stage=STAGE, prompt_version=self.judge_version
         )
         accepted: list[ObjectRecord] = []
         for outcome in verdicts:
@@ -107,8 +106,8 @@ class Reviewer:
             verdict = outcome.value
             if not verdict.same_object:
                 message = f"judge: {verdict.reason} | region caption: {region_caption}"
-                rejects.append(make_reject(STAGE, record.object_id, record.clip_id, RejectReason.REVIEW_REJECTED,
-                                           message))
+                reject = make_reject(STAGE, record.object_id, record.clip_id, RejectReason.REVIEW_REJECTED, message)
+                rejects.append(reject)
                 continue
             review = Review(region_caption=region_caption, accepted=True, reason=verdict.reason)
             provenance = (*record.provenance, caption_provenance, outcome.provenance)
@@ -123,14 +122,12 @@ class Reviewer:
         shown = [key, *(index for index in picked if index != key)][: self.num_frames]
         return sorted(shown)
 
-    async def _caption_calls(self, group: list[ObjectRecord]) -> tuple[list[Call], list[Reject]]:
+    def _caption_calls(self, group: list[ObjectRecord]) -> tuple[list[Call], list[Reject]]:
         """Region-caption requests of one clip's objects, frames decoded once; a bad video rejects them all."""
-        from engine.render import draw_contour  # lazy: drawing needs OpenCV
-
         try:
             shown = {record.object_id: self.frames_to_show(record) for record in group}
             needed = unique_in_order([index for indices in shown.values() for index in indices])
-            frames = await read_clip_frames(group[0].clip, needed)
+            frames = decode_clip_frames(group[0].clip, needed)
         except Exception as exc:  # one undecodable video rejects its objects, not the batch
             return [], [reject_for(exc, stage=STAGE, item_id=r.object_id, clip_id=r.clip_id) for r in group]
         frame_at = dict(zip(needed, frames, strict=True))
@@ -143,8 +140,8 @@ class Reviewer:
                 )
                 for index in shown[record.object_id]
             ]
-            calls.append(Call(item_id=record.object_id, clip_id=record.clip_id,
-                              request=self._caption_request(record, images)))
+            request = self._caption_request(record, images)
+            calls.append(Call(item_id=record.object_id, clip_id=record.clip_id, request=request))
         return calls, []
 
     def _caption_request(self, record: ObjectRecord, images: list[ImagePart]) -> ChatRequest:
@@ -182,3 +179,11 @@ class Reviewer:
         return structured_request(
             self.judge_prompt, JudgeReply, task="judge", values=values, context={"item_id": record.object_id, **values}
         )
+
+
+def _missing_input(record: ObjectRecord) -> tuple[RejectReason, str] | None:
+    if record.masklet is None or not record.masklet.masks:
+        return RejectReason.MISSING_MASK, "object has no masklet to review"
+    if record.descriptions is None:
+        return RejectReason.MALFORMED_SAMPLE, "object has no annotator descriptions to compare with"
+    return None

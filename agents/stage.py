@@ -8,6 +8,8 @@ miss) are re-raised so the run fails instead of marking thousands of items faile
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
@@ -15,6 +17,7 @@ from engine.errors import BackendUnavailableError, ConfigError, RejectReason, Re
 from engine.types import Reject
 
 RecordT = TypeVar("RecordT")
+ItemT = TypeVar("ItemT")
 
 # Errors that say "the run is misconfigured or the backend is gone", never "this item is bad".
 RUN_FATAL_ERRORS: tuple[type[BaseException], ...] = (BackendUnavailableError, ConfigError, ReplayMissError)
@@ -50,3 +53,28 @@ def reject_for(exc: BaseException, *, stage: str, item_id: str, clip_id: str) ->
 def make_reject(stage: str, item_id: str, clip_id: str, reason: RejectReason, message: str = "") -> Reject:
     """A reject for an item the agent decided not to keep (no nouns, static object, review failed, ...)."""
     return Reject(stage=stage, item_id=item_id, clip_id=clip_id, reason=reason, message=message[:2000])
+
+
+async def run_in_batches(
+    items: Sequence[ItemT],
+    batch_size: int,
+    run_batch: Callable[[Sequence[ItemT]], Awaitable[StageResult[RecordT]]],
+    *,
+    batches_in_flight: int = 2,
+) -> StageResult[RecordT]:
+    """`run_batch` over consecutive batches of `items`, a few at a time, results merged in input order.
+
+    Two batches in flight let one batch decode frames while the previous one waits for its slowest
+    replies, and bound memory (JPEG frames of only those batches are held at once).
+    """
+    if batch_size < 1 or batches_in_flight < 1:
+        raise ConfigError("batch_size and batches_in_flight must be at least 1")
+    gate = asyncio.Semaphore(batches_in_flight)
+
+    async def gated(batch: Sequence[ItemT]) -> StageResult[RecordT]:
+        async with gate:
+            return await run_batch(batch)
+
+    batches = [items[start : start + batch_size] for start in range(0, len(items), batch_size)]
+    results = await asyncio.gather(*(gated(batch) for batch in batches))
+    return StageResult.merge(*results) if results else StageResult(records=())

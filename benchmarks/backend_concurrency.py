@@ -4,7 +4,10 @@ With `in_flight` requests on the wire and `latency_s` per reply, no client can b
 requests/s; the figure is the achieved rate over that ideal (target >= 0.9). A second run injects transient
 faults (429 with Retry-After, 500, timeouts) into a fraction of the requests: every request must still
 complete, and the figure reports the achieved ratio and the retries it took. The stub server runs in a child
-process so that its work does not compete with the client for this interpreter's GIL. Prints ONE JSON line.
+process so that its work does not compete with the client for this interpreter's GIL. Because the machine is
+shared, the same run also measures a baseline: a minimal asyncio HTTP/1.1 client (64 keep-alive sockets, no
+parsing beyond Content-Length) against the same server; `ratio_to_baseline` is the backend's rate over that
+client's rate, the share of what this machine could do at that moment. Prints ONE JSON line.
 
     .venv/bin/python benchmarks/backend_concurrency.py [--requests 640] [--in-flight 64] [--latency 0.1]
 """
@@ -78,9 +81,47 @@ async def _run(base_url: str, requests: int, in_flight: int, timeout_s: float) -
     return elapsed, backend, failed
 
 
+async def _raw_client(base_url: str, requests: int, in_flight: int) -> float:
+    """Seconds a bare asyncio client needs for `requests` POSTs over `in_flight` keep-alive connections."""
+    host_port = base_url.split("//", 1)[1].split("/", 1)[0]
+    host, port = host_port.split(":")
+    body = json.dumps({"model": "stub", "messages": [{"role": "user", "content": "caption"}]}).encode()
+    head = f"POST /v1/chat/completions HTTP/1.1\r\nHost: {host_port}\r\nContent-Type: application/json\r\n"
+    message = (head + f"Content-Length: {len(body)}\r\n\r\n").encode() + body
+    idle: asyncio.Queue = asyncio.Queue()
+    for _ in range(in_flight):
+        idle.put_nowait(await asyncio.open_connection(host, int(port)))
+
+    async def one() -> None:
+        reader, writer = await idle.get()
+        writer.write(message)
+        await writer.drain()
+        response_head = await reader.readuntil(b"\r\n\r\n")
+        length = next(
+            int(line.split(b":", 1)[1]) for line in response_head.split(b"\r\n")
+            if line.lower().startswith(b"content-length")
+        )
+        await reader.readexactly(length)
+        idle.put_nowait((reader, writer))
+
+    await asyncio.gather(*(one() for _ in range(in_flight)))  # warm-up, like the backend's
+    started = time.perf_counter()
+    await asyncio.gather(*(one() for _ in range(requests)))
+    elapsed = time.perf_counter() - started
+    while not idle.empty():
+        idle.get_nowait()[1].close()
+    return elapsed
+
+
+def measure_baseline(requests: int, in_flight: int, latency_s: float) -> float:
+    with _ServerProcess(latency_s=latency_s) as base_url:
+        elapsed = asyncio.run(_raw_client(base_url, requests, in_flight))
+    return requests / elapsed / (in_flight / latency_s)
+
+
 def measure(requests: int, in_flight: int, latency_s: float, fault_rate: float, timeout_s: float) -> dict:
     settings = {
-        "latency_s": latency_s, "fault_rate": fault_rate, "retry_after_s": 0.05, "hang_s": timeout_s * 3,
+        "latency_s": latency_s, "fault_rate": fault_rate, "retry_after_s": 0.05, "hang_s": min(timeout_s * 3, 10.0),
         "fault_kinds": ("rate_limit", "server_error", "timeout"), "seed": 1,
     }
     with _ServerProcess(**settings) as base_url:
@@ -104,9 +145,11 @@ def main() -> None:
     parser.add_argument("--in-flight", type=int, default=64)
     parser.add_argument("--latency", type=float, default=0.1)
     parser.add_argument("--fault-rate", type=float, default=0.2)
-    parser.add_argument("--timeout", type=float, default=0.5, help="client timeout; timeout faults hang 3x this")
+    parser.add_argument("--timeout", type=float, default=1.0, help="client timeout of the faulty run (faults hang 3x)")
     args = parser.parse_args()
-    clean = measure(args.requests, args.in_flight, args.latency, 0.0, args.timeout)
+    baseline = measure_baseline(args.requests, args.in_flight, args.latency)
+    # No fault hangs in the clean run: a generous client timeout keeps a CPU-starved client from timing out.
+    clean = measure(args.requests, args.in_flight, args.latency, 0.0, 30.0)
     faulty = measure(args.requests, args.in_flight, args.latency, args.fault_rate, args.timeout)
     print(json.dumps({
         "benchmark": "backend_concurrency",
@@ -115,6 +158,8 @@ def main() -> None:
         "latency_s": args.latency,
         "ratio_to_ideal": clean["ratio_to_ideal"],
         "target_ratio": 0.9,
+        "baseline_raw_client_ratio_to_ideal": round(baseline, 3),
+        "ratio_to_baseline": round(clean["ratio_to_ideal"] / baseline, 3),
         "clean": clean,
         "fault_rate": args.fault_rate,
         "faulty_ratio_to_ideal": faulty["ratio_to_ideal"],

@@ -62,6 +62,9 @@ class OpenAIChatConfig(_Strict):
     temperature: float = 0.2
     max_tokens: int = 1024
     structured_output: Literal["json_schema", "json_object", "none"] = "json_schema"
+    # HTTP transport: `pooled` is a lean keep-alive HTTP/1.1 pool for high request rates to plain-http servers
+    # (vLLM); `httpx` is the OpenAI client's own; `auto` picks pooled for http:// without a proxy, else httpx.
+    transport: Literal["auto", "pooled", "httpx"] = "auto"
 
 
 class LocalChatConfig(_Strict):

@@ -14,12 +14,13 @@ Policies:
 - Edit lists are ignored: every coded frame counts, as in the container's frame count and in decord.
   (demo2.mp4 of the shared media hides 19 pre-roll frames behind an edit list: 522 frames here and in
   decord, 503 in a default FFmpeg decode; its duration here is 17.4 s where players show 16.8 s.)
-- Strategy (measured by benchmarks/frame_sampling.py): PyAV with frame threading, seeking to the
-  keyframe before a wanted frame only when that skips frames, otherwise decoding on, and stopping after
-  the last wanted frame. Frames are matched to indices by timestamp rank, so this is exactly what a
-  sequential decode gives; streams without usable timestamps decode sequentially. decord is available
-  as `backend="decord"` but is not the default: on demo2.mp4 (edit list, negative timestamps) and at
-  the last frame of demo4.mp4 its frames differ from a sequential decode.
+- Strategy (measured by benchmarks/frame_sampling.py): one demux pass (no decoding) learns each
+  frame's index (rank of its timestamp, so exactly what a sequential decode gives), the keyframes, and
+  which frames nothing references (H.264 nal_ref_idc 0, MPEG-4 B-VOPs); then PyAV with frame threading
+  seeks to the keyframe before a wanted frame when that skips packets, never decodes unreferenced frames
+  that are not wanted, and stops after the last wanted frame. Streams without usable timestamps decode
+  sequentially. decord is available as `backend="decord"` but is not the default: on demo2.mp4 (edit
+  list, negative timestamps) and at the last frame of demo4.mp4 its frames differ from a sequential decode.
 Heavy libraries (av, decord, cv2) are imported lazily inside the functions that need them.
 """
 
@@ -28,7 +29,7 @@ from __future__ import annotations
 import bisect
 import math
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -148,8 +149,13 @@ def probe(path: str | os.PathLike[str], *, fps: float | None = None) -> VideoInf
     if path.is_dir():
         info = _probe_folder(path, fps)
     else:
-        with _open_container(path) as container:
-            info = _probe_container(container, path)
+        import av
+
+        try:
+            with _open_container(path) as container:
+                info = _probe_container(container, path)
+        except av.error.FFmpegError as error:
+            raise BadVideoError(f"cannot probe {path}: {error}") from error
     check_video_limits(info)
     return info
 
@@ -254,8 +260,13 @@ def _probe_container(container: Any, path: Path) -> VideoInfo:
     num_frames = int(stream.frames or 0)
     if num_frames <= 0:
         # Containers without a frame count (some webm/mkv/avi): count packets, which costs a demux, not a decode.
-        num_frames = sum(1 for packet in container.demux(stream) if packet.size > 0)
-        container.seek(0)
+        import av
+
+        try:
+            num_frames = sum(1 for packet in container.demux(stream) if packet.size > 0)
+            container.seek(0)
+        except av.error.FFmpegError as error:
+            raise BadVideoError(f"cannot count the frames of {path}: {error}") from error
     if num_frames <= 0:
         raise EmptyVideoError(f"video has no frames: {path}")
     duration_s = float(stream.duration * stream.time_base) if stream.duration and stream.time_base else 0.0
@@ -296,20 +307,26 @@ def read_frames(path: str | os.PathLike[str], indices: Sequence[int], *, backend
         check_video_limits(info)
         _check_indices(wanted, info, path)
         return _read_folder(path, wanted, info) if wanted else _empty(info)
-    with _open_container(path) as container:
-        info = _probe_container(container, path)
-        check_video_limits(info)
-        _check_indices(wanted, info, path)
-        if not wanted:
-            return _empty(info)
-        if backend == "decord":
-            return _read_decord(path, wanted)
-        if backend in ("seek", "auto"):
-            frames = _read_seeking(container, path, wanted)
-            if frames is not None:
-                return frames
-            container.seek(0)
-        return _read_sequential(container, path, wanted)
+    import av
+
+    try:
+        with _open_container(path) as container:
+            info = _probe_container(container, path)
+            check_video_limits(info)
+            _check_indices(wanted, info, path)
+            if not wanted:
+                return _empty(info)
+            if backend == "decord":
+                return _read_decord(path, wanted)
+            if backend in ("seek", "auto"):
+                frames = _read_seeking(container, path, wanted)
+                if frames is not None:
+                    return frames
+        # A fresh container for the fallback: seeking back can fail on a damaged file.
+        with _open_container(path) as container:
+            return _read_sequential(container, path, wanted)
+    except av.error.FFmpegError as error:  # anything FFmpeg reports that the steps above did not sort
+        raise BadVideoError(f"cannot decode {path}: {error}") from error
 
 
 def _empty(info: VideoInfo) -> np.ndarray:
@@ -350,58 +367,119 @@ def _read_sequential(container: Any, path: Path, wanted: list[int]) -> np.ndarra
 
 
 def _read_seeking(container: Any, path: Path, wanted: list[int]) -> np.ndarray | None:
-    """Seek to the keyframe before each far-away wanted frame and decode forward from there.
+    """Decode only what the wanted frames need: seek past keyframes, and never decode droppable frames.
 
-    Frames are identified by presentation timestamp: the demuxed packets' sorted timestamps give each
-    frame its index, exactly as a sequential decode would. None (caller decodes sequentially) when the
-    stream lacks the timestamps this needs.
+    A first pass demuxes the packets (no decoding) to learn each frame's index (rank of its presentation
+    timestamp, exactly what a sequential decode gives), the keyframes, and which frames no other frame
+    references (H.264 `nal_ref_idc == 0`, MPEG-4 B-VOPs). The second pass seeks to the keyframe before a
+    wanted frame when that skips packets, and feeds the decoder every packet except droppable frames that
+    are not wanted. None (the caller decodes sequentially) when the stream lacks the timestamps this needs.
     """
     import av
 
     stream = container.streams.video[0]
+    is_droppable = _droppable_test(stream)
     timestamps: list[int] = []
     keyframe_timestamps: list[int] = []
-    for packet in container.demux(stream):
-        if packet.size == 0:
-            continue
-        if packet.pts is None:
-            return None
-        timestamps.append(packet.pts)
-        if packet.is_keyframe:
-            keyframe_timestamps.append(packet.pts)
+    droppable_timestamps: set[int] = set()
+    try:
+        for packet in container.demux(stream):
+            if packet.size == 0:
+                continue
+            if packet.pts is None:
+                return None
+            timestamps.append(packet.pts)
+            if packet.is_keyframe:
+                keyframe_timestamps.append(packet.pts)
+            elif is_droppable is not None and is_droppable(bytes(packet)):
+                droppable_timestamps.add(packet.pts)
+    except av.error.FFmpegError:
+        return None  # a damaged container: the sequential decode keeps what decodes and reports the rest
     timestamps.sort()
     index_of = {pts: i for i, pts in enumerate(timestamps)}
     if len(index_of) != len(timestamps) or not keyframe_timestamps:
         return None
     keyframes = sorted(index_of[pts] for pts in keyframe_timestamps)
-    stream.thread_type = "AUTO"
     targets = set(wanted)
+    skippable = {index_of[pts] for pts in droppable_timestamps} - targets
+    codec = stream.codec_context
+    codec.thread_type = "AUTO"
     decoded: dict[int, np.ndarray] = {}
-    position = -1  # index of the last decoded frame
-    frames: Iterator[Any] = iter(())
+    fed_up_to = -1  # highest frame index fed to the decoder since the last seek
+    packets: Iterator[Any] = iter(())
     try:
         for target in sorted(targets):
+            if target in decoded:
+                continue
             start = keyframes[max(0, bisect.bisect_right(keyframes, target) - 1)]
-            if position < start:
+            if fed_up_to < start:
                 container.seek(timestamps[start], stream=stream, backward=True, any_frame=False)
-                # One decode iterator per seek: abandoning an iterator mid-packet would drop frames.
-                frames = container.decode(stream)
-            while position < target:
-                frame = next(frames, None)
-                if frame is None:
+                packets = container.demux(stream)
+                fed_up_to = -1
+            while target not in decoded:
+                packet = next(packets, None)
+                if packet is None or packet.size == 0:  # end of the stream: drain the decoder
+                    for frame in codec.decode(None):
+                        _keep(frame, index_of, targets, decoded)
+                    fed_up_to = len(timestamps)  # nothing more to feed without a new seek
                     break
-                index = index_of.get(frame.pts) if frame.pts is not None else None
-                if index is None or index < position:
+                index = index_of.get(packet.pts)
+                if index is None:
                     return None
-                position = index
-                if index in targets:
-                    decoded[index] = frame.to_ndarray(format="rgb24")
+                if index in skippable:
+                    continue
+                fed_up_to = max(fed_up_to, index)
+                for frame in codec.decode(packet):
+                    if not _keep(frame, index_of, targets, decoded):
+                        return None
     except av.error.FFmpegError as error:
         raise TruncatedVideoError(f"decoding {path} failed while seeking: {error}") from error
-    missing = sorted(set(wanted) - decoded.keys())
+    missing = sorted(targets - decoded.keys())
     if missing:
         raise TruncatedVideoError(f"requested frames {missing[:5]} of {path} do not decode")
     return _stack([decoded[i] for i in wanted])
+
+
+def _keep(frame: Any, index_of: dict[int, int], targets: set[int], decoded: dict[int, np.ndarray]) -> bool:
+    """Store a decoded frame when it is wanted; False when its timestamp is unknown (indices untrustworthy)."""
+    index = index_of.get(frame.pts) if frame.pts is not None else None
+    if index is None:
+        return False
+    if index in targets and index not in decoded:
+        decoded[index] = frame.to_ndarray(format="rgb24")
+    return True
+
+
+def _droppable_test(stream: Any) -> Callable[[bytes], bool] | None:
+    """A test telling, from a packet's bytes, that no other frame references it; None when unknown."""
+    codec = stream.codec_context
+    extradata = bytes(codec.extradata or b"")
+    if codec.name == "h264" and len(extradata) >= 5 and extradata[0] == 1:  # avcC: length-prefixed NAL units
+        length_size = (extradata[4] & 3) + 1
+        return lambda data: _h264_is_non_reference(data, length_size)
+    if codec.name == "mpeg4":
+        return _mpeg4_is_b_vop
+    return None
+
+
+def _h264_is_non_reference(data: bytes, length_size: int) -> bool:
+    """True when the first coded slice of the access unit has nal_ref_idc 0 (nothing predicts from it)."""
+    offset = 0
+    while offset + length_size < len(data):
+        size = int.from_bytes(data[offset : offset + length_size], "big")
+        header = data[offset + length_size]
+        if header & 0x1F in (1, 5):  # coded slice (non-IDR / IDR)
+            return (header >> 5) & 3 == 0
+        offset += length_size + size
+    return False
+
+
+def _mpeg4_is_b_vop(data: bytes) -> bool:
+    """True for an MPEG-4 Part 2 packet whose only VOP is a B-VOP (never a reference)."""
+    first = data.find(b"\x00\x00\x01\xb6")
+    if first < 0 or first + 4 >= len(data) or data.find(b"\x00\x00\x01\xb6", first + 4) >= 0:
+        return False  # no VOP, or packed frames (DivX): keep it
+    return data[first + 4] >> 6 == 2
 
 
 def _read_decord(path: Path, wanted: list[int]) -> np.ndarray:

@@ -4,7 +4,8 @@
 (bad entries are reported, not fatal), run our model (`--model DIR`, in process) or any VLM behind an
 OpenAI-compatible URL (`--server URL --server-model NAME`, set-of-marks frames), score (Bench-Q: answer letters;
 Bench-D: the LLM judge at `--judge-url`, if given), and write into `--out`:
-`<kind>-<mode>.predictions.jsonl`, `.judge.jsonl` (D), `.rejects.jsonl`, `.report.md` and `.report.json`.
+`<kind>-<mode>.predictions.jsonl`, `.judge-<judge model>.jsonl` (D), `.rejects.jsonl`, `.report.md` and
+`.report.json`.
 Re-running the same command resumes: finished predictions and judgements are not redone.
 Heavy imports (torch, openai, the model) happen inside the functions, so `videorefer --help` stays fast.
 """
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,6 +46,7 @@ class BenchJob:
     concurrency: int = 8
     api_key_env: str = "OPENAI_API_KEY"
     num_frames: int = 16
+    max_new_tokens: int | None = None  # None: 512 for descriptions, 16 for answer letters
 
     @property
     def stem(self) -> str:
@@ -129,7 +132,9 @@ def _predict(job: BenchJob, bench: Any) -> tuple[Any, str]:
     if job.model_dir is not None:
         from model.bench_runner import ModelBenchSettings, run_identity, run_model_bench
 
-        settings = ModelBenchSettings(mode=job.mode)  # type: ignore[arg-type]
+        tokens = {} if job.max_new_tokens is None else {"max_new_tokens_d": job.max_new_tokens,
+                                                        "max_new_tokens_q": job.max_new_tokens}
+        settings = ModelBenchSettings(mode=job.mode, **tokens)  # type: ignore[arg-type]
         identity = run_identity(job.runner_name, settings)
         with PredictionStore(path, expect=identity) as store:
             pending = any(item.item_id not in store for item in bench.items[: job.limit])
@@ -140,7 +145,9 @@ def _predict(job: BenchJob, bench: Any) -> tuple[Any, str]:
     from agents.bench.vlm_runner import VlmSettings, run_identity, run_vlm_bench
     from engine.config import OpenAIChatConfig
 
-    settings = VlmSettings(mode=job.mode, num_frames=job.num_frames, concurrency=job.concurrency)  # type: ignore[arg-type]
+    tokens = {} if job.max_new_tokens is None else {"max_tokens": job.max_new_tokens}
+    settings = VlmSettings(mode=job.mode, num_frames=job.num_frames, concurrency=job.concurrency,  # type: ignore[arg-type]
+                           **tokens)
     identity = run_identity(str(job.server_model), job.kind, settings)
     backend = OpenAIChatBackend(OpenAIChatConfig(
         base_url=str(job.server_url), model=str(job.server_model), api_key_env=job.api_key_env,
@@ -176,7 +183,9 @@ def _judge(job: BenchJob, predictions: list[dict[str, Any]], wanted: set[str], r
         finally:
             await backend.aclose()
 
-    with PredictionStore(job.out / f"{job.stem}.judge.jsonl", expect=identity) as store:
+    # One judge file per judge model: judging again with another judge keeps both audit logs.
+    judge_file = job.out / f"{job.stem}.judge-{re.sub(r'[^A-Za-z0-9._-]+', '_', job.judge_model)}.jsonl"
+    with PredictionStore(judge_file, expect=identity) as store:
         summary = asyncio.run(go())
         records = [record for record in store if record["id"] in wanted]
     run.update({"judge": job.judge_model, "judge_prompt": identity["judge_prompt"],
@@ -196,7 +205,7 @@ def load_pipeline(model_dir: str) -> Any:
 
 _DATA = typer.Option(..., "--data", help="Benchmark JSON file as published (VideoRefer-Bench-Q.json / -D.json).")
 _DATA_ROOT = typer.Option(None, "--data-root", help="Folder the entries' `video` paths are relative to "
-                                                    "[default: the JSON file's folder].")
+                                                    "(default: the JSON file's folder).")
 _MODEL = typer.Option(None, "--model", help="Our model: a directory saved by save_pretrained.")
 _SERVER = typer.Option(None, "--server", help="OpenAI-compatible base URL of a VLM, e.g. http://127.0.0.1:8000/v1.")
 _SERVER_MODEL = typer.Option(None, "--server-model", help="Model name the server serves.")
@@ -205,6 +214,7 @@ _MODE = typer.Option("single", "--mode", help="single: mask on one frame; multi:
 _LIMIT = typer.Option(None, "--limit", help="Only the first N entries.")
 _CONCURRENCY = typer.Option(8, "--concurrency", help="Requests in flight to the VLM server / judge.")
 _KEY_ENV = typer.Option("OPENAI_API_KEY", "--api-key-env", help="Environment variable holding the API key.")
+_MAX_NEW = typer.Option(None, "--max-new-tokens", help="Reply length limit (default: 512 for -D, 16 for -Q).")
 
 
 @bench_app.command("q")
@@ -212,11 +222,12 @@ def bench_q(
     data: Path = _DATA, data_root: Path | None = _DATA_ROOT, model: Path | None = _MODEL,
     server: str | None = _SERVER, server_model: str | None = _SERVER_MODEL, out: Path = _OUT,
     mode: str = _MODE, limit: int | None = _LIMIT, concurrency: int = _CONCURRENCY, api_key_env: str = _KEY_ENV,
+    max_new_tokens: int | None = _MAX_NEW,
 ) -> None:
     """VideoRefer-Bench-Q: multiple-choice accuracy per question type and overall."""
     _run_command(BenchJob(kind="q", data=data, data_root=data_root, model_dir=model, server_url=server,
                           server_model=server_model, out=out, mode=mode, limit=limit, concurrency=concurrency,
-                          api_key_env=api_key_env))
+                          api_key_env=api_key_env, max_new_tokens=max_new_tokens))
 
 
 @bench_app.command("d")
@@ -227,12 +238,13 @@ def bench_d(
     judge_url: str | None = typer.Option(None, "--judge-url", help="OpenAI-compatible base URL of the judge LLM; "
                                                                    "without it descriptions are not scored."),
     judge_model: str = typer.Option("gpt-4o", "--judge-model", help="Judge model name."),
-    concurrency: int = _CONCURRENCY, api_key_env: str = _KEY_ENV,
+    concurrency: int = _CONCURRENCY, api_key_env: str = _KEY_ENV, max_new_tokens: int | None = _MAX_NEW,
 ) -> None:
     """VideoRefer-Bench-D: descriptions scored by an LLM judge (SC, AD, TD, HD, average)."""
     _run_command(BenchJob(kind="d", data=data, data_root=data_root, model_dir=model, server_url=server,
                           server_model=server_model, out=out, mode=mode, limit=limit, judge_url=judge_url,
-                          judge_model=judge_model, concurrency=concurrency, api_key_env=api_key_env))
+                          judge_model=judge_model, concurrency=concurrency, api_key_env=api_key_env,
+                          max_new_tokens=max_new_tokens))
 
 
 def _run_command(job: BenchJob) -> None:

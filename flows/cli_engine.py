@@ -34,6 +34,7 @@ def register(app: typer.Typer) -> None:
         runner: str = _RUNNER,
     ) -> None:
         """Run the whole data engine offline (fake backends) on synthetic clips and export WebDataset shards."""
+        _quiet()
         from flows.demo import prepare_demo
 
         with _engine_errors():
@@ -53,6 +54,7 @@ def register(app: typer.Typer) -> None:
         config: Path | None = _CONFIG,
     ) -> None:
         """Probe the manifest's new rows and pin them into new shards."""
+        _quiet()
         from flows import engine_flows
         from flows.runtime import run_flow
 
@@ -69,6 +71,7 @@ def register(app: typer.Typer) -> None:
         shard: list[str] | None = _SHARDS,
     ) -> None:
         """Run every stage on every shard (only what is not done for this config), then export."""
+        _quiet()
         with _engine_errors():
             report = _run_build(root, manifest=_opt(manifest), config=_opt(config), runner=runner, shards=shard)
             _print_report(report)
@@ -84,6 +87,7 @@ def register(app: typer.Typer) -> None:
         runner: str = _RUNNER,
     ) -> None:
         """Run one stage over all (or the selected) shards."""
+        _quiet()
         from flows import engine_flows
         from flows.pipeline.stages import check_stage
         from flows.runtime import run_flow
@@ -101,6 +105,7 @@ def register(app: typer.Typer) -> None:
         force: bool = typer.Option(False, "--force", help="Re-export shards already exported."),
     ) -> None:
         """Write WebDataset shards and the 700K-style JSON from the finished stages."""
+        _quiet()
         from flows import engine_flows
         from flows.runtime import run_flow
 
@@ -117,6 +122,7 @@ def register(app: typer.Typer) -> None:
         config: Path | None = _CONFIG,
     ) -> None:
         """Validate and shard released 700K samples into WebDataset tars (no engine run)."""
+        _quiet()
         from flows import engine_flows
         from flows.runtime import run_flow
 
@@ -165,6 +171,13 @@ def register(app: typer.Typer) -> None:
             table.add_row(*(str(row[key]) for key in ("stage", "done", "stale", "todo", "items_in", "items_out",
                                                        "rejected")))
         Console().print(table)
+
+
+def _quiet() -> None:
+    """Quiet offline Prefect defaults; must run before prefect is imported (its logging is set up then)."""
+    from flows.runtime import quiet_prefect_env
+
+    quiet_prefect_env()
 
 
 def _opt(value: Path | str | None) -> str | None:

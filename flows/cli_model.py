@@ -1,9 +1,174 @@
-"""`videorefer` commands of this area (not built yet: registered by its issue)."""
+"""`videorefer infer` (ask the model about masked objects, streaming the answer) and `videorefer model info`.
+
+Model code, torch and the SAM 2 segmenter are imported inside the commands so that `videorefer --help` stays fast.
+Masks come from a JSON file (the VideoRefer-700K "annotation" list: one `{frame_index: {"segmentation": RLE}}` per
+object, or one object's `{frame_index: RLE}`) or are made by SAM 2 from `--box` on `--frame`.
+"""
 
 from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
 
 import typer
 
 
+def load_masks_file(path: Path) -> list[dict[int, Any]]:
+    """Objects' masks from a JSON file, as a list of `{frame_index: mask}` (mask = RLE or {"segmentation": RLE})."""
+    data = json.loads(path.read_text())
+    if isinstance(data, dict) and "annotation" in data:
+        data = data["annotation"]
+    objects = data if isinstance(data, list) else [data]
+    out = []
+    for number, obj in enumerate(objects):
+        if not isinstance(obj, dict) or not obj:
+            raise typer.BadParameter(f"object {number} of {path} is not a non-empty {{frame: mask}} mapping")
+        try:
+            out.append({int(frame): mask for frame, mask in obj.items()})
+        except ValueError as exc:
+            raise typer.BadParameter(f"object {number} of {path}: frame keys must be integers ({exc})") from exc
+    return out
+
+
+def _parse_box(text: str) -> tuple[float, float, float, float]:
+    try:
+        values = tuple(float(v) for v in text.split(","))
+    except ValueError as exc:
+        raise typer.BadParameter(f"--box must be x0,y0,x1,y1 numbers, got {text!r}") from exc
+    if len(values) != 4 or values[2] <= values[0] or values[3] <= values[1]:
+        raise typer.BadParameter(f"--box must be x0,y0,x1,y1 with x1 > x0 and y1 > y0, got {text!r}")
+    return values  # type: ignore[return-value]
+
+
+def _masks_from_box(
+    video: Path,
+    box: str,
+    frame: int,
+    *,
+    mode: str,
+    num_frames: int,
+    sam2_config: str | None,
+    sam2_checkpoint: str | None,
+    sam2_image_size: int | None,
+    device: str,
+) -> list[dict[int, Any]]:
+    """One object's masklet from SAM 2, prompted with a box on `frame` and propagated over the sampled frames."""
+    from agents.backends.sam2_segmenter import Sam2Segmenter
+    from engine.config import Sam2Config
+    from engine.video import probe, uniform_indices
+
+    indices = sorted(set(uniform_indices(probe(video).num_frames, num_frames)) | {frame})
+    options: dict[str, Any] = {"device": device}
+    if sam2_config:
+        options["config_name"] = sam2_config
+    if sam2_checkpoint:
+        options["checkpoint"] = sam2_checkpoint
+    if sam2_image_size:
+        options["image_size"] = sam2_image_size
+    masklet = Sam2Segmenter(Sam2Config(**options)).segment(
+        video_uri=str(video), frame_indices=indices, key_frame=frame, box=_parse_box(box)
+    )
+    masks = dict(masklet.masks)
+    if mode == "single":  # the prompted frame is the one the user pointed at
+        return [{frame: masks[frame]}] if frame in masks else [masks]
+    return [masks]
+
+
 def register(app: typer.Typer) -> None:
-    """Add this area's commands to the main app."""
+    """Add `infer` and the `model` sub-app (`model info`) to the main app."""
+
+    @app.command()
+    def infer(
+        model: Path = typer.Option(..., "--model", help="A saved VideoRefer folder (model + processor)."),
+        video: Path = typer.Option(..., "--video", help="Video file or folder of frames."),
+        question: str = typer.Option(..., "--question", help="The question; <region> marks each object."),
+        masks: Path | None = typer.Option(None, "--masks", help="Masks JSON (700K annotation list or {frame: RLE})."),
+        box: str | None = typer.Option(None, "--box", help="x0,y0,x1,y1 on --frame: SAM 2 makes the masklet."),
+        frame: int | None = typer.Option(None, "--frame", help="Frame index the --box is drawn on."),
+        mode: str = typer.Option("single", "--mode", help="single (1 token per object) or multi (up to u)."),
+        max_new_tokens: int = typer.Option(256, "--max-new-tokens", min=1),
+        sample: bool = typer.Option(False, "--sample", help="Sample instead of greedy decoding."),
+        temperature: float = typer.Option(0.2, "--temperature", min=0.0),
+        top_p: float = typer.Option(0.9, "--top-p", min=0.0, max=1.0),
+        device: str = typer.Option("cpu", "--device"),
+        dtype: str | None = typer.Option(None, "--dtype", help="float32, bfloat16 or float16 (default by device)."),
+        sam2_config: str | None = typer.Option(None, "--sam2-config", help="SAM 2 model config name."),
+        sam2_checkpoint: str | None = typer.Option(
+            None, "--sam2-checkpoint", help="SAM 2 weights file (none: random weights, for tests only)."
+        ),
+        sam2_image_size: int | None = typer.Option(None, "--sam2-image-size", help="SAM 2 input size override."),
+    ) -> None:
+        """Ask the model about objects in a video; the answer streams to stdout."""
+        from engine.errors import VideoReferError
+
+        if mode not in ("single", "multi"):
+            raise typer.BadParameter("--mode must be single or multi")
+        if (masks is None) == (box is None):
+            raise typer.BadParameter("give exactly one of --masks or --box (with --frame)")
+        if box is not None and frame is None:
+            raise typer.BadParameter("--box needs --frame")
+        try:
+            from model.inference import VideoReferPipeline
+
+            pipeline = VideoReferPipeline.from_pretrained(model, device=device, dtype=dtype)
+            if masks is not None:
+                objects = load_masks_file(masks)
+            else:
+                objects = _masks_from_box(
+                    video, box, frame, mode=mode, num_frames=pipeline.processor.num_frames, sam2_config=sam2_config,
+                    sam2_checkpoint=sam2_checkpoint, sam2_image_size=sam2_image_size, device=device,
+                )
+
+            def emit(chunk: str) -> None:
+                sys.stdout.write(chunk)
+                sys.stdout.flush()
+
+            pipeline.ask(
+                video=str(video), masks=objects, question=question, mode=mode, max_new_tokens=max_new_tokens,
+                do_sample=sample, temperature=temperature, top_p=top_p, streamer_callback=emit,
+            )
+            sys.stdout.write("\n")
+        except (VideoReferError, ValueError, OSError) as exc:
+            typer.echo(f"error: {exc}", err=True)
+            raise typer.Exit(1) from exc
+
+    model_app = typer.Typer(help="Inspect VideoRefer models.", no_args_is_help=True)
+
+    @model_app.command("info")
+    def info(
+        preset: str = typer.Option("7b", "--preset", help="7b or tiny (ignored with --model)."),
+        model: Path | None = typer.Option(None, "--model", help="A saved VideoRefer folder: use its config."),
+    ) -> None:
+        """Parameter counts per component and token counts, built on the meta device (no memory, no weights)."""
+        import torch
+
+        from engine.errors import ConfigError
+        from model.configuration import VideoReferConfig
+        from model.configuration import preset as build_preset
+        from model.modeling import VideoReferForCausalLM, parameter_counts
+
+        try:
+            config = VideoReferConfig.from_pretrained(str(model)) if model else build_preset(preset)
+        except (ConfigError, OSError) as exc:
+            typer.echo(f"error: {exc}", err=True)
+            raise typer.Exit(1) from exc
+        with torch.device("meta"):
+            built = VideoReferForCausalLM(config)
+        report = {
+            "preset": None if model else preset,
+            "parameters": parameter_counts(built),
+            "image_size": config.image_size,
+            "grid": config.grid_size,
+            "num_frames": config.num_frames,
+            "video_tokens_16_frames": config.video_token_count(16),
+            "video_tokens": config.video_token_count(),
+            "image_tokens": config.video_token_count(1),
+            "tokens_per_object": {"single": 1, "multi_max": config.region_tokens_per_object},
+            "region_token_id": config.region_token_id,
+            "vocab_size": config.llm_vocab_size,
+        }
+        typer.echo(json.dumps(report, indent=2))
+
+    app.add_typer(model_app, name="model")

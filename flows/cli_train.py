@@ -31,10 +31,16 @@ def register(app: typer.Typer) -> None:
         """Train one stage of the VideoRefer model from WebDataset shards (torchrun + FSDP2)."""
         from engine.errors import ConfigError
         from model.training.launch import run_streaming, torchrun_command
+        from model.training.loader import expand_shards
         from model.training.recipes import get_recipe
 
         try:
-            get_recipe(recipe)  # an unknown recipe fails here, before torchrun starts processes
+            # Cheap checks before torchrun starts processes: the recipe exists, the data exists, a start exists.
+            chosen = get_recipe(recipe)
+            for pattern in data:
+                expand_shards(pattern.partition("::")[0])
+            if chosen.model_preset != "tiny" and init_from is None and chosen.init_from is None:
+                raise ConfigError(f"{recipe} needs --init-from (the previous stage's --out, or a base model)")
             overrides = dict(item.split("=", 1) for item in override if "=" in item)
             if len(overrides) != len(override):
                 raise ConfigError("--set expects FIELD=VALUE")

@@ -32,11 +32,12 @@ def find_checkpoints(model_dir: str | Path) -> list[Path]:
 @task(name="bench", task_run_name="{kind}-{mode}-{checkpoint_name}")
 def bench_task(
     *, kind: str, mode: str, checkpoint_name: str, checkpoint: str, data: str, data_root: str | None, out: str,
-    judge_url: str | None, judge_model: str, limit: int | None,
+    judge_url: str | None, judge_model: str, limit: int | None, max_new_tokens: int | None,
 ) -> dict[str, Any]:
     job = BenchJob(
         kind=kind, mode=mode, data=Path(data), data_root=Path(data_root) if data_root else None,
         model_dir=Path(checkpoint), out=Path(out), judge_url=judge_url, judge_model=judge_model, limit=limit,
+        max_new_tokens=max_new_tokens,
     )
     result = run_bench(job)
     return {"checkpoint": checkpoint_name, "bench": kind, "mode": mode, "headline": result.headline,
@@ -56,6 +57,7 @@ def evaluate_checkpoint(
     judge_model: str = "gpt-4o",
     modes: list[str] | None = None,
     limit: int | None = None,
+    max_new_tokens: int | None = None,
 ) -> list[dict[str, Any]]:
     """Evaluate every checkpoint under `model_dir` on the given benchmark files, in each mode (default both)."""
     from engine.errors import ConfigError
@@ -71,7 +73,7 @@ def evaluate_checkpoint(
                 results.append(bench_task(
                     kind=kind, mode=mode, checkpoint_name=checkpoint.name, checkpoint=str(checkpoint), data=path,
                     data_root=root, out=str(Path(out) / checkpoint.name), judge_url=judge_url,
-                    judge_model=judge_model, limit=limit,
+                    judge_model=judge_model, limit=limit, max_new_tokens=max_new_tokens,
                 ))
                 print(f"{checkpoint.name}: {results[-1]['headline']}")
     return results

@@ -94,8 +94,8 @@ class RegStage(nn.Module):
     def __init__(self, depth: int, in_chs: int, out_chs: int, *, stride: int = 1, act_layer: type = nn.SiLU):
         super().__init__()
         for i in range(depth):
-            block = Bottleneck(in_chs if i == 0 else out_chs, out_chs, stride=stride if i == 0 else 1, act_layer=act_layer)
-            self.add_module(f"b{i + 1}", block)
+            block_in, block_stride = (in_chs, stride) if i == 0 else (out_chs, 1)
+            self.add_module(f"b{i + 1}", Bottleneck(block_in, out_chs, stride=block_stride, act_layer=act_layer))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         for block in self.children():
@@ -131,7 +131,7 @@ class STCConnector(nn.Module):
         self.downsample = tuple(downsample)
         self.s1: nn.Module = RegStage(depth, vision_hidden_size, hidden_size) if depth else nn.Identity()
         self.sampler = nn.Sequential(
-            nn.Conv3d(hidden_size, hidden_size, kernel_size=self.downsample, stride=self.downsample, padding=0, bias=True),
+            nn.Conv3d(hidden_size, hidden_size, kernel_size=self.downsample, stride=self.downsample, padding=0),
             nn.SiLU(),
         )
         self.s2: nn.Module = RegStage(depth, hidden_size, hidden_size) if depth else nn.Identity()

@@ -49,10 +49,7 @@ def sample_video(
     """
     from engine.video import probe, read_frames, uniform_indices
 
-    if isinstance(video, np.ndarray):
-        total = video.shape[0]
-    else:
-        total = probe(video).num_frames
+    total = video.shape[0] if isinstance(video, np.ndarray) else probe(video).num_frames
     indices = uniform_indices(total, num_frames)
     extras = sorted({int(i) for i in mask_frames} - set(indices))
     bad = [i for i in extras if i < 0 or i >= total]

@@ -89,6 +89,13 @@ class VideoReferForCausalLM(VideoReferPreTrainedModel):
 
     # ------------------------------------------------------------ transformers plumbing
 
+    @classmethod
+    def from_pretrained(cls, *args: Any, **kwargs: Any) -> VideoReferForCausalLM:
+        """transformers' loader, then the vision tower frozen again (loading assigns fresh parameters)."""
+        model = super().from_pretrained(*args, **kwargs)
+        model.vision_tower.requires_grad_(False)
+        return model
+
     def get_input_embeddings(self) -> nn.Module:
         return self.language_model.get_input_embeddings()
 
@@ -249,7 +256,9 @@ def set_trainable(model: VideoReferForCausalLM, modules: Iterable[str]) -> list[
 
 def parameter_counts(model: nn.Module) -> dict[str, int]:
     """Parameters per module group plus `total` (works on meta-device models)."""
-    counts = {group: sum(p.numel() for p in getattr(model, attr).parameters()) for group, attr in MODULE_GROUPS.items()}
+    counts = {
+        group: sum(p.numel() for p in getattr(model, attr).parameters()) for group, attr in MODULE_GROUPS.items()
+    }
     counts["total"] = sum(p.numel() for p in model.parameters())
     return counts
 

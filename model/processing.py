@@ -215,11 +215,15 @@ class VideoReferProcessor:
             supplied_extras = {index: len(sampled) + i for i, index in enumerate(extra_indices)}
         else:
             raise InvalidSampleError(
-                f"{frames.shape[0]} frames for {len(sampled)} sampled frames and {len(extra_indices)} extra mask frames"
+                f"{frames.shape[0]} frames given for {len(sampled)} sampled frames"
+                f" and {len(extra_indices)} extra mask frames"
             )
         sampled_row = {index: row for row, index in enumerate(sampled)}
 
-        chosen = [self._choose_mask_frames(obj, sampled_row, supplied_extras, mode, i) for i, obj in enumerate(masks_by_object)]
+        chosen = [
+            self._choose_mask_frames(obj, sampled_row, supplied_extras, mode, i)
+            for i, obj in enumerate(masks_by_object)
+        ]
         used_extras = sorted({index for frames_of in chosen for index in frames_of if index not in sampled_row})
         rows = list(range(len(sampled))) + [supplied_extras[index] for index in used_extras]
         pixel_row = {**sampled_row, **{index: len(sampled) + i for i, index in enumerate(used_extras)}}
@@ -259,7 +263,7 @@ class VideoReferProcessor:
 
         `mode` None means: "single" when every object has exactly one mask frame, else "multi".
         """
-        frame_array = np.stack([np.asarray(frame) for frame in frames]) if not isinstance(frames, np.ndarray) else frames
+        frame_array = frames if isinstance(frames, np.ndarray) else np.stack([np.asarray(f) for f in frames])
         if frame_array.ndim == 4 and frame_array.shape[-1] == 4:
             frame_array = frame_array[..., :3]
         try:
@@ -274,7 +278,9 @@ class VideoReferProcessor:
             frames=frame_array, frame_indices=frame_indices, objects=objects, conversations=conversations, mode=mode
         )
 
-    def collate(self, items: Sequence[Mapping[str, torch.Tensor]], *, padding_side: str = "right") -> dict[str, torch.Tensor]:
+    def collate(
+        self, items: Sequence[Mapping[str, torch.Tensor]], *, padding_side: str = "right"
+    ) -> dict[str, torch.Tensor]:
         """Pad and join encoded samples into one batch that `model(**batch)` accepts (left padding for generate)."""
         if not items:
             raise ValueError("collate needs at least one item")

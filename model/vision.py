@@ -3,8 +3,8 @@
 The tower is transformers' `SiglipVisionModel`, held by the model as `vision_tower`; the `vision_model.*`
 weights of `google/siglip-so400m-patch14-384` load into `vision_tower.*` (model.checkpoint maps the prefix). It
 never trains (PAPER.md: "always frozen"): `build_vision_tower` switches its gradients off and `encode_frames` runs
-it under `torch.no_grad`. The grid `[n, h, w, d]` feeds both the STC connector and mask pooling, which is how mask frames
-that are among the sampled frames are encoded only once.
+it under `torch.no_grad`. The grid `[n, h, w, d]` feeds both the STC connector and mask pooling, which is how
+mask frames that are among the sampled frames are encoded only once.
 """
 
 from __future__ import annotations

@@ -11,12 +11,15 @@ first sampled frame with a mask); multi-frame mode annotates every sampled frame
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import numpy as np
+
 from engine.errors import InvalidSampleError, RejectReason
 from engine.ids import sample_key, stable_hash
-from engine.masks import decode_rle, grid_occupancy
+from engine.masks import decode_rle, resize_to_grid
 from engine.types import (
     REGION_TOKEN,
     VIDEO_TOKEN,
@@ -204,9 +207,28 @@ def _object_problems(number: int, obj: SampleObject, sample: Sample, sampled: se
         mask = decode_rle(rle)
         if not mask.any():
             problems.append((RejectReason.EMPTY_MASKLET, f"{where}: mask is empty"))
-        elif grid_occupancy(mask, grid) == 0:
+        elif vanishes_on_grid(mask, grid):
             problems.append((RejectReason.MASK_VANISHES_ON_GRID, f"{where}: mask vanishes on the {grid}x{grid} grid"))
     return problems
+
+
+@functools.lru_cache(maxsize=64)
+def _grid_support(size: int, grid: int) -> np.ndarray:
+    # Source pixels with a non-zero bilinear weight in some grid cell, read off `resize_to_grid` itself (resizing
+    # an identity matrix to `grid` x `size` yields its row weights), so this follows engine.masks exactly.
+    weights = resize_to_grid(np.eye(size), grid, size)
+    return np.flatnonzero(weights.sum(axis=0) > 0)
+
+
+def vanishes_on_grid(mask: np.ndarray, grid: int = 27) -> bool:
+    """`engine.masks.grid_occupancy(mask, grid) == 0`, without the full-resolution matrix products.
+
+    The weights are non-negative, so some cell is above zero exactly when a set pixel lies on a supported row
+    and a supported column; checking that subgrid costs a few microseconds instead of milliseconds per mask.
+    """
+    rows = _grid_support(mask.shape[0], grid)
+    cols = _grid_support(mask.shape[1], grid)
+    return not bool(mask[np.ix_(rows, cols)].any())
 
 
 def rle_runs(counts: str) -> list[int] | None:
@@ -344,9 +366,7 @@ def _caption_sample(
     )
 
 
-def detailed_sample(
-    record: ObjectRecord, *, frame_indices: Sequence[int], multi_frame: bool, seed: int = 0
-) -> Sample:
+def detailed_sample(record: ObjectRecord, *, frame_indices: Sequence[int], multi_frame: bool, seed: int = 0) -> Sample:
     """A detailed-caption sample of one accepted object (needs its masklet and refined `detailed_caption`)."""
     return _caption_sample(
         "detailed",

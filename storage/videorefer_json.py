@@ -52,9 +52,11 @@ def segmentation_to_rle(segmentation: Any, height: int | None, width: int | None
             raise InvalidSampleError("polygon segmentation without the item's height and width")
         from pycocotools import mask as coco_mask
 
-        polygons = [list(map(float, p)) for p in segmentation] if isinstance(segmentation[0], list) else [
-            list(map(float, segmentation))
-        ]
+        polygons = (
+            [list(map(float, p)) for p in segmentation]
+            if isinstance(segmentation[0], list)
+            else [list(map(float, segmentation))]
+        )
         merged = coco_mask.merge(coco_mask.frPyObjects(polygons, int(height), int(width)))
         return RleMask.from_coco(encode_rle(coco_mask.decode(merged)))
     raise InvalidSampleError(f"unsupported segmentation of type {type(segmentation).__name__}")

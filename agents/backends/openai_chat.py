@@ -68,6 +68,8 @@ class OpenAIChatBackend:
     def __init__(self, config: OpenAIChatConfig) -> None:
         if config.max_in_flight < 1:
             raise ConfigError("openai backend: max_in_flight must be at least 1")
+        if config.transport == "pooled" and not config.base_url.startswith("http://"):
+            raise ConfigError("openai backend: transport 'pooled' speaks plain http://; use 'httpx' for https")
         self.config = config
         self.model = config.model
         self._api_key = os.environ.get(config.api_key_env) or PLACEHOLDER_API_KEY
@@ -84,6 +86,14 @@ class OpenAIChatBackend:
             f"OpenAIChatBackend(model={self.model!r}, base_url={self.config.base_url!r}, "
             f"max_in_flight={self.config.max_in_flight}, structured_output={self.config.structured_output!r})"
         )
+
+    @property
+    def uses_pooled_transport(self) -> bool:
+        """Whether requests go through `PooledHttp11Transport` (see `OpenAIChatConfig.transport`)."""
+        if self.config.transport != "auto":
+            return self.config.transport == "pooled"
+        proxied = any(os.environ.get(name) for name in ("HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy"))
+        return self.config.base_url.startswith("http://") and not proxied
 
     @property
     def usage(self) -> ChatUsage:
@@ -129,11 +139,19 @@ class OpenAIChatBackend:
         if self._loop is not loop or self._client is None or self._semaphore is None:
             from openai import AsyncOpenAI
 
+            extra: dict[str, Any] = {}
+            if self.uses_pooled_transport:
+                import httpx2
+
+                from agents.backends.http_transport import PooledHttp11Transport
+
+                extra["http_client"] = httpx2.AsyncClient(transport=PooledHttp11Transport(), trust_env=False)
             self._client = AsyncOpenAI(
                 api_key=self._api_key,
                 base_url=self.config.base_url,
                 timeout=self.config.timeout_s,
                 max_retries=0,  # retries happen here, where they are counted and the backoff is ours
+                **extra,
             )
             self._semaphore = asyncio.Semaphore(self.config.max_in_flight)
             self._loop = loop

@@ -48,9 +48,10 @@ _LINE_SCORE = re.compile(
     r"hallucination[\s_-]*detection|\bSC\b|\bAD\b|\bTD\b|\bHD\b)\W{0,6}?(\d+(?:\.\d+)?)",
     re.IGNORECASE,
 )
+# No minimum/maximum: strict structured output on some servers rejects them; the parser checks the range.
 SCORE_SCHEMA: dict[str, Any] = {
     "type": "object",
-    "properties": {dim: {"type": "integer", "minimum": 0, "maximum": 5} for dim in DIMENSIONS},
+    "properties": {dim: {"type": "integer"} for dim in DIMENSIONS},
     "required": list(DIMENSIONS),
     "additionalProperties": False,
 }
@@ -189,6 +190,8 @@ async def judge_predictions(
             return
         store.append({
             "id": record["id"],
+            "reference": str(record["caption"]),
+            "prediction": str(record.get("pred") or ""),
             "scores": dict(outcome.scores) if outcome.scores is not None else None,
             "error": outcome.error or None,
             "replies": [reply.text for reply in outcome.replies],

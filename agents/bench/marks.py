@@ -75,8 +75,8 @@ def marked_frames(
                 continue
             if style == "contour":
                 frames[position] = draw_contour(frames[position], mask, rgb, thickness)
-            else:
-                frames[position] = tint_mask(frames[position], mask, rgb)
+            else:  # tint plus a thin edge, as the release's set-of-marks drawing: visible on any background
+                frames[position] = draw_contour(tint_mask(frames[position], mask, rgb, 0.4), mask, rgb, 1)
             drawn.append(frame_index)
             if mode == "single":
                 break

@@ -45,7 +45,7 @@ def validate_tar(path: str | Path) -> TarCheck:
         problems.append("duplicate sample keys")
     index_path = Path(str(path)).with_suffix(".parquet")
     if index_path.is_file():
-        indexed = [row["key"] for row in read_index(str(index_path))]
+        indexed = [row["key"] for row in read_index(str(path))]
         if indexed != keys:
             problems.append(f"index lists {len(indexed)} keys, the tar holds {len(keys)} (or in another order)")
     return TarCheck(samples=len(keys), problems=tuple(problems))

@@ -124,6 +124,9 @@ def export_shard(root: layout.RootLike, shard_id: str, config: EngineConfig) -> 
     started = time.perf_counter()
     droot = layout.open_root(root)
     config_hash = chained_hash(config, EXPORT)
+    from flows.pipeline.runner import check_parents_done
+
+    check_parents_done(droot, EXPORT, shard_id, config)
     droot.delete(droot.done_path(EXPORT, shard_id))
     clear_shard_export(droot, shard_id)
     samples, rejects, items = build_samples(droot, shard_id, config)

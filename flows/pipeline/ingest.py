@@ -112,7 +112,7 @@ def _identify(rows: Sequence[ManifestRow], *, workers: int) -> list[tuple[str, M
             cid = ids.clip_id(f"row:{row.video_uri}:{row.row}", row.start_s, row.end_s)
             return cid, row, _reject(cid, RejectReason.MALFORMED_SAMPLE, f"manifest row {row.row}: {row.problem}")
         try:
-            source = source_id(row.video_uri)
+            source = f"id:{row.source_id}" if row.source_id else source_id(row.video_uri)
         except OSError as exc:
             cid = ids.clip_id(row.video_uri, row.start_s, row.end_s)
             return cid, row, _reject(cid, RejectReason.VIDEO_NOT_FOUND, f"{row.video_uri}: {exc.strerror or exc}")

@@ -1,7 +1,8 @@
 """Reading a source manifest (CSV, Parquet, JSONL or a JSON list) into `ManifestRow`s.
 
-A row names a video (a local path, relative to the manifest's folder, or a URL) with its caption and an
-optional time span (`start`/`end` or `start_s`/`end_s`, seconds). Rows for the QA path also carry `objects`:
+A row names a video (a local path, relative to the manifest's folder, or a URL) with its caption, an
+optional time span (`start`/`end` or `start_s`/`end_s`, seconds) and an optional `source_id` (a stable id of
+the source video, e.g. a Panda-70M id; without it a local video is identified by its bytes, a URL by itself). Rows for the QA path also carry `objects`:
 a list of `{name, expression, category?, masks: {frame_index: COCO RLE}}` (a JSON string in CSV/Parquet).
 A manifest without a video column is a config error (fail fast); a row that lacks a video or whose objects
 are malformed is kept with its `problem` set, so ingest turns it into a reject and carries on.
@@ -35,6 +36,7 @@ class ManifestRow:
     start_s: float | None = None
     end_s: float | None = None
     source: str = ""
+    source_id: str = ""
     given_objects: tuple[GivenObject, ...] = ()
     problem: str = ""  # non-empty when the row cannot become a clip
 
@@ -93,6 +95,7 @@ def _normalise(index: int, item: Mapping[str, Any], base: Path) -> ManifestRow:
     video = str(_first(item, _VIDEO_KEYS) or "").strip()
     caption = str(_first(item, _CAPTION_KEYS) or "").strip()
     source = str(item.get("source") or "")
+    source_id = str(item.get("source_id") or "").strip()
     problem = "" if video else "row has no video"
     if video and not is_url(video):
         local = Path(video.removeprefix("file://"))
@@ -113,7 +116,7 @@ def _normalise(index: int, item: Mapping[str, Any], base: Path) -> ManifestRow:
     if not caption and not given and not problem:
         problem = "row has neither a caption nor objects"
     return ManifestRow(
-        row=index, video_uri=video, caption=caption, start_s=start_s, end_s=end_s, source=source,
+        row=index, video_uri=video, caption=caption, start_s=start_s, end_s=end_s, source=source, source_id=source_id,
         given_objects=given, problem=problem,
     )
 

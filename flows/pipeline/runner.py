@@ -15,6 +15,7 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 from engine.config import EngineConfig
+from engine.errors import ConfigError
 from engine.types import Clip, ObjectRecord, Reject
 from flows.pipeline import layout
 from flows.pipeline.reports import StageReport, count_reasons
@@ -49,6 +50,7 @@ def run_stage(
 
         return export_shard(droot, shard_id, config)
 
+    check_parents_done(droot, stage, shard_id, config)
     started = time.perf_counter()
     items = stage_inputs(droot, stage, shard_id)
     records, rejects = asyncio.run(_run_agent(stage, items, config))
@@ -64,6 +66,23 @@ def run_stage(
     droot.write_json(layout.stage_report_path(stage, shard_id), report.to_json())
     layout.write_stage(droot, stage, shard_id, records, rejects, config_hash)
     return report
+
+
+class StageNotReadyError(ConfigError):
+    """A stage was asked to run on a shard whose input stage is not done for the current config."""
+
+
+def check_parents_done(root: layout.RootLike, stage: str, shard_id: str, config: EngineConfig) -> None:
+    """Fail fast when a stage's inputs are missing or were made with another config (they would be stale)."""
+    droot = layout.open_root(root)
+    for parent in STAGE_PARENTS[stage]:
+        if parent == "ingest":
+            if not layout.has_sources(droot, shard_id):
+                raise StageNotReadyError(f"shard {shard_id} has no ingested clips (run ingest first)")
+        elif not droot.stage_done(parent, shard_id, chained_hash(config, parent)):
+            raise StageNotReadyError(
+                f"stage {stage!r} on {shard_id} needs {parent!r} done with the current config; run {parent} first"
+            )
 
 
 def stored_report(root: layout.RootLike, stage: str, shard_id: str, config_hash: str) -> StageReport | None:

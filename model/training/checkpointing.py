@@ -11,9 +11,12 @@ complete; `latest_checkpoint` only ever returns renamed ones. Older checkpoints 
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import os
 import shutil
+import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -116,7 +119,8 @@ def save_checkpoint(
         staging.mkdir(parents=True)
     _barrier(world_size)
     model_state, optimizer_state = get_state_dict(model, optimizer)
-    dcp.save({"model": model_state, "optimizer": optimizer_state}, checkpoint_id=str(staging))
+    with _single_process_quiet():
+        dcp.save({"model": model_state, "optimizer": optimizer_state}, checkpoint_id=str(staging))
     write_json_atomic(staging / f"rank-{rank}.json", {"loader": loader_state, "rng": _rng_state()})
     if rank == 0:
         scheduler_state = {k: _jsonable(v) for k, v in scheduler.state_dict().items() if _is_plain(v)}
@@ -146,12 +150,21 @@ def load_checkpoint(path: Path, *, model: Any, optimizer: Any, rank: int, world_
         )
     model_state, optimizer_state = get_state_dict(model, optimizer)
     state = {"model": model_state, "optimizer": optimizer_state}
-    dcp.load(state, checkpoint_id=str(path))
+    with _single_process_quiet():
+        dcp.load(state, checkpoint_id=str(path))
     set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optimizer"])
     per_rank = json.loads((path / f"rank-{rank}.json").read_text())
     _restore_rng(per_rank["rng"])
     return RestoredState(step=int(meta["step"]), scheduler=meta.get("scheduler", {}), loader=per_rank["loader"],
                          meta=meta)
+
+
+@contextlib.contextmanager
+def _single_process_quiet() -> Iterator[None]:
+    # DCP warns when a single process saves or loads without a process group: that is the intent here.
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="torch.distributed is disabled")
+        yield
 
 
 def _is_plain(value: Any) -> bool:

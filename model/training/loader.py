@@ -379,8 +379,7 @@ class TrainingStream:
             draws += 1
             name = rng.choices(names, weights=weights)[0] if len(names) > 1 else names[0]
             raw = streams[name].next()
-            ratio = spec.mixture.multi_frame_ratio
-            mode = None if ratio is None else ("multi" if rng.random() < ratio else "single")
+            mode = self._mode(raw, streams[name].position.epoch)
             try:
                 items.append(self._encode(raw, mode))
                 keys.append(raw["__key__"])
@@ -396,6 +395,13 @@ class TrainingStream:
                 yield {"batch": self.encoder.collate(items), "worker": worker, "position": position.to_json(),
                        "keys": keys, "bad": [b.to_json() for b in bad]}
                 items, keys, bad = [], [], []
+
+    def _mode(self, raw: Mapping[str, Any], epoch: int) -> str | None:
+        # Keyed by the sample and epoch, not the slot: the same sample gets the same mode whatever the layout.
+        ratio = self.spec.mixture.multi_frame_ratio
+        if ratio is None:
+            return None
+        return "multi" if _rng("mode", self.spec.seed, raw.get("__key__"), epoch).random() < ratio else "single"
 
     def _encode(self, raw: Mapping[str, Any], mode: str | None) -> dict:
         sample_json = decode_json(raw)

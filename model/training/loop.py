@@ -92,7 +92,7 @@ def load_model_and_processor(recipe: TrainingRecipe, out: Path, runtime: Runtime
     From `recipe.init_from` when set; otherwise a random model of `recipe.model_preset`, which only the `tiny`
     preset allows (a full-size stage without weights to start from is a config error, not a week of compute).
     """
-    from model.modeling import VideoReferForCausalLM
+    from model.modeling import VideoReferForCausalLM, default_attn_implementation
     from model.processing import VideoReferProcessor
 
     if recipe.init_from:
@@ -109,7 +109,10 @@ def load_model_and_processor(recipe: TrainingRecipe, out: Path, runtime: Runtime
         raise ConfigError(
             f"recipe {recipe.name} needs --init-from: the previous stage's output (stage 1: a base model directory)"
         )
-    model = VideoReferForCausalLM.from_pretrained(source, dtype=torch.float32)
+    # flash-attention 2 on CUDA when installed, SDPA otherwise; fp32 master weights (FSDP casts to bf16 on GPU).
+    model = VideoReferForCausalLM.from_pretrained(
+        source, dtype=torch.float32, attn_implementation=default_attn_implementation(runtime.device)
+    )
     processor = VideoReferProcessor.from_pretrained(source)
     return model.to(runtime.device), processor
 
@@ -231,7 +234,7 @@ class RunLog:
 # ---------------------------------------------------------------- the loop
 
 
-def _micro_batches(loader: Any, count: int) -> Iterator[dict[str, Any]]:
+def _micro_batches(loader: Any, count: int) -> Iterator[list[dict[str, Any]]]:
     iterator = iter(loader)
     while True:
         yield [next(iterator) for _ in range(count)]
@@ -311,31 +314,36 @@ def train(recipe: TrainingRecipe, out: Path, *, resume: bool = False) -> dict[st
             with autocast:
                 output = model(**batch)
             micro_tokens = _label_tokens(batch)
-            token_loss_sum = output.loss.float() * micro_tokens
+            # A micro-batch whose answers were all cut by max_length has a NaN mean loss and no tokens.
+            token_loss_sum = torch.nan_to_num(output.loss.float()) * micro_tokens
             # FSDP averages gradients over processes; scale by world size so the result is sum / global tokens.
             (token_loss_sum * runtime.world_size / global_tokens).backward()
             loss_sum += token_loss_sum.detach()
         grad_norm = torch.nn.utils.clip_grad_norm_(
             [p for p in model.parameters() if p.requires_grad], recipe.max_grad_norm
         )
+        lrs = {group["name"]: group["lr"] for group in optimizer.param_groups}  # the rates this step used
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
 
         last_loss = float(_all_reduce(loss_sum, runtime) / global_tokens)
+        input_tokens = _all_reduce(
+            torch.stack([item["batch"]["attention_mask"].sum() for item in micro]).sum().to(runtime.device), runtime
+        )
         elapsed = time.perf_counter() - started
         if runtime.is_main and ((step + 1) % recipe.log_every == 0 or step + 1 == steps):
-            lrs = {group["name"]: group["lr"] for group in optimizer.param_groups}
             log.write({
                 "step": step + 1, "loss": last_loss, "lr": max(lrs.values()), "lrs": lrs,
-                "grad_norm": float(_full(grad_norm)), "tokens": int(global_tokens),
-                "tokens_per_s": float(global_tokens) / elapsed,
+                "grad_norm": float(_full(grad_norm)), "tokens": int(input_tokens),
+                "label_tokens": int(global_tokens), "tokens_per_s": float(input_tokens) / elapsed,
                 "samples_per_s": recipe.global_batch / elapsed, "step_s": elapsed, "bad_samples": bad_total,
             })
         if (step + 1) % recipe.checkpoint_every == 0 or step + 1 == steps:
-            checkpointing.save_checkpoint(out, step=step + 1, model=model, optimizer=optimizer, scheduler=scheduler,
-                                          loader_state=loader_state.to_json(), meta=meta, rank=runtime.rank,
-                                          world_size=runtime.world_size, keep=recipe.keep_checkpoints)
+            checkpointing.save_checkpoint(
+                out, step=step + 1, model=model, optimizer=optimizer, scheduler=scheduler,
+                loader_state=loader_state.to_json(), meta=meta, rank=runtime.rank,
+                world_size=runtime.world_size, keep=recipe.keep_checkpoints)
     log.close()
     save_final(model, processor, out / FINAL_DIR, runtime)
     if runtime.world_size > 1:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -20,6 +22,14 @@ CLIP_HEIGHT = 96
 class SyntheticCase:
     clip: Clip
     synthetic: SyntheticClip
+
+
+def user_text(payload: Mapping[str, Any]) -> str:
+    """The text of the user message of an OpenAI chat-completions request body (as a stub server sees it)."""
+    content = payload["messages"][1]["content"]
+    if isinstance(content, str):
+        return content
+    return " ".join(part.get("text", "") for part in content if part.get("type") == "text")
 
 
 def as_clip(synthetic: SyntheticClip) -> Clip:

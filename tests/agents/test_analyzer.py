@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
+
 from agents.analyzer import Analyzer
 from agents.backends.fake_chat import FakeChatBackend, ScriptedChatBackend
-from engine.errors import RejectReason
+from engine.errors import BackendUnavailableError, RejectReason
 from engine.ids import object_id
 from engine.types import Clip
 
@@ -62,3 +64,9 @@ def test_malformed_replies_are_repaired_or_rejected(clips) -> None:
     result = asyncio.run(Analyzer(ScriptedChatBackend(script)).run(clips[:3]))
     assert {r.clip_id for r in result.records} == {clips[0].clip_id, clips[2].clip_id}
     assert [(r.item_id, r.reason) for r in result.rejects] == [(clips[1].clip_id, RejectReason.INVALID_REPLY)]
+
+
+def test_unreachable_backend_fails_the_run_instead_of_rejecting(clips) -> None:
+    down = ScriptedChatBackend(lambda request, attempt: BackendUnavailableError("connection refused after retries"))
+    with pytest.raises(BackendUnavailableError):
+        asyncio.run(Analyzer(down).run(clips))

@@ -36,7 +36,8 @@ def _calls(n: int) -> list[Call]:
 
 
 def _run(backend, calls):
-    return asyncio.run(call_structured(backend, calls, RefinerReply, agent="refiner", stage="refine", prompt_version="v1"))
+    work = call_structured(backend, calls, RefinerReply, agent="refiner", stage="refine", prompt_version="v1")
+    return asyncio.run(work)
 
 
 def test_valid_replies_pass_with_provenance() -> None:

@@ -89,7 +89,8 @@ def test_disagree_rate_flips_about_that_fraction_of_verdicts_reproducibly() -> N
 
 def test_refine_and_qa_replies_validate() -> None:
     fake = FakeChatBackend()
-    refine = asyncio.run(fake.complete(_request("refine", {"noun": "car", "appearance": "A red car", "motion": "It drives"})))
+    notes = {"noun": "car", "appearance": "A red car", "motion": "It drives"}
+    refine = asyncio.run(fake.complete(_request("refine", notes)))
     assert parse_reply(refine.text, RefinerReply).caption == "A red car. It drives."
     objects = [{"name": "<object0>", "noun": "car"}, {"name": "<object1>", "noun": "dog", "is_static": True}]
     qa = parse_reply(asyncio.run(fake.complete(_request("qa", {"objects": objects}))).text, QAReply)

@@ -1,4 +1,4 @@
-"""Prompt files load, fill and carry a content-derived version; reply schemas validate and export strict JSON schema."""
+"""Prompt files load, fill and carry a content-derived version; reply schemas validate and export strict schemas."""
 
 from __future__ import annotations
 

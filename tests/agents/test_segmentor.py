@@ -85,7 +85,8 @@ class _ScriptedSegmenter:
         empty = RleMask.from_coco(encode_rle(np.zeros((96, 128), dtype=bool)))
         present = RleMask.from_coco(encode_rle(mask))
         indices = sorted(frame_indices)
-        return Masklet(masks={i: present if n < self.frames else empty for n, i in enumerate(indices)}, key_frame=key_frame)
+        masks = {i: present if n < self.frames else empty for n, i in enumerate(indices)}
+        return Masklet(masks=masks, key_frame=key_frame)
 
 
 @pytest.mark.parametrize(

@@ -139,3 +139,22 @@ def test_every_bad_input_error_is_a_bad_video_error_with_a_reason(tmp_path: Path
         with pytest.raises(BadVideoError) as raised:
             read_frames(path, [0])
         assert raised.value.reason.value in {"bad_video", "empty_video", "video_not_found", "truncated_video"}
+
+
+def test_corrupted_bytes_give_frames_or_a_typed_error(tmp_path: Path, good_clip: Path) -> None:
+    _faststart_copy(good_clip, tmp_path / "faststart.mp4")
+    rng = np.random.default_rng(2)
+    for source in (good_clip, tmp_path / "faststart.mp4"):
+        data = source.read_bytes()
+        for trial in range(40):
+            damaged = bytearray(data)
+            start, length = int(rng.integers(0, len(data) - 16)), int(rng.integers(1, 16))
+            damaged[start : start + length] = rng.integers(0, 256, length, dtype=np.uint8).tobytes()
+            path = tmp_path / f"damaged-{source.stem}-{trial}.mp4"
+            path.write_bytes(bytes(damaged))
+            for backend in ("auto", "sequential"):
+                try:
+                    frames = read_frames(path, uniform_indices(SMALL["num_frames"]), backend=backend)
+                except BadVideoError:
+                    continue  # a typed error is a fine answer; anything else fails the test
+                assert frames.shape == (16, SMALL["height"], SMALL["width"], 3)

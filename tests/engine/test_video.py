@@ -188,3 +188,59 @@ def test_resize_frames_square_and_letterbox() -> None:
     assert np.all(boxed[:, 8:24] == 200) and np.all(boxed[:, :8] == 0) and np.all(boxed[:, 24:] == 0)
     with pytest.raises(ValueError):
         resize_frames(frames, 0)
+
+
+def _write_variable_rate_clip(path: Path, frames: np.ndarray) -> None:
+    """H.264 mp4 whose frame gaps alternate between 40 ms and 150 ms (timestamps in milliseconds)."""
+    from fractions import Fraction
+
+    import av
+
+    timestamps = np.cumsum([0] + [40 if i % 3 else 150 for i in range(len(frames) - 1)])
+    with av.open(str(path), "w", format="mp4") as container:
+        stream = container.add_stream("libx264", rate=25, options={"g": "8"})
+        stream.width, stream.height, stream.pix_fmt = frames.shape[2], frames.shape[1], "yuv420p"
+        stream.time_base = stream.codec_context.time_base = Fraction(1, 1000)
+        for frame, pts in zip(frames, timestamps, strict=True):
+            video_frame = av.VideoFrame.from_ndarray(frame, format="rgb24")
+            video_frame.pts, video_frame.time_base = int(pts), Fraction(1, 1000)
+            for packet in stream.encode(video_frame):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+
+
+def test_variable_frame_rate_is_indexed_by_decode_order(tmp_path: Path) -> None:
+    frames, _, _ = render_scene(seed=3, num_frames=30, width=64, height=48)
+    _write_variable_rate_clip(tmp_path / "vfr.mp4", frames)
+    assert probe(tmp_path / "vfr.mp4").num_frames == 30
+    indices = [29, 0, 13, 14, 2, 20]
+    reference = _reference_frames(tmp_path / "vfr.mp4", indices)
+    for backend in ("auto", "sequential"):
+        read = read_frames(tmp_path / "vfr.mp4", indices, backend=backend)
+        for row, index in enumerate(indices):
+            assert np.array_equal(read[row], reference[index])
+            # and it is the rendered frame of that index, up to compression (not a neighbour in time)
+            errors = [np.abs(read[row].astype(int) - rendered).mean() for rendered in frames]
+            assert int(np.argmin(errors)) == index
+
+
+def test_mpeg4_with_b_frames_is_frame_exact(tmp_path: Path) -> None:
+    import av
+
+    frames, _, _ = render_scene(seed=3, num_frames=40, width=96, height=64)
+    path = tmp_path / "mpeg4.mp4"
+    with av.open(str(path), "w", format="mp4") as container:
+        stream = container.add_stream("mpeg4", rate=12)
+        stream.width, stream.height, stream.pix_fmt = 96, 64, "yuv420p"
+        stream.codec_context.max_b_frames, stream.codec_context.gop_size = 2, 10
+        for frame in frames:
+            for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    assert probe(path).codec == "mpeg4"
+    for indices in (list(range(40)), [39, 3, 17, 18, 25], [12]):
+        reference = _reference_frames(path, indices)
+        read = read_frames(path, indices)
+        assert all(np.array_equal(read[row], reference[index]) for row, index in enumerate(indices))

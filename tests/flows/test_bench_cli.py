@@ -73,7 +73,7 @@ def test_bench_d_with_vlm_and_judge_servers(app: typer.Typer, bench_dir: Path, t
     assert report["score"]["prompt_tokens"] > 0
     markdown = (out / "d-multi.report.md").read_text()
     assert "| **vlm-stub (ours)** | multi | 4.00 | 3.00 | 2.00 | 5.00 | 3.50 |" in markdown
-    judged = [json.loads(line) for line in (out / "d-multi.judge.jsonl").read_text().splitlines()]
+    judged = [json.loads(line) for line in (out / "d-multi.judge-judge-stub.jsonl").read_text().splitlines()]
     assert len(judged) == 2 and all(j["replies"] and j["judge_model"] == "judge-stub" for j in judged)
 
 
@@ -97,3 +97,17 @@ def test_server_down_exits_1_and_says_how_to_resume(app: typer.Typer, bench_dir:
                                           str(tmp_path / "o"), "--limit", "1", "--concurrency", "1"],
                                     env={"OPENAI_API_KEY": "unused"})
     assert result.exit_code == 1 and "resume" in result.output
+
+
+def test_bench_q_with_our_tiny_model(app: typer.Typer, bench_dir: Path, tmp_path: Path) -> None:
+    from model.inference import save_tiny_model
+
+    model_dir = save_tiny_model(tmp_path / "tiny-ckpt", seed=1)
+    out = tmp_path / "out"
+    result = CliRunner().invoke(app, ["bench", "q", "--data", str(bench_dir / "VideoRefer-Bench-Q.json"), "--model",
+                                      str(model_dir), "--out", str(out), "--mode", "multi", "--limit", "1",
+                                      "--max-new-tokens", "2"])
+    assert result.exit_code == 0, result.output
+    report = json.loads((out / "q-multi.report.json").read_text())
+    assert report["model"] == "tiny-ckpt" and report["score"]["overall"]["total"] == 1
+    assert report["run"]["runner"] == "model"

@@ -83,8 +83,8 @@ def test_tiny_model_answers_both_benchmarks(bench_dir: Path, tmp_path: Path) -> 
         for mode in ("single", "multi"):
             settings = ModelBenchSettings(mode=mode, max_new_tokens_d=4, max_new_tokens_q=2)
             with PredictionStore(tmp_path / f"{kind}-{mode}.jsonl", expect=run_identity("tiny", settings)) as store:
-                summary = run_model_bench(pipeline, bench, store, settings, limit=2)
-            assert summary.predicted == 2 and summary.rejects == ()
+                summary = run_model_bench(pipeline, bench, store, settings, limit=1)
+            assert summary.predicted == 1 and summary.rejects == ()
             assert all(isinstance(r["pred"], str) for r in PredictionStore(tmp_path / f"{kind}-{mode}.jsonl"))
 
 

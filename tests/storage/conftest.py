@@ -37,7 +37,9 @@ def box_mask(y0: int, x0: int, y1: int, x1: int, height: int = HEIGHT, width: in
 
 def random_mask(rng: np.random.Generator, height: int = HEIGHT, width: int = WIDTH) -> RleMask:
     y0, x0 = int(rng.integers(0, height // 2)), int(rng.integers(0, width // 2))
-    return box_mask(y0, x0, y0 + int(rng.integers(8, height // 2)), x0 + int(rng.integers(8, width // 2)), height, width)
+    return box_mask(
+        y0, x0, y0 + int(rng.integers(8, height // 2)), x0 + int(rng.integers(8, width // 2)), height, width
+    )
 
 
 def make_clip(name: str = "clip", *, given: bool = False) -> Clip:
@@ -68,7 +70,12 @@ def make_clip(name: str = "clip", *, given: bool = False) -> Clip:
 
 
 def make_record(
-    name: str = "clip", noun: str = "dog", *, seed: int = 0, frames: tuple[int, ...] = (0, 10, 20, 30), full: bool = True
+    name: str = "clip",
+    noun: str = "dog",
+    *,
+    seed: int = 0,
+    frames: tuple[int, ...] = (0, 10, 20, 30),
+    full: bool = True,
 ) -> ObjectRecord:
     """A fully enriched record (every optional field set) or, with `full=False`, a bare analyzer output."""
     rng = np.random.default_rng(seed)
@@ -91,8 +98,15 @@ def make_record(
         detailed_caption="A brown dog runs to the left across the grass.",
         short_caption="a dog running",
         provenance=(
-            Provenance(agent="analyzer", backend="fake", model="fake-chat", prompt_version="abc", latency_s=0.25,
-                       prompt_tokens=10, completion_tokens=5),
+            Provenance(
+                agent="analyzer",
+                backend="fake",
+                model="fake-chat",
+                prompt_version="abc",
+                latency_s=0.25,
+                prompt_tokens=10,
+                completion_tokens=5,
+            ),
             Provenance(agent="refiner", backend="openai", model="gpt-4o"),
         ),
     )

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from engine.errors import InvalidSampleError, RejectReason
-from engine.masks import encode_rle
+from engine.masks import encode_rle, grid_occupancy
 from engine.types import ClipQA, QAPair, RleMask, SampleObject, Turn
 from storage.samples import (
     DETAILED_TEMPLATES,
@@ -17,12 +17,14 @@ from storage.samples import (
     detailed_sample,
     qa_samples,
     region_count,
+    rle_is_consistent,
     sample_from_json,
     sample_to_json,
     select_mask_frames,
     short_sample,
     use_multi_frame,
     validate_sample,
+    vanishes_on_grid,
 )
 from tests.storage.conftest import HEIGHT, WIDTH, box_mask, make_record, make_sample
 
@@ -89,7 +91,9 @@ def test_mask_that_vanishes_on_the_vision_grid() -> None:
     tiny = np.zeros((384, 384), bool)
     tiny[9, 9] = True
     sample = dataclasses.replace(make_sample(frames=(0,)), height=384, width=384)
-    assert reasons(with_masks(sample, {0: RleMask.from_coco(encode_rle(tiny))})) == {RejectReason.MASK_VANISHES_ON_GRID}
+    assert reasons(with_masks(sample, {0: RleMask.from_coco(encode_rle(tiny))})) == {
+        RejectReason.MASK_VANISHES_ON_GRID
+    }
     block = np.zeros((384, 384), bool)
     block[100:140, 100:140] = True
     assert reasons(with_masks(sample, {0: RleMask.from_coco(encode_rle(block))})) == set()
@@ -215,7 +219,9 @@ def test_qa_samples_one_per_question_with_one_region_per_object() -> None:
         clip=dog.clip,
         objects=(dog, cat),
         qa=(
-            QAPair(question="What is <region> doing?", answer="Running.", qa_type="basic", object_ids=(dog.object_id,)),
+            QAPair(
+                question="What is <region> doing?", answer="Running.", qa_type="basic", object_ids=(dog.object_id,)
+            ),
             QAPair(
                 question="Which one moves first?",
                 answer="(A) the dog",
@@ -248,3 +254,22 @@ def test_sample_object_masks_keep_absolute_frame_indices() -> None:
     obj = SampleObject(object_id="o", category="", masks={1234: box_mask(0, 0, 10, 10)})
     sample = dataclasses.replace(make_sample(frames=(1234,)), objects=(obj,))
     assert sample_from_json(sample_to_json(sample)).objects[0].masks.keys() == {1234}
+
+
+def test_fast_vanish_check_agrees_with_grid_occupancy() -> None:
+    rng = np.random.default_rng(7)
+    for _ in range(60):
+        height, width = int(rng.integers(20, 120)), int(rng.integers(20, 120))
+        mask = np.zeros((height, width), bool)
+        for _ in range(int(rng.integers(1, 4))):  # a few sparse pixels: both outcomes occur
+            mask[rng.integers(0, height), rng.integers(0, width)] = True
+        grid = int(rng.choice([5, 9, 27]))
+        assert vanishes_on_grid(mask, grid) == (grid_occupancy(mask, grid) == 0)
+
+
+def test_rle_consistency_of_real_masks() -> None:
+    rng = np.random.default_rng(3)
+    for _ in range(30):
+        mask = rng.random((int(rng.integers(1, 40)), int(rng.integers(1, 40)))) < rng.random()
+        assert rle_is_consistent(RleMask.from_coco(encode_rle(mask)))
+    assert not rle_is_consistent(RleMask(height=4, width=4, counts="0"))  # covers 0 of 16 pixels

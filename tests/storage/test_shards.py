@@ -41,7 +41,9 @@ def test_interrupted_pin_resumes_to_the_same_layout(root: DatasetRoot, tmp_path)
     pin_shards(reference, CLIPS, 3)
     pin_shards(root, CLIPS[:3], 3)  # as if the run died after writing the first shard
     pin_shards(root, CLIPS, 3)
-    assert [read_shard(root, s) for s in list_shards(root)] == [read_shard(reference, s) for s in list_shards(reference)]
+    assert [read_shard(root, s) for s in list_shards(root)] == [
+        read_shard(reference, s) for s in list_shards(reference)
+    ]
 
 
 def test_bad_arguments(root: DatasetRoot) -> None:

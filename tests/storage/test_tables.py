@@ -114,7 +114,9 @@ def test_clip_qa_round_trip(root: DatasetRoot) -> None:
         clip=make_clip("q", given=True),
         objects=(first, second),
         qa=(
-            QAPair(question="What does <region> do?", answer="It runs.", qa_type="basic", object_ids=(first.object_id,)),
+            QAPair(
+                question="What does <region> do?", answer="It runs.", qa_type="basic", object_ids=(first.object_id,)
+            ),
             QAPair(
                 question="Which is faster?",
                 answer="(A)",

@@ -30,7 +30,8 @@ def item(regions: int = 1, *, prompt: str = "describe in detail the object {r} i
             {"from": "human", "value": "<video>\nPlease " + prompt.format(r=region_text) + "."},
             {"from": "gpt", "value": "A man in a red coat walks to the left."},
         ],
-        "annotation": [{"3": {"segmentation": rle(5, 5, 30, 30)}, "17": {"segmentation": rle(10, 10, 40, 40)}}] * regions,
+        "annotation": [{"3": {"segmentation": rle(5, 5, 30, 30)}, "17": {"segmentation": rle(10, 10, 40, 40)}}]
+        * regions,
         **extra,
     }
 

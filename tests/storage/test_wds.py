@@ -136,3 +136,50 @@ def test_plain_webdataset_reads_our_tars(tmp_path: Path) -> None:
     frame = first["00.jpg"]
     assert isinstance(frame, np.ndarray) and frame.dtype == np.uint8 and frame.shape == (48, 64, 3)
     assert np.abs(frame.astype(int) - make_frames(3, seed=0)[0].astype(int)).mean() < 4
+
+
+@pytest.mark.parametrize("tar_format", [tarfile.USTAR_FORMAT, tarfile.GNU_FORMAT, tarfile.PAX_FORMAT])
+def test_reader_understands_tars_from_other_tools(tmp_path: Path, tar_format: int) -> None:
+    import io
+
+    long_dir = "d" * 120  # longer than the 100-byte name field: prefix, GNU long name or pax path
+    path = tmp_path / "other.tar"
+    with tarfile.open(path, "w", format=tar_format) as tar:
+        tar.addfile(_dir_info(long_dir))
+        for name, data in [("k1.json", b"{}"), ("k1.txt", b"a" * 700), ("k2.json", b"[1]")]:
+            info = tarfile.TarInfo(f"{long_dir}/{name}")
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    raws = list(read_raw(path))
+    assert raws == [{"__key__": "k1", "json": b"{}", "txt": b"a" * 700}, {"__key__": "k2", "json": b"[1]"}]
+
+
+def _dir_info(name: str) -> tarfile.TarInfo:
+    info = tarfile.TarInfo(name)
+    info.type = tarfile.DIRTYPE
+    return info
+
+
+def test_corrupt_tar_is_an_error_not_garbage(tmp_path: Path) -> None:
+    write_samples(tmp_path, 1)
+    tar = Path(list_tars(tmp_path)[0])
+    data = bytearray(tar.read_bytes())
+    data[10] ^= 0xFF  # inside the first member's name
+    tar.write_bytes(bytes(data))
+    with pytest.raises(ValueError):
+        list(read_raw(tar))
+
+
+def test_samples_built_from_records_export_and_read_back(tmp_path: Path) -> None:
+    from storage.samples import detailed_sample, short_sample
+    from tests.storage.conftest import make_record
+
+    frame_indices = [0, 10, 20, 30]
+    records = [make_record(f"clip{i}", seed=i) for i in range(3)]
+    built = [detailed_sample(r, frame_indices=frame_indices, multi_frame=i % 2 == 0) for i, r in enumerate(records)]
+    built += [short_sample(r, frame_indices=frame_indices) for r in records]
+    with ShardWriter(tmp_path) as writer:
+        assert all(writer.write(s, make_frames(4, seed=i)) is None for i, s in enumerate(built))
+    assert [s for s, _ in iter_samples(list_tars(tmp_path))] == built
+    stats = DatasetRoot(tmp_path).read_json("_stats.json")["splits"]["train"]
+    assert stats["samples_per_task"] == {"detailed": 3, "short": 3} and stats["frames"] == 24

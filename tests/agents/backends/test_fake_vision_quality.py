@@ -7,8 +7,6 @@ drifted (wrong object, wrong frame keys, shifted masks) would lower it. For fake
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 
@@ -36,7 +34,9 @@ def test_fake_grounder_and_segmenter_reproduce_ground_truth_masks(
         key_frame = 3
         key_image = read_frames(clip.path, [key_frame])[0]
         for obj in truth.objects:
-            detection = grounder.ground(video_uri=str(clip.path), frame_index=key_frame, frame=key_image, noun=obj.name)
+            detection = grounder.ground(
+                video_uri=str(clip.path), frame_index=key_frame, frame=key_image, noun=obj.name
+            )
             assert detection is not None, f"{obj.name} not grounded in {clip.path.name}"
             masklet = segmenter.segment(
                 video_uri=str(clip.path), frame_indices=frame_indices, key_frame=key_frame, box=detection.box

@@ -23,6 +23,8 @@ SCHEMA = {
     "required": ["subject", "others"],
 }
 SECRET = "sk-test-LEAKCHECK-7f3a9c"
+# Every test runs through both HTTP transports (set per test by the `transport` fixture).
+_TRANSPORT = {"kind": "pooled"}
 
 
 def _config(server: StubOpenAIServer | None = None, **overrides) -> OpenAIChatConfig:
@@ -34,6 +36,7 @@ def _config(server: StubOpenAIServer | None = None, **overrides) -> OpenAIChatCo
         "max_retries": 4,
         "backoff_base_s": 0.01,
         "backoff_max_s": 0.05,
+        "transport": _TRANSPORT["kind"],
     }
     return OpenAIChatConfig(**{**settings, **overrides})
 
@@ -61,6 +64,12 @@ def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+@pytest.fixture(autouse=True, params=["pooled", "httpx"])
+def transport(request: pytest.FixtureRequest) -> str:
+    _TRANSPORT["kind"] = request.param
+    return request.param
 
 
 @pytest.fixture(autouse=True)
@@ -214,3 +223,13 @@ def test_api_key_never_leaks(caplog: pytest.LogCaptureFixture) -> None:
     texts = [str(e) for e in errors] + [repr(e) for e in errors] + [repr(backend), repr(down), str(backend.usage)]
     texts += [str(e.__cause__) for e in errors] + [caplog.text]
     assert not [text for text in texts if SECRET in text]
+
+
+def test_auto_transport_is_pooled_for_plain_http_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    auto = {"transport": "auto"}
+    assert OpenAIChatBackend(_config(base_url="http://127.0.0.1:8000/v1", **auto)).uses_pooled_transport
+    assert not OpenAIChatBackend(_config(base_url="https://api.openai.com/v1", **auto)).uses_pooled_transport
+    monkeypatch.setenv("HTTP_PROXY", "http://proxy.internal:3128")
+    assert not OpenAIChatBackend(_config(base_url="http://127.0.0.1:8000/v1", **auto)).uses_pooled_transport
+    with pytest.raises(ConfigError, match="https"):
+        OpenAIChatBackend(_config(base_url="https://api.openai.com/v1", transport="pooled"))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
@@ -38,13 +39,24 @@ def test_run_streaming_hands_over_lines_and_the_exit_code() -> None:
     assert code == 3 and [line.strip() for line in lines] == ["a", "b"]
 
 
-def test_cli_dry_run_prints_the_command() -> None:
-    result = CliRunner().invoke(app, ["train", "--recipe", "tiny_stage1", "--data", "s/*.tar", "--out", "o",
-                                      "--nproc", "2", "--dry-run"])
+def test_cli_dry_run_prints_the_command(tmp_path: Path) -> None:
+    (tmp_path / "a.tar").touch()
+    result = CliRunner().invoke(app, ["train", "--recipe", "tiny_stage1", "--data", str(tmp_path / "*.tar"),
+                                      "--out", "o", "--nproc", "2", "--dry-run"])
     assert result.exit_code == 0, result.output
     assert "torch.distributed.run --nproc-per-node 2" in result.output and "--recipe tiny_stage1" in result.output
 
 
-def test_cli_unknown_recipe_fails_before_torchrun() -> None:
-    result = CliRunner().invoke(app, ["train", "--recipe", "stage9", "--data", "s/*.tar", "--out", "o"])
-    assert result.exit_code == 2
+@pytest.mark.parametrize(
+    "arguments",
+    [
+        ["--recipe", "stage9", "--data", "{shards}"],  # unknown recipe
+        ["--recipe", "tiny_stage1", "--data", "{missing}"],  # no shard matches
+        ["--recipe", "stage2", "--data", "{shards}"],  # a full-size stage needs --init-from
+    ],
+)
+def test_cli_config_errors_fail_before_torchrun(tmp_path: Path, arguments: list[str]) -> None:
+    (tmp_path / "a.tar").touch()
+    filled = [a.format(shards=tmp_path / "*.tar", missing=tmp_path / "none-*.tar") for a in arguments]
+    result = CliRunner().invoke(app, ["train", *filled, "--out", str(tmp_path / "out")])
+    assert result.exit_code == 2 and "config error" in result.output

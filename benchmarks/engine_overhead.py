@@ -1,0 +1,141 @@
+"""Engine overhead per clip with instant fake backends: the full build flow over N and then 4N synthetic clips.
+
+A pool of tiny synthetic videos (64x48, 8 frames) is generated once; the manifest reuses them under distinct
+`source_id`s, so N clips cost N rows, not N encodes. Each size runs the whole Prefect build (ingest, every
+stage per shard, export) in a fresh subprocess, so its peak RSS is its own. Prints ONE JSON line: clips/s,
+CPU ms per clip, Prefect task runs (= 1 ingest + stages x shards), peak RSS per size and its growth from N to
+4N. Targets: >= 50 clips/s, task runs = stages x shards (+ ingest), RSS growth < 10%.
+
+    python benchmarks/engine_overhead.py [--clips 2000] [--shard-size 500] [--pool 32]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+CLIP = {"width": 64, "height": 48, "num_frames": 8, "fps": 8.0}
+
+
+def make_manifest(directory: Path, clips: int, pool: int) -> Path:
+    """A manifest of `clips` rows over a pool of `pool` generated videos (distinct source ids)."""
+    from engine.synthetic import make_corpus
+
+    videos = make_corpus(directory / "pool", pool, seed=0, num_objects=1, **CLIP)
+    manifest = directory / f"manifest-{clips}.jsonl"
+    with manifest.open("w") as handle:
+        for index in range(clips):
+            video = videos[index % pool]
+            row = {"video": str(video.path), "caption": video.ground_truth.caption, "source_id": f"bench-{index}"}
+            handle.write(json.dumps(row) + "\n")
+    return manifest
+
+
+def run_phase(root: str, manifest: str, config: str) -> dict:
+    """One build in this process: warm the Prefect API first, then time the flow alone."""
+    sys.path.insert(0, str(REPO))
+    from prefect import flow
+
+    from flows import engine_flows
+    from flows.runtime import fast_prefect, run_flow
+
+    @flow(name="warm-up")
+    def warm_up() -> int:
+        return 1
+
+    with fast_prefect():
+        warm_up()
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    cpu_before = usage.ru_utime + usage.ru_stime
+    started = time.perf_counter()
+    report = run_flow(engine_flows.build, root=root, manifest=manifest, config_path=config)
+    wall = time.perf_counter() - started
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    stages = {row["stage"]: row for row in report["stages"]}
+    return {
+        "wall_s": wall,
+        "cpu_s": usage.ru_utime + usage.ru_stime - cpu_before,
+        "peak_rss_mb": usage.ru_maxrss / 1024,
+        "task_runs": sum(row["shards"] for row in report["stages"]),
+        "shards": stages["export"]["shards"],
+        "clips_ingested": stages["ingest"]["items_out"],
+        "samples": stages["export"]["items_out"],
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--clips", type=int, default=2000)
+    parser.add_argument("--shard-size", type=int, default=500)
+    parser.add_argument("--pool", type=int, default=32)
+    parser.add_argument("--phase", nargs=3, metavar=("ROOT", "MANIFEST", "CONFIG"), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.phase:
+        print(json.dumps(run_phase(*args.phase)))
+        return
+
+    from flows.pipeline.stages import SHARD_STAGES
+
+    env = {**os.environ, "PREFECT_LOGGING_LEVEL": "WARNING", "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+           "PREFECT_SERVER_SERVICES_TASK_RUN_RECORDER_ENABLED": "false"}
+    env.pop("PREFECT_API_URL", None)
+    results = {}
+    with tempfile.TemporaryDirectory(prefix="engine-overhead-") as tmp:
+        work = Path(tmp)
+        env["PREFECT_HOME"] = str(work / "prefect-home")
+        config = work / "bench.yaml"
+        config.write_text(
+            "base_profile: offline\n"
+            f"shard_size: {args.shard_size}\n"
+            "concurrency: 64\n"
+            "sampling: {num_frames: 8, mask_frames: 8, image_size: 64}\n"
+        )
+        for label, clips in (("n", args.clips), ("4n", 4 * args.clips)):
+            manifest = make_manifest(work, clips, args.pool)
+            command = [sys.executable, __file__, "--phase", str(work / f"root-{label}"), str(manifest), str(config)]
+            done = subprocess.run(command, env=env, cwd=REPO, capture_output=True, text=True, check=False)
+            if done.returncode != 0:
+                raise SystemExit(f"phase {label} failed:\n{done.stderr[-4000:]}")
+            phase = json.loads(done.stdout.strip().splitlines()[-1])
+            phase["clips"] = clips
+            phase["clips_per_s"] = clips / phase["wall_s"]
+            phase["cpu_ms_per_clip"] = 1000 * phase["cpu_s"] / clips
+            phase["expected_task_runs"] = 1 + len(SHARD_STAGES) * phase["shards"]
+            results[label] = phase
+    n, big = results["n"], results["4n"]
+    growth = (big["peak_rss_mb"] - n["peak_rss_mb"]) / n["peak_rss_mb"]
+    summary = {
+        "benchmark": "engine_overhead",
+        "clips": args.clips,
+        "shard_size": args.shard_size,
+        "clips_per_s": round(n["clips_per_s"], 1),
+        "clips_per_s_4n": round(big["clips_per_s"], 1),
+        "cpu_ms_per_clip": round(n["cpu_ms_per_clip"], 2),
+        "cpu_ms_per_clip_4n": round(big["cpu_ms_per_clip"], 2),
+        "task_runs": n["task_runs"],
+        "task_runs_4n": big["task_runs"],
+        "task_runs_expected": [n["expected_task_runs"], big["expected_task_runs"]],
+        "samples": [n["samples"], big["samples"]],
+        "peak_rss_mb": round(n["peak_rss_mb"], 1),
+        "peak_rss_mb_4n": round(big["peak_rss_mb"], 1),
+        "rss_growth": round(growth, 4),
+        "targets_met": {
+            "clips_per_s>=50": n["clips_per_s"] >= 50,
+            "task_runs==1+stages*shards": n["task_runs"] == n["expected_task_runs"]
+            and big["task_runs"] == big["expected_task_runs"],
+            "rss_growth<0.10": growth < 0.10,
+        },
+    }
+    print(json.dumps(summary))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,118 @@
+"""engine.masks: RLE round trips with pycocotools, conversions, area/bbox/iou, nearest and grid resizing."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from pycocotools import mask as coco_mask
+
+from engine.masks import (
+    area,
+    bbox,
+    decode_rle,
+    decode_rle_stack,
+    encode_rle,
+    encode_rle_stack,
+    grid_occupancy,
+    iou,
+    resize_mask,
+    resize_to_grid,
+    to_rle_mask,
+)
+from engine.types import RleMask
+
+
+def _random_masks(seed: int, n: int = 4, height: int = 37, width: int = 53) -> np.ndarray:
+    return np.random.default_rng(seed).random((n, height, width)) > 0.6
+
+
+def test_stack_round_trip_matches_pycocotools() -> None:
+    masks = _random_masks(0)
+    rles = encode_rle_stack(masks)
+    assert len(rles) == 4 and all(isinstance(r["counts"], str) for r in rles)
+    assert np.array_equal(decode_rle_stack(rles), masks)
+    for mask, rle in zip(masks, rles, strict=True):
+        reference = coco_mask.encode(np.asfortranarray(mask.astype(np.uint8)))
+        assert rle["counts"] == reference["counts"].decode("ascii") == encode_rle(mask)["counts"]
+    assert encode_rle_stack(np.zeros((0, 4, 4), bool)) == []
+    with pytest.raises(ValueError):
+        encode_rle_stack(masks[0])
+
+
+def test_to_rle_mask_accepts_every_form() -> None:
+    mask = _random_masks(1, n=1)[0]
+    compressed = encode_rle(mask)
+    expected = RleMask.from_coco(compressed)
+    assert to_rle_mask(mask) == expected
+    assert to_rle_mask(compressed) == expected
+    assert to_rle_mask({"size": compressed["size"], "counts": compressed["counts"].encode()}) == expected
+    assert to_rle_mask(expected) is expected
+    uncompressed = _uncompressed(mask)
+    assert to_rle_mask(uncompressed) == expected
+    assert np.array_equal(decode_rle(uncompressed), mask)
+    with pytest.raises(TypeError):
+        to_rle_mask(3.0)  # type: ignore[arg-type]
+
+
+def _uncompressed(mask: np.ndarray) -> dict:
+    """COCO uncompressed RLE: run lengths of the column-major flattening, starting with zeros."""
+    flat = mask.flatten(order="F").astype(np.int8)
+    changes = np.flatnonzero(np.diff(np.concatenate([[0], flat, [1 - flat[-1]]])))
+    counts = np.diff(np.concatenate([[0], changes])).tolist()
+    return {"size": list(mask.shape), "counts": counts}
+
+
+def test_polygons_become_the_filled_region() -> None:
+    square = [[2.0, 2.0, 8.0, 2.0, 8.0, 8.0, 2.0, 8.0]]
+    rle = to_rle_mask(square, height=12, width=10)
+    assert (rle.height, rle.width) == (12, 10)
+    decoded = decode_rle(rle)
+    assert decoded[3:7, 3:7].all() and not decoded[10:, :].any() and not decoded[:, 9:].any()
+    two = to_rle_mask(square + [[0.0, 10.0, 3.0, 10.0, 3.0, 12.0, 0.0, 12.0]], height=12, width=10)
+    assert area(two) > area(rle)
+    with pytest.raises(ValueError):
+        to_rle_mask(square)
+
+
+def test_area_bbox_iou() -> None:
+    mask = np.zeros((10, 20), dtype=bool)
+    mask[2:5, 3:9] = True
+    rle = encode_rle(mask)
+    assert area(mask) == area(rle) == area(RleMask.from_coco(rle)) == 18
+    assert bbox(mask) == bbox(rle) == (3.0, 2.0, 9.0, 5.0)
+    assert bbox(np.zeros((4, 4), bool)) is None
+    other = np.zeros_like(mask)
+    other[2:5, 6:12] = True  # overlaps 9 of 18 + 18 - 9 = 27 pixels
+    assert iou(mask, other) == pytest.approx(9 / 27)
+    assert iou(rle, mask) == 1.0
+    assert iou(np.zeros((3, 3), bool), np.zeros((3, 3), bool)) == 0.0
+    with pytest.raises(ValueError):
+        iou(mask, np.zeros((3, 3), bool))
+
+
+def test_resize_mask_nearest() -> None:
+    mask = np.zeros((4, 4), dtype=bool)
+    mask[:2, :2] = True
+    up = resize_mask(mask, 8, 8)
+    assert up.shape == (8, 8) and up[:4, :4].all() and not up[4:].any() and not up[:, 4:].any()
+    assert np.array_equal(resize_mask(up, 4, 4), mask)
+    assert resize_mask(encode_rle(mask), 2, 2).tolist() == [[True, False], [False, False]]
+
+
+@pytest.mark.parametrize("grid", [27, 13])
+def test_resize_to_grid_positivity_matches_torch_bilinear(grid: int) -> None:
+    torch = pytest.importorskip("torch")
+    masks = _random_masks(2, n=3, height=90, width=160) & (np.random.default_rng(3).random((3, 90, 160)) > 0.97)
+    for mask in masks:
+        ours = resize_to_grid(mask, grid) > 0
+        theirs = (
+            torch.nn.functional.interpolate(
+                torch.from_numpy(mask.astype(np.float32))[None, None],
+                size=(grid, grid),
+                mode="bilinear",
+                align_corners=False,
+            )[0, 0].numpy()
+            > 0
+        )
+        assert np.array_equal(ours, theirs)
+        assert grid_occupancy(mask, grid) == int(theirs.sum())

@@ -1,0 +1,90 @@
+"""`videorefer model info` and `videorefer infer` through typer's CliRunner (the commands of flows/cli_model.py)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from engine.masks import decode_rle
+from flows.cli import app
+
+runner = CliRunner()
+
+
+def test_model_info_7b_reports_the_papers_token_and_parameter_counts() -> None:
+    result = runner.invoke(app, ["model", "info", "--preset", "7b"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.output)
+    assert report["video_tokens_16_frames"] == 1352
+    assert report["parameters"]["object_encoder"] == 16_980_992
+    assert report["tokens_per_object"] == {"single": 1, "multi_max": 4}
+    parts = ("vision", "connector", "object_encoder", "llm")
+    assert report["parameters"]["total"] == sum(report["parameters"][p] for p in parts)
+
+
+def test_model_info_tiny_and_a_saved_model(tiny_model_dir) -> None:
+    tiny = json.loads(runner.invoke(app, ["model", "info", "--preset", "tiny"]).output)
+    saved = json.loads(runner.invoke(app, ["model", "info", "--model", str(tiny_model_dir)]).output)
+    assert tiny["parameters"] == saved["parameters"]
+    assert tiny["grid"] == 8
+    assert runner.invoke(app, ["model", "info", "--preset", "70b"]).exit_code == 1
+
+
+@pytest.fixture(scope="module")
+def clip(tmp_path_factory):
+    from engine.synthetic import make_clip
+
+    return make_clip(tmp_path_factory.mktemp("cli") / "clip.mp4", seed=5, num_frames=16, width=64, height=48)
+
+
+def test_infer_streams_an_answer_for_masks_in_the_700k_annotation_format(tiny_model_dir, clip, tmp_path) -> None:
+    masks = clip.ground_truth.objects[0].masks
+    annotation = [{str(frame): {"segmentation": masks[frame].to_coco()} for frame in (0, 5, 10)}]
+    masks_file = tmp_path / "masks.json"
+    masks_file.write_text(json.dumps(annotation))
+    args = ["infer", "--model", str(tiny_model_dir), "--video", str(clip.path), "--masks", str(masks_file)]
+    result = runner.invoke(app, [*args, "--question", "What is <region> doing?", "--max-new-tokens", "4"])
+    assert result.exit_code == 0, result.output
+    multi = runner.invoke(
+        app, [*args, "--question", "Describe it.", "--mode", "multi", "--max-new-tokens", "3", "--sample"]
+    )
+    assert multi.exit_code == 0, multi.output
+
+
+def test_infer_accepts_one_objects_frame_to_rle_mapping(tiny_model_dir, clip, tmp_path) -> None:
+    rle = clip.ground_truth.objects[1].masks[3].to_coco()
+    assert decode_rle(rle).any()
+    masks_file = tmp_path / "one.json"
+    masks_file.write_text(json.dumps({"3": rle}))
+    result = runner.invoke(
+        app,
+        ["infer", "--model", str(tiny_model_dir), "--video", str(clip.path), "--masks", str(masks_file),
+         "--question", "<region>?", "--max-new-tokens", "2"],
+    )
+    assert result.exit_code == 0, result.output
+
+
+def test_infer_rejects_bad_arguments(tiny_model_dir, clip, tmp_path) -> None:
+    base = ["infer", "--model", str(tiny_model_dir), "--video", str(clip.path), "--question", "<region>?"]
+    assert runner.invoke(app, base).exit_code != 0  # neither --masks nor --box
+    assert runner.invoke(app, [*base, "--box", "1,2,3,4"]).exit_code != 0  # --box without --frame
+    masks_file = tmp_path / "m.json"
+    masks_file.write_text(json.dumps({"3": clip.ground_truth.objects[0].masks[3].to_coco()}))
+    two_regions = ["infer", "--model", str(tiny_model_dir), "--video", str(clip.path), "--masks", str(masks_file),
+                   "--question", "<region> and <region>?"]
+    result = runner.invoke(app, two_regions)
+    assert result.exit_code == 1 and "error" in result.output
+
+
+def test_infer_with_a_box_builds_the_masklet_with_sam2_first(tiny_model_dir, clip) -> None:
+    pytest.importorskip("sam2")
+    x0, y0, x1, y1 = clip.ground_truth.objects[0].boxes[4]
+    result = runner.invoke(
+        app,
+        ["infer", "--model", str(tiny_model_dir), "--video", str(clip.path), "--question", "What is <region>?",
+         "--box", f"{x0},{y0},{x1},{y1}", "--frame", "4", "--mode", "multi", "--max-new-tokens", "2",
+         "--sam2-image-size", "256"],
+    )
+    assert result.exit_code == 0, result.output

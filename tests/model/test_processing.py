@@ -1,0 +1,182 @@
+"""The processor contract: chat layout, placeholder slots, labels, mask-frame reuse, RLE inputs, WDS samples."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from engine.errors import InvalidSampleError, RejectReason
+from engine.masks import encode_rle, resize_to_grid
+from engine.types import RleMask
+from model.processing import IGNORE_INDEX, VideoReferProcessor, build_tiny_tokenizer
+
+QUESTION = [{"from": "human", "value": "<video>\nWhat is <region> doing?"}, {"from": "gpt", "value": "It runs away."}]
+
+
+def _frames(n: int = 8, height: int = 48, width: int = 80, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, (n, height, width, 3), dtype=np.uint8)
+
+
+def _mask(y0: int = 10, x0: int = 10, height: int = 48, width: int = 80) -> np.ndarray:
+    mask = np.zeros((height, width), dtype=bool)
+    mask[y0 : y0 + 12, x0 : x0 + 20] = True
+    return mask
+
+
+SAMPLED = [0, 2, 4, 6, 8, 10, 12, 14]
+
+
+def test_tiny_tokenizer_has_the_chat_tokens_first_and_reloads(tmp_path) -> None:
+    from transformers import AutoTokenizer
+
+    tokenizer = build_tiny_tokenizer(tmp_path)
+    reloaded = AutoTokenizer.from_pretrained(tmp_path)
+    for tok in (tokenizer, reloaded):
+        assert tok.convert_tokens_to_ids(["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<region>"]) == [0, 1, 2, 3]
+        assert len(tok) <= 512
+    text = "<|im_start|>user\nWhere is <region>?<|im_end|>"
+    assert reloaded(text)["input_ids"] == tokenizer(text)["input_ids"]
+    assert reloaded(text)["input_ids"].count(3) == 1
+
+
+def test_encode_lays_out_video_slots_region_slots_and_assistant_labels(tiny_processor: VideoReferProcessor) -> None:
+    item = tiny_processor.encode(
+        frames=_frames(), frame_indices=SAMPLED, objects=[{4: _mask()}], conversations=QUESTION, mode="single"
+    )
+    ids, labels = item["input_ids"], item["labels"]
+    assert (ids == tiny_processor.video_token_id).sum() == tiny_processor.video_token_count(8) == 64
+    assert (ids == tiny_processor.region_token_id).sum() == 1
+    learned = ids[labels != IGNORE_INDEX].tolist()
+    assert learned[-1] == tiny_processor.im_end_id
+    assert tiny_processor.tokenizer.decode(learned[:-1]) == "It runs away."
+    assert torch.equal(labels[labels != IGNORE_INDEX], ids[labels != IGNORE_INDEX])
+    assert item["pixel_values"].shape == (8, 3, 64, 64)
+    assert int(item["frame_counts"]) == int(item["video_frame_counts"]) == 8
+    assert item["mask_frame_index"].tolist() == [2]  # frame 4 is the third sampled frame: reused, not re-encoded
+    expected_grid = torch.from_numpy(resize_to_grid(_mask(), 8) > 0)
+    assert torch.equal(item["object_masks"][0], expected_grid)
+
+
+def test_multi_mode_uses_the_masks_on_sampled_frames_and_up_to_u_tokens(tiny_processor: VideoReferProcessor) -> None:
+    objects = [{i: _mask(x0=i) for i in (0, 2, 4, 6, 8, 10)}, {2: _mask(), 3: _mask()}]
+    conversations = [{"from": "human", "value": "Compare <region> and <region>."}, {"from": "gpt", "value": "Same."}]
+    item = tiny_processor.encode(
+        frames=_frames(), frame_indices=SAMPLED, objects=objects, conversations=conversations, mode="multi"
+    )
+    assert (item["input_ids"] == tiny_processor.region_token_id).sum() == 4 + 1
+    assert item["mask_object_index"].tolist() == [0] * 6 + [1]
+    assert item["mask_frame_index"].tolist() == [0, 1, 2, 3, 4, 5, 1]  # frame 3 was not sampled nor supplied
+    # Without a <video> marker the video slots open the first human turn.
+    first_video_slot = int((item["input_ids"] == tiny_processor.video_token_id).nonzero()[0])
+    assert first_video_slot < int((item["input_ids"] == tiny_processor.region_token_id).nonzero()[0])
+
+
+def test_mask_frames_outside_the_sampled_ones_come_as_extra_frames(tiny_processor: VideoReferProcessor) -> None:
+    frames = _frames(n=8 + 2)
+    objects = [{5: _mask()}, {4: _mask(), 7: _mask()}]  # extras in ascending order: 5, 7
+    conversations = [{"from": "human", "value": "<region> and <region>?"}, {"from": "gpt", "value": "Yes."}]
+    single = tiny_processor.encode(
+        frames=frames, frame_indices=SAMPLED, objects=objects, conversations=conversations, mode="single"
+    )
+    assert int(single["frame_counts"]) == 9 and int(single["video_frame_counts"]) == 8  # frame 7 is not needed
+    assert single["mask_frame_index"].tolist() == [8, 2]
+    assert torch.equal(single["pixel_values"][8], tiny_processor.preprocess_frames(frames[8:9])[0])
+    with pytest.raises(InvalidSampleError) as missing:
+        tiny_processor.encode(
+            frames=frames[:8], frame_indices=SAMPLED, objects=objects[:1], conversations=QUESTION, mode="single"
+        )
+    assert missing.value.reason == RejectReason.MISSING_MASK
+
+
+def test_rle_mappings_rle_masks_and_arrays_encode_identically(tiny_processor: VideoReferProcessor) -> None:
+    rle = encode_rle(_mask())
+    variants = [_mask(), rle, RleMask.from_coco(rle), {"segmentation": rle}]
+    items = [
+        tiny_processor.encode(frames=_frames(), frame_indices=SAMPLED, objects=[{"4": v}], conversations=QUESTION)
+        for v in variants
+    ]
+    for item in items[1:]:
+        assert torch.equal(item["object_masks"], items[0]["object_masks"])
+
+
+def test_bad_samples_raise_invalid_sample_with_a_reason(tiny_processor: VideoReferProcessor) -> None:
+    with pytest.raises(InvalidSampleError) as mismatch:
+        tiny_processor.encode(frames=_frames(), frame_indices=SAMPLED, objects=[], conversations=QUESTION)
+    assert mismatch.value.reason == RejectReason.REGION_COUNT_MISMATCH
+    with pytest.raises(InvalidSampleError):
+        tiny_processor.encode(
+            frames=_frames(n=5), frame_indices=SAMPLED, objects=[{4: _mask()}], conversations=QUESTION
+        )
+    with pytest.raises(InvalidSampleError) as null_mask:
+        tiny_processor.encode(
+            frames=_frames(), frame_indices=SAMPLED, objects=[{4: {"segmentation": None}}], conversations=QUESTION
+        )
+    assert null_mask.value.reason == RejectReason.MISSING_MASK
+
+
+def test_collate_pads_and_offsets_frames_and_objects(tiny_processor: VideoReferProcessor) -> None:
+    short = tiny_processor.encode(
+        frames=_frames(), frame_indices=SAMPLED, objects=[{4: _mask()}], conversations=QUESTION
+    )
+    conversations = [{"from": "human", "value": "<region> or <region>?"}, {"from": "gpt", "value": "The first one."}]
+    long = tiny_processor.encode(
+        frames=_frames(), frame_indices=SAMPLED, objects=[{0: _mask(), 2: _mask()}, {6: _mask()}],
+        conversations=conversations, mode="multi",
+    )
+    batch = tiny_processor.collate([short, long])
+    lengths = [len(short["input_ids"]), len(long["input_ids"])]
+    assert lengths[0] != lengths[1]
+    assert batch["input_ids"].shape == batch["labels"].shape == batch["attention_mask"].shape == (2, max(lengths))
+    assert batch["attention_mask"].sum(1).tolist() == lengths
+    shorter = lengths.index(min(lengths))
+    assert batch["input_ids"][shorter, -1] == tiny_processor.pad_token_id
+    assert batch["labels"][shorter, -1] == IGNORE_INDEX
+    assert batch["pixel_values"].shape[0] == 16
+    assert batch["mask_frame_index"].tolist() == [2, 8 + 0, 8 + 1, 8 + 3]
+    assert batch["mask_object_index"].tolist() == [0, 1, 1, 2]
+    left = tiny_processor.collate([short, long], padding_side="left")
+    assert left["attention_mask"][shorter, -1] == 1 and left["attention_mask"][shorter, 0] == 0
+
+
+def test_build_prompt_adds_the_video_marker_and_names_objects(tiny_processor: VideoReferProcessor) -> None:
+    assert tiny_processor.build_prompt("What is <region> doing?", 1) == "<video>\nWhat is <region> doing?"
+    named = tiny_processor.build_prompt("Which one is bigger?", 2)
+    assert named.count("<region>") == 2 and named.startswith("<video>\n<object0><region>")
+    with pytest.raises(ValueError):
+        tiny_processor.build_prompt("<region> and <region>", 1)
+
+
+def test_save_and_load_keep_every_setting(tiny_processor: VideoReferProcessor, tmp_path) -> None:
+    tiny_processor.save_pretrained(tmp_path)
+    loaded = VideoReferProcessor.from_pretrained(tmp_path)
+    assert loaded.to_dict() == tiny_processor.to_dict()
+    assert loaded.region_token_id == tiny_processor.region_token_id
+
+
+def test_encode_wds_reads_what_the_storage_shard_writer_wrote(tiny_processor: VideoReferProcessor, tmp_path) -> None:
+    from engine.types import Sample, SampleObject, Turn
+    from storage.wds import read_raw
+
+    storage_wds = pytest.importorskip("storage.wds")
+    frames = _frames(n=4, height=64, width=64)
+    indices = (0, 5, 10, 15)
+    masks = {5: RleMask.from_coco(encode_rle(_mask(height=64, width=64))),
+             15: RleMask.from_coco(encode_rle(_mask(y0=30, height=64, width=64)))}
+    sample = Sample(
+        key="detailed_0123abcd", task="detailed", video_uri="clip.mp4", height=64, width=64, frame_indices=indices,
+        conversations=(Turn(role="human", value="<video>\nDescribe <region>."), Turn(role="gpt", value="A box.")),
+        objects=(SampleObject(object_id="obj", category="box", masks=masks),),
+    )
+    with storage_wds.ShardWriter(tmp_path, grid=8) as writer:
+        assert writer.write(sample, frames) is None
+    (raw,) = list(read_raw(next(tmp_path.glob("*.tar"))))
+    sample_json = json.loads(raw["json"])
+    decoded = [storage_wds.decode_jpeg(raw[name]) for name in sorted(n for n in raw if n.endswith(".jpg"))]
+    item = tiny_processor.encode_wds(sample_json, decoded)
+    assert item["mask_frame_index"].tolist() == [1, 3]  # two mask frames: multi mode inferred
+    assert (item["input_ids"] == tiny_processor.region_token_id).sum() == 2
+    single = tiny_processor.encode_wds(sample_json, decoded, mode="single")
+    assert single["mask_frame_index"].tolist() == [1]
