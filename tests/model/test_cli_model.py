@@ -78,6 +78,7 @@ def test_infer_rejects_bad_arguments(tiny_model_dir, clip, tmp_path) -> None:
     assert result.exit_code == 1 and "error" in result.output
 
 
+@pytest.mark.slow  # random-weight SAM 2 on CPU: ~20 s of CPU time
 def test_infer_with_a_box_builds_the_masklet_with_sam2_first(tiny_model_dir, clip) -> None:
     pytest.importorskip("sam2")
     x0, y0, x1, y1 = clip.ground_truth.objects[0].boxes[4]

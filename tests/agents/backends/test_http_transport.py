@@ -18,6 +18,8 @@ async def _serve(responses: list[bytes], *, close_after_each: bool = False):
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         accepted.append(1)
         try:
+            if not queue:  # nothing to say: hold the request open past any client timeout
+                await asyncio.sleep(2.0)
             while queue:
                 head = await reader.readuntil(b"\r\n\r\n")
                 length = next((int(line.split(b":")[1]) for line in head.split(b"\r\n")
