@@ -7,7 +7,9 @@ complete, and the figure reports the achieved ratio and the retries it took. The
 process so that its work does not compete with the client for this interpreter's GIL. Because the machine is
 shared, the same run also measures a baseline: a minimal asyncio HTTP/1.1 client (64 keep-alive sockets, no
 parsing beyond Content-Length) against the same server; `ratio_to_baseline` is the backend's rate over that
-client's rate, the share of what this machine could do at that moment. Prints ONE JSON line.
+client's rate, the share of what this machine could do at that moment. The backend runs with its default
+transport for http:// (`pooled`, agents/backends/http_transport.py); the clean run is repeated with the OpenAI
+client's own httpx transport for comparison (`httpx_transport_ratio_to_ideal`). Prints ONE JSON line.
 
     .venv/bin/python benchmarks/backend_concurrency.py [--requests 640] [--in-flight 64] [--latency 0.1]
 """
@@ -62,10 +64,12 @@ class _ServerProcess:
             self._process.kill()
 
 
-async def _run(base_url: str, requests: int, in_flight: int, timeout_s: float) -> tuple[float, OpenAIChatBackend, int]:
+async def _run(
+    base_url: str, requests: int, in_flight: int, timeout_s: float, transport: str = "auto"
+) -> tuple[float, OpenAIChatBackend, int]:
     config = OpenAIChatConfig(
         base_url=base_url, model="stub", api_key_env="BENCH_UNSET_KEY", max_in_flight=in_flight,
-        timeout_s=timeout_s, max_retries=8, backoff_base_s=0.05, backoff_max_s=0.5,
+        timeout_s=timeout_s, max_retries=8, backoff_base_s=0.05, backoff_max_s=0.5, transport=transport,
     )
     backend = OpenAIChatBackend(config)
     batch = [
@@ -119,13 +123,15 @@ def measure_baseline(requests: int, in_flight: int, latency_s: float) -> float:
     return requests / elapsed / (in_flight / latency_s)
 
 
-def measure(requests: int, in_flight: int, latency_s: float, fault_rate: float, timeout_s: float) -> dict:
+def measure(
+    requests: int, in_flight: int, latency_s: float, fault_rate: float, timeout_s: float, transport: str = "auto"
+) -> dict:
     settings = {
         "latency_s": latency_s, "fault_rate": fault_rate, "retry_after_s": 0.05, "hang_s": min(timeout_s * 3, 10.0),
         "fault_kinds": ("rate_limit", "server_error", "timeout"), "seed": 1,
     }
     with _ServerProcess(**settings) as base_url:
-        elapsed, backend, failed = asyncio.run(_run(base_url, requests, in_flight, timeout_s))
+        elapsed, backend, failed = asyncio.run(_run(base_url, requests, in_flight, timeout_s, transport))
     ideal = in_flight / latency_s
     usage = backend.usage
     return {
@@ -136,6 +142,7 @@ def measure(requests: int, in_flight: int, latency_s: float, fault_rate: float, 
         "failed": failed,
         "retries": usage.retries,
         "max_in_flight_seen": usage.max_in_flight,
+        "pooled_transport": backend.uses_pooled_transport,
     }
 
 
@@ -150,6 +157,7 @@ def main() -> None:
     baseline = measure_baseline(args.requests, args.in_flight, args.latency)
     # No fault hangs in the clean run: a generous client timeout keeps a CPU-starved client from timing out.
     clean = measure(args.requests, args.in_flight, args.latency, 0.0, 30.0)
+    clean_httpx = measure(args.requests, args.in_flight, args.latency, 0.0, 30.0, transport="httpx")
     faulty = measure(args.requests, args.in_flight, args.latency, args.fault_rate, args.timeout)
     print(json.dumps({
         "benchmark": "backend_concurrency",
@@ -160,6 +168,7 @@ def main() -> None:
         "target_ratio": 0.9,
         "baseline_raw_client_ratio_to_ideal": round(baseline, 3),
         "ratio_to_baseline": round(clean["ratio_to_ideal"] / baseline, 3),
+        "httpx_transport_ratio_to_ideal": clean_httpx["ratio_to_ideal"],
         "clean": clean,
         "fault_rate": args.fault_rate,
         "faulty_ratio_to_ideal": faulty["ratio_to_ideal"],

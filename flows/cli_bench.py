@@ -47,6 +47,7 @@ class BenchJob:
     api_key_env: str = "OPENAI_API_KEY"
     num_frames: int = 16
     max_new_tokens: int | None = None  # None: 512 for descriptions, 16 for answer letters
+    device: str | None = None  # our model's device; None: cuda when available, else cpu
 
     @property
     def stem(self) -> str:
@@ -138,7 +139,7 @@ def _predict(job: BenchJob, bench: Any) -> tuple[Any, str]:
         identity = run_identity(job.runner_name, settings)
         with PredictionStore(path, expect=identity) as store:
             pending = any(item.item_id not in store for item in bench.items[: job.limit])
-            pipeline = load_pipeline(str(job.model_dir.resolve())) if pending else None
+            pipeline = load_pipeline(str(job.model_dir.resolve()), job.device) if pending else None
             return run_model_bench(pipeline, bench, store, settings, limit=job.limit), identity["prompt"]
 
     from agents.backends.openai_chat import OpenAIChatBackend
@@ -194,11 +195,15 @@ def _judge(job: BenchJob, predictions: list[dict[str, Any]], wanted: set[str], r
 
 
 @functools.lru_cache(maxsize=1)
-def load_pipeline(model_dir: str) -> Any:
+def load_pipeline(model_dir: str, device: str | None = None) -> Any:
     """Our model, loaded once per process (a flow evaluating several benchmarks reuses it)."""
+    import torch
+
     from model.inference import VideoReferPipeline
 
-    return VideoReferPipeline.from_pretrained(model_dir)
+    if device is None:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    return VideoReferPipeline.from_pretrained(model_dir, device=device)
 
 
 # ---------------------------------------------------------------- commands
@@ -214,6 +219,7 @@ _MODE = typer.Option("single", "--mode", help="single: mask on one frame; multi:
 _LIMIT = typer.Option(None, "--limit", help="Only the first N entries.")
 _CONCURRENCY = typer.Option(8, "--concurrency", help="Requests in flight to the VLM server / judge.")
 _KEY_ENV = typer.Option("OPENAI_API_KEY", "--api-key-env", help="Environment variable holding the API key.")
+_DEVICE = typer.Option(None, "--device", help="Device of --model (default: cuda when available, else cpu).")
 _MAX_NEW = typer.Option(None, "--max-new-tokens", help="Reply length limit (default: 512 for -D, 16 for -Q).")
 
 
@@ -222,12 +228,12 @@ def bench_q(
     data: Path = _DATA, data_root: Path | None = _DATA_ROOT, model: Path | None = _MODEL,
     server: str | None = _SERVER, server_model: str | None = _SERVER_MODEL, out: Path = _OUT,
     mode: str = _MODE, limit: int | None = _LIMIT, concurrency: int = _CONCURRENCY, api_key_env: str = _KEY_ENV,
-    max_new_tokens: int | None = _MAX_NEW,
+    max_new_tokens: int | None = _MAX_NEW, device: str | None = _DEVICE,
 ) -> None:
     """VideoRefer-Bench-Q: multiple-choice accuracy per question type and overall."""
     _run_command(BenchJob(kind="q", data=data, data_root=data_root, model_dir=model, server_url=server,
                           server_model=server_model, out=out, mode=mode, limit=limit, concurrency=concurrency,
-                          api_key_env=api_key_env, max_new_tokens=max_new_tokens))
+                          api_key_env=api_key_env, max_new_tokens=max_new_tokens, device=device))
 
 
 @bench_app.command("d")
@@ -239,12 +245,13 @@ def bench_d(
                                                                    "without it descriptions are not scored."),
     judge_model: str = typer.Option("gpt-4o", "--judge-model", help="Judge model name."),
     concurrency: int = _CONCURRENCY, api_key_env: str = _KEY_ENV, max_new_tokens: int | None = _MAX_NEW,
+    device: str | None = _DEVICE,
 ) -> None:
     """VideoRefer-Bench-D: descriptions scored by an LLM judge (SC, AD, TD, HD, average)."""
     _run_command(BenchJob(kind="d", data=data, data_root=data_root, model_dir=model, server_url=server,
                           server_model=server_model, out=out, mode=mode, limit=limit, judge_url=judge_url,
                           judge_model=judge_model, concurrency=concurrency, api_key_env=api_key_env,
-                          max_new_tokens=max_new_tokens))
+                          max_new_tokens=max_new_tokens, device=device))
 
 
 def _run_command(job: BenchJob) -> None:

@@ -23,6 +23,7 @@ Runners: the default is `ThreadPoolTaskRunner`; `task_runner("ray")` returns `pr
 from __future__ import annotations
 
 import contextlib
+import os
 import time
 import uuid
 from collections.abc import Iterator, Sequence
@@ -53,6 +54,10 @@ from flows.pipeline.stages import (
     STAGE_PARENTS,
     check_stage,
 )
+
+# Stage tasks in flight at once on the default runner: a fixed bound, so memory does not grow with the number of
+# shards (each task holds one shard's records); override with VIDEOREFER_TASK_WORKERS.
+DEFAULT_TASK_WORKERS = 4
 
 # Prefect retries on top of the backend's own retries, only for errors that may pass with time.
 TASK_RETRIES = 2
@@ -125,10 +130,15 @@ def needs_gpu(stage: str, config: EngineConfig) -> bool:
     return "gpu" in backend_tags(stage, config)
 
 
-def task_runner(name: str = "local", *, max_workers: int | None = None) -> Any:
+def default_runner() -> ThreadPoolTaskRunner:
+    """Threads, at most `VIDEOREFER_TASK_WORKERS` (default 4) stage tasks at once."""
+    return ThreadPoolTaskRunner(max_workers=int(os.environ.get("VIDEOREFER_TASK_WORKERS", DEFAULT_TASK_WORKERS)))
+
+
+def task_runner(name: str = "local") -> Any:
     """The task runner for `--runner`: `local` (threads) or `ray` (prefect-ray, optional extra)."""
     if name == "local":
-        return ThreadPoolTaskRunner(max_workers=max_workers)
+        return default_runner()
     if name == "ray":
         try:
             from prefect_ray import RayTaskRunner
@@ -163,17 +173,21 @@ def submit_stages(
     *,
     force: bool = False,
 ) -> list[tuple[str, str, PrefectFuture[StageReport]]]:
-    """Submit one task per (stage, shard), chained along the stage graph within each shard."""
+    """Submit one task per (stage, shard), chained along the stage graph within each shard.
+
+    Submission is stage-major (every shard's analyze, then every shard's annotate, ...): a task waiting for its
+    upstream holds a runner slot, and this order keeps the first slots busy with work that can run now.
+    """
     wanted = [stage for stage in SHARD_STAGES if stage in set(stages)]
     tasks = {stage: stage_task.with_options(tags=sorted(backend_tags(stage, config))) for stage in wanted}
     submitted: list[tuple[str, str, PrefectFuture[StageReport]]] = []
-    for shard in shard_ids:
-        by_stage: dict[str, PrefectFuture[StageReport]] = {}
-        for stage in wanted:
-            upstream = [by_stage[parent] for parent in STAGE_PARENTS[stage] if parent in by_stage]
+    futures: dict[tuple[str, str], PrefectFuture[StageReport]] = {}
+    for stage in wanted:
+        for shard in shard_ids:
+            upstream = [futures[(parent, shard)] for parent in STAGE_PARENTS[stage] if (parent, shard) in futures]
             with _gpu_request(stage, config):
                 future = tasks[stage].submit(root, stage, shard, config, force, wait_for=upstream)
-            by_stage[stage] = future
+            futures[(stage, shard)] = future
             submitted.append((stage, shard, future))
     return submitted
 
@@ -291,43 +305,43 @@ def run_stages(
 # ---------------------------------------------------------------- flows (parameters: identity only)
 
 
-@flow(name="ingest", log_prints=False)
+@flow(name="ingest", task_runner=default_runner())
 def ingest(root: str, manifest: str, config_path: str | None = None) -> dict[str, Any]:
     """Probe the manifest's new rows, write their clips, pin them into new shards."""
     return run_stages(root, [], config_path, name="ingest", manifest=manifest).to_json()
 
 
-@flow(name="analyze")
+@flow(name="analyze", task_runner=default_runner())
 def analyze(root: str, config_path: str | None = None, shards: list[str] | None = None, force: bool = False) -> dict:
     """Analyzer over the selected shards: nouns of each clip's caption."""
     return run_stages(root, [ANALYZE], config_path, shards, force, name="analyze").to_json()
 
 
-@flow(name="annotate")
+@flow(name="annotate", task_runner=default_runner())
 def annotate(root: str, config_path: str | None = None, shards: list[str] | None = None, force: bool = False) -> dict:
     """Annotator over the selected shards: appearance and motion text per object."""
     return run_stages(root, [ANNOTATE], config_path, shards, force, name="annotate").to_json()
 
 
-@flow(name="segment")
+@flow(name="segment", task_runner=default_runner())
 def segment(root: str, config_path: str | None = None, shards: list[str] | None = None, force: bool = False) -> dict:
     """Segmentor over the selected shards: key-frame box, mask, propagated masklet."""
     return run_stages(root, [SEGMENT], config_path, shards, force, name="segment").to_json()
 
 
-@flow(name="review")
+@flow(name="review", task_runner=default_runner())
 def review(root: str, config_path: str | None = None, shards: list[str] | None = None, force: bool = False) -> dict:
     """Reviewer over the selected shards: region caption + judge."""
     return run_stages(root, [REVIEW], config_path, shards, force, name="review").to_json()
 
 
-@flow(name="refine")
+@flow(name="refine", task_runner=default_runner())
 def refine(root: str, config_path: str | None = None, shards: list[str] | None = None, force: bool = False) -> dict:
     """Refiner over the selected shards: one detailed caption per accepted object."""
     return run_stages(root, [REFINE], config_path, shards, force, name="refine").to_json()
 
 
-@flow(name="short_captions")
+@flow(name="short_captions", task_runner=default_runner())
 def short_captions(
     root: str, config_path: str | None = None, shards: list[str] | None = None, force: bool = False
 ) -> dict:
@@ -335,7 +349,7 @@ def short_captions(
     return run_stages(root, [SHORT_CAPTIONS], config_path, shards, force, name="short_captions").to_json()
 
 
-@flow(name="generate_qa")
+@flow(name="generate_qa", task_runner=default_runner())
 def generate_qa(
     root: str, config_path: str | None = None, shards: list[str] | None = None, force: bool = False
 ) -> dict:
@@ -343,13 +357,13 @@ def generate_qa(
     return run_stages(root, [GENERATE_QA], config_path, shards, force, name="generate_qa").to_json()
 
 
-@flow(name="export")
+@flow(name="export", task_runner=default_runner())
 def export(root: str, config_path: str | None = None, shards: list[str] | None = None, force: bool = False) -> dict:
     """WebDataset shards and 700K-style JSON from the finished stages of the selected shards."""
     return run_stages(root, [EXPORT], config_path, shards, force, name="export").to_json()
 
 
-@flow(name="build")
+@flow(name="build", task_runner=default_runner())
 def build(
     root: str,
     manifest: str | None = None,
@@ -369,7 +383,7 @@ def import_700k_task(root: str, json_path: str, video_root: str, shard_id: str, 
     return import_700k_shard(root, json_path, video_root, shard_id, config)
 
 
-@flow(name="import_700k")
+@flow(name="import_700k", task_runner=default_runner())
 def import_700k(root: str, json_path: str, video_root: str, config_path: str | None = None) -> dict:
     """Shard the released VideoRefer-700K JSON (no engine run): validate, read frames, write WebDataset tars."""
     from flows.pipeline.importing import plan_import

@@ -174,7 +174,9 @@ class VideoReferProcessor:
         """The human turn for a question about `num_objects` objects: `<video>\\n` then the question.
 
         A question that already holds `num_objects` `<region>` markers is kept as is; one with none gets them
-        named up front ("<object0><region>, <object1><region>. question"); any other count raises ValueError.
+        named up front ("The object <region>. question" for one object, "<object0><region>, <object1><region>.
+        question" for several); any other count raises
+        `InvalidSampleError(reason=REGION_COUNT_MISMATCH)` (a bad item, not a crash, for benchmark runners).
         """
         count = question.count(REGION)
         text = question.strip()
@@ -182,7 +184,10 @@ class VideoReferProcessor:
             names = ", ".join(f"<object{i}>{REGION}" for i in range(num_objects))
             text = f"{names}. {text}" if num_objects > 1 else f"The object {REGION}. {text}"
         elif count != num_objects:
-            raise ValueError(f"question has {count} {REGION} markers but {num_objects} objects were given")
+            raise InvalidSampleError(
+                f"question has {count} {REGION} markers but {num_objects} objects were given",
+                reason=RejectReason.REGION_COUNT_MISMATCH,
+            )
         has_marker = any(marker in text for marker in VIDEO_MARKERS)
         return f"<video>\n{text}" if with_video and not has_marker else text
 
@@ -310,8 +315,13 @@ class VideoReferProcessor:
         }
 
     def preprocess_frames(self, frames: np.ndarray) -> torch.Tensor:
-        """uint8 `[n, h, w, 3]` -> float32 `[n, 3, S, S]`: bicubic resize (antialiased, no crop), SigLIP norm."""
-        pixels = torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2).float() / 255.0
+        """`[n, h, w, 3]` -> float32 `[n, 3, S, S]`: bicubic resize (antialiased, no crop), SigLIP norm.
+
+        uint8 frames are 0..255; float frames (webdataset's "rgb" decoding) are taken as 0..1.
+        """
+        pixels = torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2).float()
+        if frames.dtype == np.uint8:
+            pixels = pixels / 255.0
         if tuple(pixels.shape[-2:]) != (self.image_size, self.image_size):
             pixels = F.interpolate(
                 pixels, size=(self.image_size, self.image_size), mode="bicubic", align_corners=False, antialias=True

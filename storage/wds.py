@@ -147,12 +147,16 @@ class ShardWriter:
         problems.extend(self._frame_problems(sample, frames))
         if sample.key in self._keys:
             problems.append((RejectReason.MALFORMED_SAMPLE, f"duplicate sample key {sample.key!r}"))
+        payload = ""
+        try:
+            payload = json.dumps(sample_to_json(sample), sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+        except (TypeError, ValueError) as exc:  # e.g. a non-JSON value in `extra`
+            problems.append((RejectReason.MALFORMED_SAMPLE, f"sample is not JSON-serialisable: {exc}"))
         if problems:
             reject = reject_for(sample, problems)
             self.rejects_per_reason[str(reject.reason)] += 1
             return reject
         members = [(f"{sample.key}.{frame_name(i)}", data) for i, data in enumerate(encode_frames(frames))]
-        payload = json.dumps(sample_to_json(sample), sort_keys=True, ensure_ascii=False, separators=(",", ":"))
         members.append((f"{sample.key}.json", payload.encode("utf-8")))
         tar = self._open_tar()
         offset = tar.offset

@@ -7,7 +7,10 @@ and full jitter, honouring `Retry-After`. The client's own retries are off so ev
 A backend that stays down raises `BackendUnavailableError` (fail the run); a request the server refuses as
 bad (other 4xx) raises `InvalidReplyError` (reject the item); bad credentials or an unknown model/URL raise
 `ConfigError`. Tokens, requests and retries are counted on the backend (`usage`). The API key is read from the
-environment variable the config names and never appears in reprs, logs or error messages.
+environment variable the config names and never appears in reprs, logs or error messages. Requests go out
+through the client's documented raw `post` (no second validation of our own payload, no pydantic reply
+models) and, for plain-http servers such as vLLM, over `PooledHttp11Transport` (`config.transport`), because at
+hundreds of requests per second the client's own bookkeeping, not the server, is what limits the rate.
 """
 
 from __future__ import annotations

@@ -60,11 +60,16 @@ def run_identity(model: str, kind: str, settings: VlmSettings) -> dict[str, Any]
 def build_request(item: BenchItem, jpegs: tuple[bytes, ...], settings: VlmSettings) -> ChatRequest:
     """The chat request for one item: the marked frames in time order, then the question."""
     if isinstance(item, BenchDItem):
-        text = prompt_for("d", settings.mode).render(color=color_of(0)[0])
+        style = settings.style_for("d")
+        color = color_of(0)[0]
+        marking = f"outlined with a {color} contour" if style == "contour" else f"highlighted with a {color} mask"
+        text = prompt_for("d", settings.mode).render(marking=marking)
         task = "bench_d_describe"
     else:
+        style = settings.style_for("q")
+        marking = "outlined in its colour" if style == "contour" else "highlighted with a mask in its colour"
         text = prompt_for("q", settings.mode).render(
-            legend=_legend(item), question=_question_text(item), options="\n".join(item.options)
+            marking=marking, legend=_legend(item), question=_question_text(item), options="\n".join(item.options)
         )
         task = "bench_q_answer"
     content = (*(ImagePart(jpeg=jpeg) for jpeg in jpegs), text)

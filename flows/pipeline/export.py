@@ -17,10 +17,11 @@ import contextlib
 import dataclasses
 import threading
 import time
-from collections import defaultdict
-from collections.abc import Sequence
+from collections import defaultdict, deque
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -36,6 +37,10 @@ SPLIT = "train"
 WDS_DIR = "export/wds"
 JSON_DIR = "export/json"
 MAX_SAMPLES_PER_TAR = 1000
+DECODE_AHEAD = 2  # clips decoded ahead of the writer
+
+T = TypeVar("T")
+R = TypeVar("R")
 
 # ShardWriter merges `_stats.json` on close (read-modify-write): shards exported in parallel threads take turns.
 _STATS_LOCK = threading.Lock()
@@ -135,16 +140,21 @@ def export_shard(root: layout.RootLike, shard_id: str, config: EngineConfig) -> 
         by_clip[sample.clip_id].append(sample)
     clips = {clip.clip_id: clip for clip in layout.shard_clips(droot, shard_id)}
 
+    def decode(clip_id: str) -> tuple[list[Sample], dict[int, np.ndarray] | VideoReferError]:
+        group = sorted(by_clip[clip_id], key=lambda s: s.key)
+        try:
+            return group, _clip_frames(clips[clip_id].video_uri, group, config.sampling.image_size)
+        except VideoReferError as exc:
+            return group, exc
+
     written: list[Sample] = []
     writer = ShardWriter(droot, split=split_of(shard_id), max_samples_per_tar=MAX_SAMPLES_PER_TAR)
     try:
-        for clip_id in sorted(by_clip):
-            group = sorted(by_clip[clip_id], key=lambda s: s.key)
-            try:
-                frames_by_index = _clip_frames(clips[clip_id].video_uri, group, config.sampling.image_size)
-            except VideoReferError as exc:
+        for group, frames_by_index in prefetch(decode, sorted(by_clip), ahead=DECODE_AHEAD):
+            if isinstance(frames_by_index, VideoReferError):
+                exc = frames_by_index
                 rejects.extend(
-                    Reject(stage=EXPORT, item_id=s.key, clip_id=clip_id, reason=exc.reason, message=str(exc))
+                    Reject(stage=EXPORT, item_id=s.key, clip_id=s.clip_id, reason=exc.reason, message=str(exc))
                     for s in group
                 )
                 continue
@@ -179,6 +189,19 @@ def export_shard(root: layout.RootLike, shard_id: str, config: EngineConfig) -> 
     droot.write_json(layout.stage_report_path(EXPORT, shard_id), report.to_json())
     droot.mark_done(EXPORT, shard_id, config_hash, files=files, samples=len(written))
     return report
+
+
+def prefetch(function: Callable[[T], R], items: Sequence[T], *, ahead: int) -> Iterator[R]:
+    """`map(function, items)` in order, computing up to `ahead` items in background threads (bounded memory:
+    at most `ahead` results wait), so decoding the next clips overlaps encoding this one's JPEGs."""
+    with ThreadPoolExecutor(max_workers=ahead) as pool:
+        pending: deque[Future[R]] = deque()
+        for item in items:
+            pending.append(pool.submit(function, item))
+            if len(pending) > ahead:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
 
 
 def _clip_frames(video_uri: str, samples: Sequence[Sample], size: int) -> dict[int, np.ndarray]:

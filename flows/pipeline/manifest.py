@@ -2,8 +2,9 @@
 
 A row names a video (a local path, relative to the manifest's folder, or a URL) with its caption, an
 optional time span (`start`/`end` or `start_s`/`end_s`, seconds) and an optional `source_id` (a stable id of
-the source video, e.g. a Panda-70M id; without it a local video is identified by its bytes, a URL by itself). Rows for the QA path also carry `objects`:
-a list of `{name, expression, category?, masks: {frame_index: COCO RLE}}` (a JSON string in CSV/Parquet).
+the source video, e.g. a Panda-70M id; without it a local video is identified by its bytes, a URL by itself).
+Rows for the QA path also carry `objects`: a list of `{name, expression, category?, masks: {frame: COCO RLE}}`
+(a JSON string in CSV/Parquet).
 A manifest without a video column is a config error (fail fast); a row that lacks a video or whose objects
 are malformed is kept with its `problem` set, so ingest turns it into a reject and carries on.
 """

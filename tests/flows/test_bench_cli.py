@@ -111,3 +111,15 @@ def test_bench_q_with_our_tiny_model(app: typer.Typer, bench_dir: Path, tmp_path
     report = json.loads((out / "q-multi.report.json").read_text())
     assert report["model"] == "tiny-ckpt" and report["score"]["overall"]["total"] == 1
     assert report["run"]["runner"] == "model"
+
+
+@pytest.mark.gpu
+def test_bench_d_with_our_tiny_model_on_cuda(app: typer.Typer, bench_dir: Path, tmp_path: Path) -> None:
+    from model.inference import save_tiny_model
+
+    model_dir = save_tiny_model(tmp_path / "tiny-ckpt", seed=1)
+    result = CliRunner().invoke(app, ["bench", "d", "--data", str(bench_dir / "VideoRefer-Bench-D.json"), "--model",
+                                      str(model_dir), "--out", str(tmp_path / "out"), "--device", "cuda",
+                                      "--max-new-tokens", "4"])
+    assert result.exit_code == 0, result.output
+    assert "2 descriptions (not judged)" in result.output

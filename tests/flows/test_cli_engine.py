@@ -64,7 +64,8 @@ def test_ingest_stage_export_and_import_commands(prefect_server, tmp_path: Path)
     assert exported
 
     released = tmp_path / "released.json"
-    items = [item for path in sorted((root / "export" / "json").glob("*.json")) for item in json.loads(path.read_text())]
+    json_files = sorted((root / "export" / "json").glob("*.json"))
+    items = [item for path in json_files for item in json.loads(path.read_text())]
     released.write_text(json.dumps(items + [{"video": "x.mp4", "conversations": [], "annotation": [None]}]))
     imported = tmp_path / "imported"
     result = _invoke("import-700k", "--json", str(released), "--videos", str(root), "--root", str(imported),

@@ -151,3 +151,20 @@ def test_save_and_load_round_trip_exactly(tiny_model, tiny_processor, tmp_path) 
 def test_attention_is_sdpa_without_cuda_and_flash_attn() -> None:
     assert default_attn_implementation("cpu") == "sdpa"
     assert default_attn_implementation(None) == "sdpa"
+
+
+def test_left_padded_batch_generation_matches_one_by_one(tiny_model, tiny_processor) -> None:
+    short = tiny_processor.encode(
+        frames=_frames(8), frame_indices=SAMPLED, objects=[{4: _mask()}],
+        conversations=[{"from": "human", "value": "<region>?"}], add_generation_prompt=True,
+    )
+    long = tiny_processor.encode(
+        frames=_frames(8, seed=2), frame_indices=SAMPLED, objects=[{2: _mask()}, {6: _mask(30)}],
+        conversations=[{"from": "human", "value": "Is <region> bigger than <region> in this long video?"}],
+        add_generation_prompt=True,
+    )
+    options = {"max_new_tokens": 5, "do_sample": False}
+    together = tiny_model.generate(**tiny_processor.collate([short, long], padding_side="left"), **options)
+    for row, item in enumerate((short, long)):
+        alone = tiny_model.generate(**tiny_processor.collate([item], padding_side="left"), **options)
+        assert together[row, : alone.shape[1]].tolist() == alone[0].tolist()

@@ -145,8 +145,9 @@ def test_build_prompt_adds_the_video_marker_and_names_objects(tiny_processor: Vi
     assert tiny_processor.build_prompt("What is <region> doing?", 1) == "<video>\nWhat is <region> doing?"
     named = tiny_processor.build_prompt("Which one is bigger?", 2)
     assert named.count("<region>") == 2 and named.startswith("<video>\n<object0><region>")
-    with pytest.raises(ValueError):
+    with pytest.raises(InvalidSampleError) as mismatch:
         tiny_processor.build_prompt("<region> and <region>", 1)
+    assert mismatch.value.reason == RejectReason.REGION_COUNT_MISMATCH
 
 
 def test_save_and_load_keep_every_setting(tiny_processor: VideoReferProcessor, tmp_path) -> None:
@@ -180,3 +181,11 @@ def test_encode_wds_reads_what_the_storage_shard_writer_wrote(tiny_processor: Vi
     assert (item["input_ids"] == tiny_processor.region_token_id).sum() == 2
     single = tiny_processor.encode_wds(sample_json, decoded, mode="single")
     assert single["mask_frame_index"].tolist() == [1]
+
+
+def test_float_frames_in_zero_one_match_uint8_frames(tiny_processor: VideoReferProcessor) -> None:
+    frames = _frames(n=2)
+    as_uint8 = tiny_processor.preprocess_frames(frames)
+    as_float = tiny_processor.preprocess_frames(frames.astype(np.float32) / 255.0)
+    assert torch.allclose(as_uint8, as_float, atol=1e-5)
+    assert as_uint8.min() >= -1.0 and as_uint8.max() <= 1.0

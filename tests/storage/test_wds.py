@@ -74,9 +74,11 @@ def test_invalid_samples_are_rejected_with_reasons_and_counted(tmp_path: Path) -
         assert not_uint8 is not None and not_uint8.reason is RejectReason.MALFORMED_SAMPLE
         duplicate = writer.write(good, make_frames(2))
         assert duplicate is not None and "duplicate" in duplicate.message
+        not_json = dataclasses.replace(make_sample("detailed_extra", frames=(0, 5)), extra={"when": object()})
+        assert writer.write(not_json, make_frames(2)).reason is RejectReason.MALFORMED_SAMPLE
     stats = DatasetRoot(tmp_path).read_json("_stats.json")["splits"]["train"]
     assert stats["samples"] == 1 and stats["samples_per_task"] == {"detailed": 1}
-    assert stats["rejects_per_reason"] == {"malformed_sample": 3, "region_count_mismatch": 1}
+    assert stats["rejects_per_reason"] == {"malformed_sample": 4, "region_count_mismatch": 1}
     assert stats["bytes"] == (tmp_path / "train-000000.tar").stat().st_size
     assert [s.key for s, _ in iter_samples(list_tars(tmp_path))] == ["detailed_good"]
 

@@ -68,7 +68,8 @@ def test_a_refiner_change_reruns_refine_and_after_only(corpus) -> None:
     config = tiny_config()
     build_plain(root, manifest, config)
     segment_tables = table_mtimes(root, "segment")
-    changed = config.model_copy(update={"agents": config.agents.model_copy(update={"refiner": FakeChatConfig(seed=5)})})
+    agents = config.agents.model_copy(update={"refiner": FakeChatConfig(seed=5)})
+    changed = config.model_copy(update={"agents": agents})
     reports = build_plain(root, manifest, changed)
     ran = {r.stage for r in reports if not r.skipped}
     assert ran == {"refine", "generate_qa", "export"}
