@@ -1,4 +1,4 @@
-"""`videorefer infer` (ask the model about masked objects, streaming the answer) and `videorefer model info`.
+"""`videorefer infer` (ask about masked objects, streaming the answer), `videorefer model info` and `model convert`.
 
 Model code, torch and the SAM 2 segmenter are imported inside the commands so that `videorefer --help` stays fast.
 Masks come from a JSON file (the VideoRefer-700K "annotation" list: one `{frame_index: {"segmentation": RLE}}` per
@@ -170,5 +170,30 @@ def register(app: typer.Typer) -> None:
             "vocab_size": config.llm_vocab_size,
         }
         typer.echo(json.dumps(report, indent=2))
+
+    @model_app.command("convert")
+    def convert(
+        checkpoint: Path = typer.Option(..., "--checkpoint", help="Released VideoRefer weights (folder or file)."),
+        vision_tower: Path = typer.Option(..., "--vision-tower", help="SigLIP weights (file or folder)."),
+        out: Path = typer.Option(..., "--out", help="Where the converted model + processor go."),
+        tokenizer: Path | None = typer.Option(None, "--tokenizer", help="Tokenizer folder (default: --checkpoint)."),
+        preset: str = typer.Option("7b", "--preset", help="Architecture of the weights: 7b or tiny."),
+        dtype: str = typer.Option("bfloat16", "--dtype", help="float32, bfloat16 or float16."),
+    ) -> None:
+        """Convert the released checkpoint layout (+ SigLIP) into a folder `infer` and `train` load."""
+        from engine.errors import VideoReferError
+        from model.checkpoint import convert_release
+        from model.configuration import preset as build_preset
+        from model.inference import resolve_dtype
+
+        try:
+            written = convert_release(
+                checkpoint, vision_tower=vision_tower, output_dir=out, tokenizer=tokenizer,
+                config=build_preset(preset), dtype=resolve_dtype(dtype, "cpu"),
+            )
+        except (VideoReferError, ValueError, OSError) as exc:
+            typer.echo(f"error: {exc}", err=True)
+            raise typer.Exit(1) from exc
+        typer.echo(str(written))
 
     app.add_typer(model_app, name="model")

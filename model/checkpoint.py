@@ -6,15 +6,19 @@ readout.2}`, the object encoder `model.region_encoder.feat_linear.{0,2}`; the Si
 (`vision_model.*`, with `text_model.*` beside it in a full SigLIP checkpoint). `map_released_key` maps those names
 onto ours (`language_model.*`, `connector.*`, `object_encoder.*`, `vision_tower.*`); weights are read from
 safetensors or from `.bin` state dicts with `torch.load(weights_only=True)` (never unpickling code), single files
-or sharded folders. `released_state_dict` is the inverse, for exporting and for tests.
+or sharded folders. `released_state_dict` is the inverse, for exporting and for tests; `convert_release` writes
+released weights + SigLIP + tokenizer as one of our saved folders (model + processor).
 """
 
 from __future__ import annotations
 
 import json
+import shutil
+import tempfile
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -177,3 +181,51 @@ def load_partial(model: nn.Module, path: str | Path, group: str | None = None) -
 def load_vision_tower(model: nn.Module, path: str | Path) -> LoadReport:
     """Load SigLIP weights (`vision_model.*`, e.g. google/siglip-so400m-patch14-384) into the vision tower."""
     return load_released_weights(model, read_checkpoint(path), expect=("vision",))
+
+
+def convert_release(
+    checkpoint: str | Path,
+    *,
+    vision_tower: str | Path,
+    output_dir: str | Path,
+    tokenizer: str | Path | None = None,
+    config: Any = None,
+    dtype: torch.dtype = torch.bfloat16,
+) -> Path:
+    """Turn released weights into a folder `VideoReferPipeline.from_pretrained` and training load directly.
+
+    `checkpoint`: the released VideoRefer folder or file (LLM + connector + object encoder); `vision_tower`: the
+    SigLIP weights; `tokenizer`: a folder with the Qwen2 tokenizer holding `<region>` (default: `checkpoint`);
+    `config`: a `VideoReferConfig` (default: the 7b preset). The output is written to a temporary folder beside
+    `output_dir` and moved in last.
+    """
+    from transformers import AutoTokenizer
+
+    from model.configuration import preset
+    from model.modeling import VideoReferForCausalLM
+    from model.processing import VideoReferProcessor
+
+    config = config if config is not None else preset("7b")
+    model = VideoReferForCausalLM._from_config(config, dtype=dtype)
+    load_released_checkpoint(model, checkpoint)
+    load_vision_tower(model, vision_tower)
+    tokenizer_dir = Path(tokenizer) if tokenizer is not None else Path(checkpoint)
+    if tokenizer_dir.is_file():
+        tokenizer_dir = tokenizer_dir.parent
+    processor = VideoReferProcessor.from_config(AutoTokenizer.from_pretrained(str(tokenizer_dir)), config)
+    if processor.region_token_id != config.region_token_id:
+        raise ConfigError(
+            f"tokenizer puts <region> at {processor.region_token_id}, the config expects {config.region_token_id}"
+        )
+    output_dir = Path(output_dir)
+    output_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}-", dir=output_dir.parent))
+    try:
+        model.save_pretrained(str(staging))
+        processor.save_pretrained(staging)
+        output_dir.mkdir(exist_ok=True)
+        for path in staging.iterdir():
+            path.replace(output_dir / path.name)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return output_dir

@@ -13,6 +13,7 @@ the masks (logits > 0 at video resolution) come back as COCO RLE keyed by absolu
 
 from __future__ import annotations
 
+import logging
 import tempfile
 import threading
 from collections.abc import Sequence
@@ -26,6 +27,8 @@ from engine.errors import ConfigError
 from engine.masks import encode_rle
 from engine.types import Masklet, RleMask
 from engine.video import read_frames
+
+log = logging.getLogger(__name__)
 
 _OBJECT_ID = 1
 
@@ -87,6 +90,8 @@ class Sam2Segmenter:
             from sam2.build_sam import build_sam2_video_predictor
 
             overrides = [f"++model.image_size={self.config.image_size}"] if self.config.image_size else []
+            if self.config.checkpoint is None:
+                log.warning("sam2 segmenter built with RANDOM weights (checkpoint: null): its masks are meaningless")
             try:
                 self._predictor = build_sam2_video_predictor(
                     self.config.config_name,

@@ -10,7 +10,7 @@ uniformly (16 of the published 32), so every marked frame has a real mask.
 from __future__ import annotations
 
 import io
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -85,7 +85,9 @@ def marked_frames(
                         marked=tuple(marked))
 
 
-def _mask_on(rle: RleMask | None, shape: Sequence[int], decode) -> np.ndarray | None:
+def _mask_on(
+    rle: RleMask | None, shape: Sequence[int], decode: Callable[[RleMask], np.ndarray]
+) -> np.ndarray | None:
     """The object's boolean mask at the frame's size (nearest-neighbour when sizes differ); None when empty."""
     if rle is None:
         return None

@@ -110,7 +110,7 @@ def _fields(report: StageReport) -> dict[str, Any]:
 def stage_inputs(root: layout.RootLike, stage: str, shard_id: str) -> list[Any]:
     """What `stage` consumes on `shard_id`: clips for the first stages of each path, else the parent's records."""
     droot = layout.open_root(root)
-    (parent,) = STAGE_PARENTS[stage][:1] or ("ingest",)
+    parent = STAGE_PARENTS[stage][0]  # export, the one stage with several inputs, reads them itself
     if parent == "ingest":
         clips = layout.shard_clips(droot, shard_id)
         if stage == GENERATE_QA:

@@ -20,6 +20,15 @@ def _stages(report: dict) -> dict[str, dict]:
     return {row["stage"]: row for row in report["stages"]}
 
 
+def _figure_artifacts() -> list:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
+    with get_client(sync_client=True) as client:
+        key = ArtifactFilterKey(any_=["engine-run-figures"])
+        return client.read_artifacts(artifact_filter=ArtifactFilter(key=key))
+
+
 def test_build_runs_one_task_per_stage_and_shard_and_records_its_figures(prefect_server, corpus, tmp_path) -> None:
     root, manifest = corpus
     config = write_config(tmp_path / "tiny.yaml")
@@ -36,6 +45,7 @@ def test_build_runs_one_task_per_stage_and_shard_and_records_its_figures(prefect
     on_disk = json.loads((root / "reports" / "latest-run.json").read_text())
     assert on_disk["run_id"] == report["run_id"] and on_disk["stages"] == report["stages"]
     assert exported_tars(root)
+    assert any(report["run_id"] in artifact.data for artifact in _figure_artifacts())
 
     again = run_flow(engine_flows.build, root=str(root), manifest=str(manifest), config_path=str(config))
     assert all(row["shards_skipped"] == row["shards"] for row in again["stages"] if row["stage"] != "ingest")

@@ -1,4 +1,4 @@
-"""The `evaluate_checkpoint` flow end to end with the tiny model, the stub judge and synthetic benchmark files."""
+"""The `evaluate_checkpoint` flow end to end (Prefect test harness): tiny model, stub judge, synthetic files."""
 
 from __future__ import annotations
 
@@ -24,8 +24,7 @@ def test_find_checkpoints(tmp_path: Path) -> None:
         find_checkpoints(tmp_path / "absent")
 
 
-def test_flow_evaluates_each_checkpoint_and_resumes(tmp_path: Path) -> None:
-    from flows.runtime import fast_prefect
+def test_flow_evaluates_each_checkpoint_and_resumes(tmp_path: Path, prefect_server: str) -> None:
     from model.inference import save_tiny_model
 
     save_tiny_model(tmp_path / "checkpoints" / "step-1", seed=0)
@@ -37,7 +36,7 @@ def test_flow_evaluates_each_checkpoint_and_resumes(tmp_path: Path) -> None:
     params = {"model_dir": str(tmp_path / "checkpoints"), "out": str(tmp_path / "eval"), "bench_q": str(bench_q),
               "bench_d": str(bench_d), "judge_model": "judge-stub", "modes": ["single"],
               "max_new_tokens": 3}
-    with StubOpenAIServer(responder=lambda r: json.dumps(scores)) as judge, fast_prefect():
+    with StubOpenAIServer(responder=lambda r: json.dumps(scores)) as judge:
         first = evaluate_checkpoint(**params, judge_url=judge.base_url)
         second = evaluate_checkpoint(**params, judge_url=judge.base_url)
         assert judge.request_count == 1  # the second run judged nothing again

@@ -106,3 +106,23 @@ def test_incomplete_or_mismatched_checkpoints_are_config_errors(tmp_path) -> Non
         load_partial(_model(1), tmp_path / "region_encoder.bin")
     with pytest.raises(ConfigError):
         load_released_checkpoint(_model(1), tmp_path / "missing")
+
+
+def test_convert_release_writes_a_folder_the_pipeline_loads(tmp_path) -> None:
+    from model.checkpoint import convert_release
+    from model.inference import VideoReferPipeline
+    from model.processing import build_tiny_tokenizer
+
+    source = _model(0)
+    release = tmp_path / "VideoRefer-tiny"
+    release.mkdir()
+    exported = {k: v.clone().contiguous() for k, v in released_state_dict(source).items()}
+    save_file(exported, str(release / "model.safetensors"))
+    build_tiny_tokenizer(release)
+    siglip = tmp_path / "siglip.safetensors"
+    save_file({f"vision_model.{k}": v.clone() for k, v in source.vision_tower.state_dict().items()}, str(siglip))
+    out = convert_release(release, vision_tower=siglip, output_dir=tmp_path / "converted", config=preset("tiny"),
+                          dtype=torch.float32)
+    pipeline = VideoReferPipeline.from_pretrained(out)
+    assert _same(pipeline.model, source)
+    assert pipeline.processor.region_token_id == 3

@@ -89,3 +89,30 @@ def test_infer_with_a_box_builds_the_masklet_with_sam2_first(tiny_model_dir, cli
          "--sam2-image-size", "256"],
     )
     assert result.exit_code == 0, result.output
+
+
+def test_model_convert_turns_a_released_layout_into_a_loadable_folder(tmp_path) -> None:
+    import torch
+    from safetensors.torch import save_file
+
+    from model.checkpoint import released_state_dict
+    from model.configuration import preset
+    from model.modeling import VideoReferForCausalLM
+    from model.processing import build_tiny_tokenizer
+
+    torch.manual_seed(0)
+    source = VideoReferForCausalLM(preset("tiny"))
+    release = tmp_path / "release"
+    release.mkdir()
+    save_file({k: v.contiguous() for k, v in released_state_dict(source).items()}, str(release / "model.safetensors"))
+    build_tiny_tokenizer(release)
+    siglip = tmp_path / "siglip.safetensors"
+    save_file({f"vision_model.{k}": v for k, v in source.vision_tower.state_dict().items()}, str(siglip))
+    args = ["model", "convert", "--checkpoint", str(release), "--vision-tower", str(siglip), "--preset", "tiny"]
+    result = runner.invoke(app, [*args, "--out", str(tmp_path / "out"), "--dtype", "float32"])
+    assert result.exit_code == 0, result.output
+    loaded = VideoReferForCausalLM.from_pretrained(tmp_path / "out")
+    assert all(torch.equal(a, b) for a, b in zip(source.state_dict().values(), loaded.state_dict().values(), strict=True))
+    wrong = runner.invoke(app, ["model", "convert", "--checkpoint", str(release), "--vision-tower", str(siglip),
+                                "--out", str(tmp_path / "bad")])  # 7b shapes do not fit tiny weights
+    assert wrong.exit_code == 1

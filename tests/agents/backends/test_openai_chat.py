@@ -116,7 +116,7 @@ def test_images_travel_as_jpeg_data_urls_in_order() -> None:
 def test_transient_faults_are_retried_and_retry_after_is_honoured() -> None:
     script = ("rate_limit", "server_error", "timeout", "unavailable", "drop")
     with StubOpenAIServer(fault_script=script, retry_after_s=0.2, hang_s=3.0) as server:
-        backend = OpenAIChatBackend(_config(server, timeout_s=0.3, max_retries=5))
+        backend = OpenAIChatBackend(_config(server, timeout_s=1.0, max_retries=5))
         [reply] = _complete(backend, [_request()])
         assert server.faults_injected == list(script)
         assert server.request_count == len(script) + 1

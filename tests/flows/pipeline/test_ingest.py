@@ -103,3 +103,20 @@ def test_clip_ids_come_from_content_not_paths(tmp_path: Path) -> None:
     clips = [c for s in layout.shards(layout.open_root(first)) for c in layout.shard_clips(layout.open_root(first), s)]
     qa = [c for c in clips if c.given_objects]
     assert len(qa) == 1 and all(o.masklet.masks for o in qa[0].given_objects)
+
+
+def test_demo_adds_user_videos_with_their_sidecar_caption_or_a_generic_one(tmp_path: Path) -> None:
+    from flows.demo import GENERIC_CAPTION, user_video_rows
+
+    source = make_inputs(tmp_path / "src", clips=2, qa_clips=0).parent / "videos" / "synthetic"
+    videos = tmp_path / "videos"
+    videos.mkdir()
+    first, second = sorted(source.glob("*.mp4"))
+    shutil.copy(first, videos / "a.mp4")
+    shutil.copy(second, videos / "b.mp4")
+    (videos / "a.txt").write_text("a red ball bounces\n")
+    (videos / "notes.md").write_text("not a video")
+    rows = user_video_rows(videos)
+    assert [(Path(r["video"]).name, r["caption"]) for r in rows] == [
+        ("a.mp4", "a red ball bounces"), ("b.mp4", GENERIC_CAPTION),
+    ]
