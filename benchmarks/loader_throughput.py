@@ -3,8 +3,9 @@
 Writes synthetic WebDataset shards (16 frames at 384 px, multi-frame masks), then measures samples/s of
 (a) the training loader (`model.training.loader`: shard split, shuffle buffer, JPEG decode, RLE masks and
 tokenisation through the real `VideoReferProcessor` at VideoRefer-7B sizes with a tiny tokenizer, collation in
-the workers, 2 DataLoader workers) and (b) a baseline DataLoader with the same 2 workers that only reads the
-same tars and decodes every JPEG to uint8. Prints ONE JSON line; the figure to watch is `ratio` (target >= 0.8).
+the workers, frames kept uint8 as the training loop takes them, 2 DataLoader workers) and (b) a baseline
+DataLoader with the same 2 workers that only reads the same tars and decodes every JPEG to RGB uint8.
+Prints ONE JSON line; the figure to watch is `ratio` (target >= 0.8).
 
     .venv/bin/python benchmarks/loader_throughput.py [--samples 96] [--workers 2] [--micro-batch 4]
 """
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import tempfile
 import time
@@ -20,15 +22,17 @@ from collections.abc import Iterator
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+# One BLAS/OpenMP thread per process, as torchrun gives each trainer: more only spin against the 2 workers.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 
 def _raw_decode_loader(paths: list[str], workers: int, micro_batch: int):
-    import cv2
     import numpy as np
     import torch
     from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-    from model.training.loader import raw_frames_of, read_tar_samples
+    from model.training.loader import decode_jpeg, raw_frames_of, read_tar_samples
 
     class RawDecode(IterableDataset):
         def __iter__(self) -> Iterator[dict]:
@@ -38,8 +42,7 @@ def _raw_decode_loader(paths: list[str], workers: int, micro_batch: int):
                 batch = []
                 for path in paths[worker::count]:
                     for raw in read_tar_samples(path):
-                        frames = [cv2.cvtColor(cv2.imdecode(np.frombuffer(jpeg, np.uint8), cv2.IMREAD_COLOR),
-                                               cv2.COLOR_BGR2RGB) for jpeg in raw_frames_of(raw)]
+                        frames = [decode_jpeg(jpeg) for jpeg in raw_frames_of(raw)]
                         batch.append(torch.from_numpy(np.stack(frames)))
                         if len(batch) == micro_batch:
                             yield {"frames": torch.stack(batch)}
@@ -71,7 +74,7 @@ def main() -> None:
 
     from model.configuration import VideoReferConfig
     from model.processing import VideoReferProcessor, build_tiny_tokenizer
-    from model.training.loader import LoaderSpec, TrainingStream, build_loader, expand_shards
+    from model.training.loader import LoaderSpec, TrainingStream, Uint8FramesEncoder, build_loader, expand_shards
     from model.training.recipes import DataMixture, DataSource
     from model.training.synthetic import write_synthetic_shards
 
@@ -87,7 +90,7 @@ def main() -> None:
         spec = LoaderSpec(mixture=mixture, micro_batch=args.micro_batch, num_workers=args.workers)
         # Alternate the two measurements so that load from other processes on the machine hits both alike.
         loader_rates, raw_rates = [], []
-        loader = build_loader(TrainingStream(spec, processor))
+        loader = build_loader(TrainingStream(spec, Uint8FramesEncoder(processor)))
         raw = _raw_decode_loader(expand_shards(pattern), args.workers, args.micro_batch)
         for _ in range(2):
             raw_rates.append(_rate(raw, batches // 2, args.micro_batch))

@@ -106,6 +106,9 @@ def run_bench(job: BenchJob) -> BenchResult:
         "prompt": prompt_version, "frames": job.num_frames, "predicted_now": summary.predicted,
         "resumed": summary.skipped,
     }
+    if job.server_url is not None:  # what the VLM cost, over the predictions reported
+        run["vlm_prompt_tokens"] = sum(int(r.get("prompt_tokens") or 0) for r in predictions)
+        run["vlm_completion_tokens"] = sum(int(r.get("completion_tokens") or 0) for r in predictions)
     if job.kind == "q":
         from agents.bench.q_scoring import score_q
 

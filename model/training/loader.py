@@ -291,19 +291,28 @@ def restrict_to_frames(sample_json: dict[str, Any], kept: Sequence[int]) -> dict
     return {**sample_json, "frame_indices": frames, "objects": objects}
 
 
-def decode_frames(raw: Mapping[str, Any], kept: Sequence[int] | None = None) -> np.ndarray:
-    """The sample's JPEG frames at positions `kept` (all by default) as RGB uint8 `[n, h, w, 3]`."""
+def decode_jpeg(data: bytes) -> np.ndarray | None:
+    """RGB uint8 `[h, w, 3]` of one JPEG (decoded straight to RGB where OpenCV can), None when undecodable."""
     import cv2
 
+    buffer = np.frombuffer(data, dtype=np.uint8)
+    if hasattr(cv2, "IMREAD_COLOR_RGB"):
+        return cv2.imdecode(buffer, cv2.IMREAD_COLOR_RGB)
+    image = cv2.imdecode(buffer, cv2.IMREAD_COLOR)
+    return None if image is None else cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+
+
+def decode_frames(raw: Mapping[str, Any], kept: Sequence[int] | None = None) -> np.ndarray:
+    """The sample's JPEG frames at positions `kept` (all by default) as RGB uint8 `[n, h, w, 3]`."""
     names = frame_names(raw)
     if not names:
         raise InvalidSampleError("sample has no frames", reason=RejectReason.MALFORMED_SAMPLE)
     frames = []
     for position in range(len(names)) if kept is None else kept:
-        image = cv2.imdecode(np.frombuffer(raw[names[position]], dtype=np.uint8), cv2.IMREAD_COLOR)
+        image = decode_jpeg(raw[names[position]])
         if image is None:
             raise InvalidSampleError(f"undecodable frame {names[position]}", reason=RejectReason.MALFORMED_SAMPLE)
-        frames.append(cv2.cvtColor(image, cv2.COLOR_BGR2RGB))
+        frames.append(image)
     if len({frame.shape for frame in frames}) != 1:
         raise InvalidSampleError("frames differ in size", reason=RejectReason.MALFORMED_SAMPLE)
     return np.stack(frames)
@@ -316,6 +325,57 @@ def decode_json(raw: Mapping[str, Any]) -> dict[str, Any]:
     if not isinstance(value, dict):
         raise InvalidSampleError("sample json is not an object", reason=RejectReason.MALFORMED_SAMPLE)
     return value
+
+
+# ---------------------------------------------------------------- frames stay uint8 until the training process
+
+
+class Uint8FramesEncoder:
+    """A processor whose `pixel_values` leave the workers as uint8 `[n, 3, S, S]`; `normalize_pixels` finishes them.
+
+    Float frames are 4x the bytes of uint8 ones, and building, collating and passing them between processes was
+    most of a worker's time (16 frames at 384 px are 28 MB as float32). The processor's own `preprocess_frames`
+    is replaced on a shallow copy only: frames already at the vision size (what the export writes) are just
+    transposed; other sizes go through the processor's resize and are rounded back to uint8.
+    """
+
+    def __init__(self, processor: Any) -> None:
+        import copy
+
+        self.inner = processor
+        self.image_size = int(processor.image_size)
+        self.mean = tuple(float(v) for v in processor.image_mean)
+        self.std = tuple(float(v) for v in processor.image_std)
+        self.processor = copy.copy(processor)
+        self.processor.preprocess_frames = self._uint8_frames
+
+    def _uint8_frames(self, frames: np.ndarray) -> Any:
+        import torch
+
+        if tuple(frames.shape[1:3]) == (self.image_size, self.image_size):
+            # A channels-last view: `collate`'s concatenation is the one copy that lays it out.
+            return torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2)
+        pixels = self.inner.preprocess_frames(frames)
+        mean = torch.tensor(self.mean).view(1, 3, 1, 1)
+        std = torch.tensor(self.std).view(1, 3, 1, 1)
+        return ((pixels * std + mean) * 255.0).round_().clamp_(0, 255).to(torch.uint8)
+
+    def encode_wds(self, sample_json: dict, frames: Any, *, mode: str | None = None) -> dict:
+        return self.processor.encode_wds(sample_json, frames, mode=mode)
+
+    def collate(self, items: list[dict]) -> dict:
+        return self.processor.collate(items)
+
+
+def normalize_pixels(pixels: Any, processor: Any) -> Any:
+    """uint8 `[n, 3, S, S]` from `Uint8FramesEncoder` -> the processor's float normalisation, on pixels' device."""
+    import torch
+
+    if pixels.dtype != torch.uint8:
+        return pixels
+    mean = torch.tensor(tuple(processor.image_mean), device=pixels.device).view(1, 3, 1, 1)
+    std = torch.tensor(tuple(processor.image_std), device=pixels.device).view(1, 3, 1, 1)
+    return (pixels.float() / 255.0 - mean) / std
 
 
 # ---------------------------------------------------------------- the dataset

@@ -34,7 +34,16 @@ import torch.distributed as dist
 
 from engine.errors import ConfigError
 from model.training import checkpointing
-from model.training.loader import LoaderSpec, LoaderState, TrainingStream, build_loader, count_samples, expand_shards
+from model.training.loader import (
+    LoaderSpec,
+    LoaderState,
+    TrainingStream,
+    Uint8FramesEncoder,
+    build_loader,
+    count_samples,
+    expand_shards,
+    normalize_pixels,
+)
 from model.training.recipes import TrainingRecipe, get_recipe
 
 LOGGER = logging.getLogger("model.training")
@@ -287,7 +296,7 @@ def train(recipe: TrainingRecipe, out: Path, *, resume: bool = False) -> dict[st
 
     spec = LoaderSpec(mixture=recipe.data, micro_batch=recipe.micro_batch, seed=recipe.seed, rank=runtime.rank,
                       world_size=runtime.world_size, num_workers=recipe.num_workers)
-    stream = TrainingStream(spec, processor, state=loader_state)
+    stream = TrainingStream(spec, Uint8FramesEncoder(processor), state=loader_state)
     batches = _micro_batches(build_loader(stream), accumulation)
     log = RunLog(out, enabled=runtime.is_main, total=steps, start=start_step)
     rejects_path = out / f"rejects-rank-{runtime.rank}.jsonl"
@@ -304,8 +313,9 @@ def train(recipe: TrainingRecipe, out: Path, *, resume: bool = False) -> dict[st
         for index, item in enumerate(micro):
             loader_state = loader_state.advanced(item["worker"], _position(item))
             bad_total += _record_bad(rejects_path, item["bad"], step)
-            batch = {key: value.to(runtime.device) if torch.is_tensor(value) else value
+            batch = {key: value.to(runtime.device, non_blocking=True) if torch.is_tensor(value) else value
                      for key, value in item["batch"].items()}
+            batch["pixel_values"] = normalize_pixels(batch["pixel_values"], processor)
             last_micro = index == len(micro) - 1
             if hasattr(model, "set_requires_gradient_sync"):
                 model.set_requires_gradient_sync(last_micro)

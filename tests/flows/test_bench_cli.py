@@ -50,6 +50,7 @@ def test_bench_q_with_a_vlm_server_writes_report(app: typer.Typer, bench_dir: Pa
     answers = [e["Answer"] for e in json.loads((bench_dir / "VideoRefer-Bench-Q.json").read_text())[:4]]
     assert report["score"]["overall"]["correct"] == sum(a.startswith("(B)") for a in answers)
     assert report["items"] == 4 and report["model"] == "vlm-stub"
+    assert report["run"]["vlm_prompt_tokens"] > 0 and report["run"]["vlm_completion_tokens"] == 4
     markdown = (out / "q-single.report.md").read_text()
     assert "| VideoRefer-7B (paper) | single |" in markdown and "| **vlm-stub (ours)** | single |" in markdown
     assert len((out / "q-single.predictions.jsonl").read_text().splitlines()) == 4
