@@ -133,7 +133,15 @@ def load_released_weights(
     expect: Iterable[str] = (),
 ) -> LoadReport:
     """Copy released-layout tensors into `model`; `expect` names groups that must be complete (else ConfigError)."""
-    ours = model.state_dict()
+    report, mapped = _match(model.state_dict(), state, expect)
+    model.load_state_dict(mapped, strict=False)
+    return report
+
+
+def _match(
+    ours: Mapping[str, torch.Tensor], state: Mapping[str, torch.Tensor], expect: Iterable[str]
+) -> tuple[LoadReport, dict[str, torch.Tensor]]:
+    """Released tensors under our names, checked against our shapes (works on a meta-device model's state)."""
     mapped: dict[str, torch.Tensor] = {}
     unexpected = []
     for key, tensor in state.items():
@@ -149,12 +157,12 @@ def load_released_weights(
                 " (wrong preset / vocabulary size?)"
             )
         mapped[name] = tensor
-    model.load_state_dict(mapped, strict=False)
     wanted = tuple(_GROUP_PREFIXES[group] for group in expect)
     missing = tuple(sorted(name for name in ours if name.startswith(wanted) and name not in mapped)) if wanted else ()
     if missing:
         raise ConfigError(f"checkpoint lacks {len(missing)} weights of {sorted(expect)}, e.g. {missing[:3]}")
-    return LoadReport(loaded=tuple(sorted(mapped)), unexpected=tuple(sorted(unexpected)), missing=missing)
+    report = LoadReport(loaded=tuple(sorted(mapped)), unexpected=tuple(sorted(unexpected)), missing=missing)
+    return report, mapped
 
 
 def load_released_checkpoint(model: nn.Module, path: str | Path) -> LoadReport:
@@ -200,15 +208,24 @@ def convert_release(
     `output_dir` and moved in last.
     """
     from transformers import AutoTokenizer
+    from transformers.initialization import no_init_weights
 
     from model.configuration import preset
     from model.modeling import VideoReferForCausalLM
     from model.processing import VideoReferProcessor
 
     config = config if config is not None else preset("7b")
-    model = VideoReferForCausalLM._from_config(config, dtype=dtype)
-    load_released_checkpoint(model, checkpoint)
-    load_vision_tower(model, vision_tower)
+    released, siglip = read_checkpoint(checkpoint), read_checkpoint(vision_tower)
+    # Check names and shapes on a weightless skeleton first: a wrong preset fails in seconds, not after
+    # allocating billions of parameters.
+    with torch.device("meta"):
+        skeleton = VideoReferForCausalLM(config).state_dict()
+    _match(skeleton, released, ("llm", "connector", "object_encoder"))
+    _match(skeleton, siglip, ("vision",))
+    with no_init_weights():  # every parameter is overwritten below
+        model = VideoReferForCausalLM._from_config(config, dtype=dtype)
+    load_released_weights(model, released, expect=("llm", "connector", "object_encoder"))
+    load_released_weights(model, siglip, expect=("vision",))
     tokenizer_dir = Path(tokenizer) if tokenizer is not None else Path(checkpoint)
     if tokenizer_dir.is_file():
         tokenizer_dir = tokenizer_dir.parent

@@ -112,7 +112,8 @@ def test_model_convert_turns_a_released_layout_into_a_loadable_folder(tmp_path) 
     result = runner.invoke(app, [*args, "--out", str(tmp_path / "out"), "--dtype", "float32"])
     assert result.exit_code == 0, result.output
     loaded = VideoReferForCausalLM.from_pretrained(tmp_path / "out")
-    assert all(torch.equal(a, b) for a, b in zip(source.state_dict().values(), loaded.state_dict().values(), strict=True))
+    pairs = zip(source.state_dict().values(), loaded.state_dict().values(), strict=True)
+    assert all(torch.equal(a, b) for a, b in pairs)
     wrong = runner.invoke(app, ["model", "convert", "--checkpoint", str(release), "--vision-tower", str(siglip),
                                 "--out", str(tmp_path / "bad")])  # 7b shapes do not fit tiny weights
     assert wrong.exit_code == 1

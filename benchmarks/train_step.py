@@ -1,0 +1,202 @@
+"""Training step time and peak memory: a tiny VideoRefer on CPU, or a Qwen2-0.5B-sized stage-3 step on CUDA.
+
+CPU (default): the tiny preset, stage-3 trainable groups, a micro-batch of synthetic samples encoded by the real
+processor; reports the mean step time (forward + backward + AdamW) over `--steps` after a warm-up, the process's
+peak resident memory, and as a same-run baseline the step time of the bare tiny Qwen2 LLM on the same number of
+tokens (`ratio` = VideoRefer step / LLM-only step: what the vision tower, connector and object encoder add).
+
+`--cuda`: SigLIP so400m at 384 px (frozen) + STC connector + a Qwen2-0.5B-sized LLM (24 layers, hidden 896),
+16 frames per sample, bf16 autocast, flash-attention 2 when installed (SDPA otherwise); reports tokens/s, peak
+GPU memory and MFU (FLOPs of one step counted by `torch.utils.flop_counter` over the step time and the GPU's peak
+dense bf16 rate, `--peak-tflops` or a table of known GPUs). Prints ONE JSON line either way.
+
+    .venv/bin/python benchmarks/train_step.py [--steps 10] [--micro-batch 4]
+    python benchmarks/train_step.py --cuda [--micro-batch 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+# Peak dense bf16 FLOP/s of known GPUs (no sparsity).
+PEAK_BF16 = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L40S": 362e12, "A10": 125e12}
+
+QWEN2_0_5B_SIZES = {
+    "hidden_size": 896,
+    "intermediate_size": 4864,
+    "num_hidden_layers": 24,
+    "num_attention_heads": 14,
+    "num_key_value_heads": 2,
+    "tie_word_embeddings": True,
+}
+
+
+def _batch(processor, *, samples: int, frames: int, size: int) -> dict:
+    import numpy as np
+
+    from model.training.synthetic import synthetic_sample
+    from storage.samples import sample_to_json
+
+    items = []
+    for index in range(samples):
+        sample, images = synthetic_sample(index, frames=frames, size=size, multi_frame=index % 2 == 0)
+        items.append(processor.encode_wds(sample_to_json(sample), np.stack(images)))
+    return processor.collate(items)
+
+
+def _build(preset: str, device: str, llm_layers: int | None):
+    import torch
+
+    from model.configuration import QWEN2_7B_WITH_REGION, TINY_SPECIAL_TOKENS, VideoReferConfig
+    from model.modeling import VideoReferForCausalLM, default_attn_implementation, set_trainable
+    from model.processing import VideoReferProcessor, build_tiny_tokenizer
+
+    tokenizer = build_tiny_tokenizer()
+    if preset == "tiny":
+        config = VideoReferConfig.preset("tiny")
+    else:
+        text = {**QWEN2_7B_WITH_REGION, **QWEN2_0_5B_SIZES}
+        if llm_layers:
+            text["num_hidden_layers"] = llm_layers
+        # The tiny tokenizer's ids (all < 512) stand in for Qwen2's; only `<region>`'s id has to agree.
+        config = VideoReferConfig.preset("7b", text_config=text,
+                                         region_token_id=TINY_SPECIAL_TOKENS.index("<region>"))
+    config._attn_implementation = default_attn_implementation(device)
+    torch.manual_seed(0)
+    model = VideoReferForCausalLM(config).to(device)
+    set_trainable(model, {"connector", "object_encoder", "llm"})
+    model.train()
+    processor = VideoReferProcessor.from_config(tokenizer, config)
+    return model, processor, config
+
+
+def _step_fn(model, batch, optimizer, autocast):
+    import torch
+
+    def step() -> None:
+        with autocast():
+            loss = model(**batch).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], 1.0)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    return step
+
+
+def _time(step, steps: int, sync) -> float:
+    step()
+    sync()
+    started = time.perf_counter()
+    for _ in range(steps):
+        step()
+    sync()
+    return (time.perf_counter() - started) / steps
+
+
+def _peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+
+
+def run_cpu(args: argparse.Namespace) -> dict:
+    import contextlib
+
+    import torch
+
+    torch.set_num_threads(args.threads)
+    model, processor, config = _build("tiny", "cpu", None)
+    batch = _batch(processor, samples=args.micro_batch, frames=4, size=config.image_size)
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
+    rss_before = _peak_rss_mb()
+    step_s = _time(_step_fn(model, batch, optimizer, contextlib.nullcontext), args.steps, lambda: None)
+    peak_rss = _peak_rss_mb()
+
+    # Baseline: the same LLM on text only, as many tokens per sequence.
+    llm = model.language_model
+    ids = torch.randint(4, config.vocab_size, batch["input_ids"].shape)
+    llm_optimizer = torch.optim.AdamW(llm.parameters(), lr=1e-4)
+
+    def llm_step() -> None:
+        llm(input_ids=ids, labels=ids).loss.backward()
+        llm_optimizer.step()
+        llm_optimizer.zero_grad(set_to_none=True)
+
+    llm_s = _time(llm_step, args.steps, lambda: None)
+    tokens = int(batch["attention_mask"].sum())
+    return {
+        "benchmark": "train_step", "device": "cpu", "preset": "tiny", "threads": args.threads,
+        "micro_batch": args.micro_batch, "tokens_per_step": tokens, "step_s": round(step_s, 4),
+        "tokens_per_s": round(tokens / step_s, 1), "llm_only_step_s": round(llm_s, 4),
+        "ratio_vs_llm_only": round(step_s / llm_s, 2), "peak_rss_mb": round(peak_rss, 1),
+        "rss_before_steps_mb": round(rss_before, 1),
+        "parameters": sum(p.numel() for p in model.parameters()),
+    }
+
+
+def run_cuda(args: argparse.Namespace) -> dict:
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    device = args.device or "cuda"
+    on_cuda = device.startswith("cuda")
+    model, processor, config = _build("0.5b", device, args.llm_layers)
+    batch = _batch(processor, samples=args.micro_batch, frames=args.frames, size=config.image_size)
+    batch = {k: v.to(device) for k, v in batch.items()}
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-5, fused=on_cuda)
+    dtype = torch.bfloat16 if on_cuda else torch.float32
+
+    def autocast():
+        return torch.autocast(device_type="cuda" if on_cuda else "cpu", dtype=dtype, enabled=on_cuda)
+
+    sync = torch.cuda.synchronize if on_cuda else (lambda: None)
+    step = _step_fn(model, batch, optimizer, autocast)
+    step()  # warm-up (allocator, kernels)
+    with FlopCounterMode(display=False) as counter:
+        step()
+    flops = counter.get_total_flops()
+    if on_cuda:
+        torch.cuda.reset_peak_memory_stats()
+    step_s = _time(step, args.steps, sync)
+    tokens = int(batch["attention_mask"].sum())
+    name = torch.cuda.get_device_name() if on_cuda else "cpu"
+    peak = args.peak_tflops * 1e12 if args.peak_tflops else next(
+        (value for key, value in PEAK_BF16.items() if key in name), None)
+    return {
+        "benchmark": "train_step", "device": name, "preset": "siglip-so400m + qwen2-0.5b-sized, stage 3",
+        "attn_implementation": config._attn_implementation, "frames": args.frames,
+        "micro_batch": args.micro_batch, "tokens_per_step": tokens, "step_s": round(step_s, 4),
+        "tokens_per_s": round(tokens / step_s, 1), "flops_per_step": flops,
+        "mfu": round(flops / step_s / peak, 4) if peak else None,
+        "peak_gpu_memory_gb": round(torch.cuda.max_memory_allocated() / 2**30, 2) if on_cuda else None,
+        "peak_rss_mb": round(_peak_rss_mb(), 1),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--cuda", action="store_true", help="the Qwen2-0.5B-sized stage-3 step on a GPU")
+    parser.add_argument("--device", default=None, help="with --cuda: another device (cpu checks the code path)")
+    parser.add_argument("--llm-layers", type=int, default=None, help="with --cuda: fewer LLM layers (smoke runs)")
+    parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--micro-batch", type=int, default=4)
+    parser.add_argument("--frames", type=int, default=16)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--peak-tflops", type=float, default=None, help="the GPU's peak dense bf16 TFLOP/s")
+    args = parser.parse_args()
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    with tempfile.TemporaryDirectory():
+        result = run_cuda(args) if args.cuda else run_cpu(args)
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
