@@ -68,6 +68,7 @@ def run_phase(root: str, manifest: str, config: str) -> dict:
         "shards": stages["export"]["shards"],
         "clips_ingested": stages["ingest"]["items_out"],
         "samples": stages["export"]["items_out"],
+        "stage_seconds": {name: round(row["seconds"], 2) for name, row in stages.items()},
     }
 
 
@@ -127,6 +128,8 @@ def main() -> None:
         "peak_rss_mb": round(n["peak_rss_mb"], 1),
         "peak_rss_mb_4n": round(big["peak_rss_mb"], 1),
         "rss_growth": round(growth, 4),
+        "stage_seconds": n["stage_seconds"],
+        "stage_seconds_4n": big["stage_seconds"],
         "targets_met": {
             "clips_per_s>=50": n["clips_per_s"] >= 50,
             "task_runs==1+stages*shards": n["task_runs"] == n["expected_task_runs"]

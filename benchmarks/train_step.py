@@ -122,7 +122,7 @@ def run_cpu(args: argparse.Namespace) -> dict:
 
     # Baseline: the same LLM on text only, as many tokens per sequence.
     llm = model.language_model
-    ids = torch.randint(4, config.vocab_size, batch["input_ids"].shape)
+    ids = torch.randint(4, int(config.text_config.vocab_size), batch["input_ids"].shape)
     llm_optimizer = torch.optim.AdamW(llm.parameters(), lr=1e-4)
 
     def llm_step() -> None:

@@ -67,8 +67,9 @@ def test_only_flows_imports_prefect() -> None:
 
 def test_packages_resolve_inside_the_repo() -> None:
     # The PyPI package `openai-agents` also installs a top-level `agents`: ours must win.
-    code = "import json, importlib; print(json.dumps({p: importlib.import_module(p).__file__ for p in %r}))" % (
-        list(PACKAGES),
+    code = (
+        "import json, importlib\n"
+        f"print(json.dumps({{p: importlib.import_module(p).__file__ for p in {list(PACKAGES)!r}}}))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd="/")
     for package, file in json.loads(out.stdout).items():
