@@ -56,8 +56,9 @@ from flows.pipeline.stages import (
 )
 
 # Stage tasks in flight at once on the default runner: a fixed bound, so memory does not grow with the number of
-# shards (each task holds one shard's records); override with VIDEOREFER_TASK_WORKERS.
-DEFAULT_TASK_WORKERS = 4
+# shards (each task holds one shard's records), and no more threads than cores compete for the GIL on CPU-bound
+# (fake / local) stages; raise it with VIDEOREFER_TASK_WORKERS when stages mostly wait on remote servers.
+DEFAULT_TASK_WORKERS = min(4, os.cpu_count() or 2)
 
 # Prefect retries on top of the backend's own retries, only for errors that may pass with time.
 TASK_RETRIES = 2
@@ -131,7 +132,7 @@ def needs_gpu(stage: str, config: EngineConfig) -> bool:
 
 
 def default_runner() -> ThreadPoolTaskRunner:
-    """Threads, at most `VIDEOREFER_TASK_WORKERS` (default 4) stage tasks at once."""
+    """Threads, at most `VIDEOREFER_TASK_WORKERS` (default: cores, at most 4) stage tasks at once."""
     return ThreadPoolTaskRunner(max_workers=int(os.environ.get("VIDEOREFER_TASK_WORKERS", DEFAULT_TASK_WORKERS)))
 
 

@@ -11,6 +11,7 @@ import json
 import os
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -108,22 +109,23 @@ def test_kill_and_resume_reproduces_the_uninterrupted_run(shards: str, tiny_mode
     reference = [e["loss"] for e in _train_here("tiny_stage3", shards, tmp_path / "a", init_from=tiny_model,
                                                 **settings)]
     out = tmp_path / "b"
-    command = torchrun_command(recipe="tiny_stage3", data=[shards], out=out, init_from=tiny_model,
-                               overrides={key: str(value) for key, value in settings.items()})
+    # The killed run is the loop in its own process (what each torchrun worker runs), killed with SIGKILL.
+    command = [sys.executable, "-m", "model.training.loop", "--recipe", "tiny_stage3", "--data", shards, "--out",
+               str(out), "--init-from", str(tiny_model), *_settings(settings)]
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
-                               env={**os.environ, "PYTHONPATH": str(REPO)})
+                               env={**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"})
     deadline = time.monotonic() + 200
     while time.monotonic() < deadline and process.poll() is None:
         if (out / "log.jsonl").is_file() and len(_log(out)) >= 4:
-            os.killpg(process.pid, signal.SIGKILL)  # torchrun and its workers, mid-run
+            os.killpg(process.pid, signal.SIGKILL)  # the trainer and its loader workers, mid-run
             break
         time.sleep(0.02)
     process.wait()
     assert process.returncode != 0 and not (out / "model").exists(), "the run finished before it could be killed"
     assert 4 <= len(_log(out)) < 8
 
-    resumed = [e["loss"] for e in _train_torchrun("tiny_stage3", shards, out, resume=True, init_from=tiny_model,
-                                                  **settings)]
+    resumed = [e["loss"] for e in _train_here("tiny_stage3", shards, out, resume=True, init_from=tiny_model,
+                                              **settings)]
     assert len(resumed) == 8
     assert resumed == pytest.approx(reference, rel=1e-5, abs=1e-6)
 
@@ -177,9 +179,10 @@ def test_stage3_output_loads_for_inference(chain: Path) -> None:
     assert [e["step"] for e in _log(chain / "tiny_stage3")] == [1, 2, 3]
 
 
-def test_a_failing_trainer_fails_the_command(shards: str, tmp_path: Path) -> None:
-    (tmp_path / "empty").mkdir()
-    result = CliRunner().invoke(app, ["train", "--recipe", "tiny_stage3", "--data", shards, "--out",
-                                      str(tmp_path / "out"), "--init-from", str(tmp_path / "empty")])
-    assert result.exit_code != 0  # the trainer finds no model to start from: torchrun fails, and so does the CLI
-    assert not (tmp_path / "out" / "model").exists()
+def test_a_failing_trainer_fails_the_command(shards: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # What torchrun exits with reaches the shell: a stand-in trainer command that exits 3 makes the CLI exit 3.
+    from model.training import launch
+
+    monkeypatch.setattr(launch, "torchrun_command", lambda **_: [sys.executable, "-c", "raise SystemExit(3)"])
+    result = CliRunner().invoke(app, ["train", "--recipe", "tiny_stage3", "--data", shards, "--out", str(tmp_path)])
+    assert result.exit_code == 3 and "exit code 3" in result.output
