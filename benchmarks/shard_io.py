@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -65,11 +67,32 @@ def synthetic_sample(index: int) -> Sample:
     )
 
 
+def paired_rounds(sides: dict[str, Callable[[str], object]], tars: list[str], rounds: int) -> dict[str, list[float]]:
+    """Seconds per side and round. Within a round every tar is timed on every side back to back, the order rotated
+    by round and tar (the first of a pair was measurably favoured), so a load swing of the shared machine hits all
+    sides of a pair alike; a round's ratio compares sides that ran interleaved over the same seconds."""
+    names = list(sides)
+    seconds = {name: [0.0] * rounds for name in names}
+    for round_index in range(rounds):
+        for tar_index, tar in enumerate(tars):
+            shift = (round_index + tar_index) % len(names)
+            for name in names[shift:] + names[:shift]:
+                start = time.perf_counter()
+                sides[name](tar)
+                seconds[name][round_index] += time.perf_counter() - start
+    return seconds
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--samples", type=int, default=200)
     parser.add_argument("--per-tar", type=int, default=20)
+    parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--cv2-threads", type=int, default=1, help="cv2.setNumThreads, the same for every side")
     args = parser.parse_args()
+    import cv2
+
+    cv2.setNumThreads(args.cv2_threads)  # process-wide: raw decoding and our reader run under the same setting
     rng = np.random.default_rng(0)
     inputs = [(synthetic_sample(i), synthetic_frames(rng)) for i in range(args.samples)]
     with tempfile.TemporaryDirectory() as directory:
@@ -79,38 +102,41 @@ def main() -> None:
                 if writer.write(sample, frames) is not None:
                     raise SystemExit("benchmark sample rejected")
         write_s = time.perf_counter() - start
+        del inputs
         tars = list_tars(directory)
         total_bytes = sum(Path(t).stat().st_size for t in tars)
-        jpegs = {t: [raw[k] for raw in read_raw(t) for k in sorted(raw) if k.endswith(".jpg")] for t in tars}
+        # The same JPEG bytes, held in memory per sample, for the raw side.
+        jpegs = {t: [[raw[k] for k in sorted(raw) if k.endswith(".jpg")] for raw in read_raw(t)] for t in tars}
 
-        import cv2
+        def decode(data: bytes) -> np.ndarray:
+            return cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_COLOR_RGB)
 
-        def raw_decode(tar: str) -> None:
-            for data in jpegs[tar]:
-                cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_COLOR_RGB)
+        def raw_decode(tar: str) -> int:
+            # Like a reader's consumer: a sample's frames stay alive together until the next sample is decoded.
+            count = 0
+            for sample_jpegs in jpegs[tar]:
+                frames = [decode(data) for data in sample_jpegs]
+                count += len(frames) > 0
+            return count
+
+        def raw_decode_discarding(tar: str) -> int:
+            # Each frame dropped as soon as it is decoded: the allocator reuses one hot buffer, no reader can.
+            for sample_jpegs in jpegs[tar]:
+                for data in sample_jpegs:
+                    decode(data)
+            return len(jpegs[tar])
 
         def read(tar: str) -> int:
             return sum(1 for _ in iter_samples(tar))
 
-        # The machine is shared and its load swings: each tar is timed both ways back to back, in alternating
-        # order (the first of a pair was measurably favoured), and the minimum per tar and side is kept.
-        raw_best = dict.fromkeys(tars, float("inf"))
-        read_best = dict.fromkeys(tars, float("inf"))
-        count = 0
-        for round_index in range(6):
-            count = 0
-            for tar in tars:
-                for side in ("raw", "read") if round_index % 2 == 0 else ("read", "raw"):
-                    start = time.perf_counter()
-                    if side == "raw":
-                        raw_decode(tar)
-                        raw_best[tar] = min(raw_best[tar], time.perf_counter() - start)
-                    else:
-                        count += read(tar)
-                        read_best[tar] = min(read_best[tar], time.perf_counter() - start)
-        assert count == args.samples
-        raw_s, read_s = sum(raw_best.values()), sum(read_best.values())
+        sides = {"raw": raw_decode, "raw_discarding": raw_decode_discarding, "read": read}
+        for tar in tars:  # warm-up, untimed: page cache, allocator, decoder initialisation
+            assert all(side(tar) == len(jpegs[tar]) for side in sides.values())
+        assert sum(read(tar) for tar in tars) == args.samples
+        seconds = paired_rounds(sides, tars, args.rounds)
     n = args.samples
+    ratios = [raw / read for raw, read in zip(seconds["raw"], seconds["read"], strict=True)]
+    ratios_discarding = [raw / read for raw, read in zip(seconds["raw_discarding"], seconds["read"], strict=True)]
     print(
         json.dumps(
             {
@@ -119,10 +145,16 @@ def main() -> None:
                 "frames_per_sample": FRAMES,
                 "frame_size": SIZE,
                 "write_samples_per_s": round(n / write_s, 1),
-                "read_samples_per_s": round(n / read_s, 1),
-                "raw_decode_samples_per_s": round(n / raw_s, 1),
-                "read_vs_raw_decode": round(raw_s / read_s, 3),
+                "read_samples_per_s": round(n / statistics.median(seconds["read"]), 1),
+                "raw_decode_samples_per_s": round(n / statistics.median(seconds["raw"]), 1),
+                "read_vs_raw_decode": round(statistics.median(ratios), 3),
                 "bytes_per_sample": total_bytes // n,
+                "rounds": args.rounds,
+                "cv2_threads": args.cv2_threads,
+                "read_vs_raw_decode_per_round": [round(r, 3) for r in ratios],
+                "raw_decode_discarding_samples_per_s": round(n / statistics.median(seconds["raw_discarding"]), 1),
+                "read_vs_raw_decode_discarding": round(statistics.median(ratios_discarding), 3),
+                "read_vs_raw_decode_discarding_per_round": [round(r, 3) for r in ratios_discarding],
             }
         )
     )

@@ -13,11 +13,12 @@ from __future__ import annotations
 
 import io
 import json
+import mmap
 import posixpath
 import tarfile
 from collections import Counter
-from collections.abc import Iterable, Iterator
-from contextlib import ExitStack
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import ExitStack, suppress
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -282,28 +283,53 @@ def _pax_path(data: bytes) -> str | None:
     return None
 
 
-def iter_tar_members(handle: BinaryIO) -> Iterator[tuple[str, bytes]]:
-    """(name, payload) of every regular file of a tar stream, read sequentially.
+_END_BLOCK = bytes(512)
 
-    A small parser of the ustar format (plus GNU long names and pax paths, which other tools may write) instead of
-    `tarfile`, whose per-member overhead was a tenth of the reading time in benchmarks/shard_io.py.
-    """
-    long_name: str | None = None
+
+def _checked_size(header: bytes) -> int:
+    if _octal(header[148:156]) != sum(header[:148]) + 256 + sum(header[156:]):
+        raise ValueError("corrupt tar header (checksum mismatch)")
+    return _octal(header[124:136])
+
+
+def _stream_entries(handle: BinaryIO) -> Iterator[tuple[bytes, bytes]]:
+    # (header, payload) of every tar entry, read sequentially from a file object.
     while True:
         header = handle.read(512)
-        if len(header) < 512 or header == bytes(512):
+        if len(header) < 512 or header == _END_BLOCK:
             return
-        if _octal(header[148:156]) != sum(header[:148]) + 256 + sum(header[156:]):
-            raise ValueError("corrupt tar header (checksum mismatch)")
-        size = _octal(header[124:136])
-        kind = header[156:157]
+        size = _checked_size(header)
         payload = handle.read(size)
         if len(payload) < size:
             raise ValueError("truncated tar member")
         if size % 512:
             handle.read(512 - size % 512)
+        yield header, payload
+
+
+def _buffer_entries(view: memoryview) -> Iterator[tuple[bytes, memoryview]]:
+    # (header, payload) of every tar entry of a tar in memory or memory-mapped; payloads are views, not copies.
+    position, end = 0, len(view)
+    while position + 512 <= end:
+        header = bytes(view[position : position + 512])
+        if header == _END_BLOCK:
+            return
+        size = _checked_size(header)
+        start = position + 512
+        if start + size > end:
+            raise ValueError("truncated tar member")
+        yield header, view[start : start + size]
+        position = start + -(-size // 512) * 512
+
+
+def _files(entries: Iterable[tuple[bytes, Any]]) -> Iterator[tuple[str, Any]]:
+    # The regular files among the entries, named by their ustar prefix, GNU long name or pax path when present.
+    long_name: str | None = None
+    for header, payload in entries:
+        kind = header[156:157]
         if kind in (b"L", b"x"):
-            long_name = payload.rstrip(b"\0").decode("utf-8") if kind == b"L" else _pax_path(payload)
+            data = bytes(payload)
+            long_name = data.rstrip(b"\0").decode("utf-8") if kind == b"L" else _pax_path(data)
             continue
         if kind not in (b"0", b"\0", b"7"):
             long_name = None
@@ -318,7 +344,16 @@ def iter_tar_members(handle: BinaryIO) -> Iterator[tuple[str, bytes]]:
         yield name, payload
 
 
-def _grouped(members: Iterable[tuple[str, bytes]]) -> Iterator[dict[str, Any]]:
+def iter_tar_members(handle: BinaryIO) -> Iterator[tuple[str, bytes]]:
+    """(name, payload) of every regular file of a tar stream, read sequentially.
+
+    A small parser of the ustar format (plus GNU long names and pax paths, which other tools may write) instead of
+    `tarfile`, whose per-member overhead was a tenth of the reading time in benchmarks/shard_io.py.
+    """
+    return _files(_stream_entries(handle))
+
+
+def _grouped(members: Iterable[tuple[str, Any]]) -> Iterator[dict[str, Any]]:
     # WebDataset's rule: consecutive members sharing the name up to the first dot form one sample.
     current: dict[str, Any] | None = None
     for name, payload in members:
@@ -342,28 +377,73 @@ def _open_binary(path: str | Path) -> BinaryIO:
     return fsspec.open(text, "rb").open()
 
 
+def _members(path: str | Path) -> Iterator[tuple[str, Any]]:
+    # Local tars are memory-mapped: no read call and no copy per member, payloads are views of the page cache.
+    # Other URLs (and files that cannot be mapped) are streamed through fsspec with bytes payloads.
+    text = str(path)
+    if "://" in text:
+        with _open_binary(text) as handle:
+            yield from iter_tar_members(handle)
+        return
+    with open(text, "rb") as handle:
+        try:
+            mapped = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ)
+        except (ValueError, OSError):  # empty file or not mappable (a pipe, some network file systems)
+            yield from iter_tar_members(handle)
+            return
+    if hasattr(mapped, "madvise"):
+        mapped.madvise(mmap.MADV_SEQUENTIAL)
+    try:
+        yield from _files(_buffer_entries(memoryview(mapped)))
+    finally:
+        with suppress(BufferError):  # a caller still holds a payload view: unmapped once that is collected
+            mapped.close()
+
+
 def read_raw(path: str | Path) -> Iterator[dict[str, Any]]:
     """Raw samples of one tar (local path or fsspec URL): `{"__key__": key, "json": bytes, "00.jpg": bytes, ...}`."""
-    with _open_binary(path) as handle:
-        yield from _grouped(iter_tar_members(handle))
+    yield from _grouped((name, bytes(payload)) for name, payload in _members(path))
 
 
 def read_raw_bytes(data: bytes) -> Iterator[dict[str, Any]]:
     """Raw samples of a tar held in memory (see `read_raw`)."""
-    yield from _grouped(iter_tar_members(io.BytesIO(data)))
+    yield from _grouped((name, bytes(payload)) for name, payload in _files(_buffer_entries(memoryview(data))))
+
+
+def decode_frames(jpegs: Sequence[bytes | memoryview]) -> list[np.ndarray]:
+    """RGB uint8 frames `[h, w, 3]` of JPEGs (bytes or memoryviews); frames of one size share one `[n, h, w, 3]` block.
+
+    One block per sample instead of one allocation per frame: with separate frame-sized arrays the allocator
+    handed memory back to the OS between samples and page faults cost up to a third of the read time in
+    benchmarks/shard_io.py on a loaded machine.
+    """
+    import cv2
+
+    frames: list[np.ndarray] = []
+    block: np.ndarray | None = None
+    for index, data in enumerate(jpegs):
+        image = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_COLOR_RGB)
+        if image is None:
+            raise ValueError("undecodable JPEG")
+        if block is None:
+            block = np.empty((len(jpegs), *image.shape), dtype=image.dtype)
+        if image.shape == block.shape[1:]:
+            block[index] = image
+            image = block[index]
+        frames.append(image)
+    return frames
 
 
 def decode_raw(raw: dict[str, Any]) -> tuple[Sample, list[np.ndarray]]:
     """A raw sample from `read_raw` as the `Sample` and its RGB frames in order."""
-    sample = sample_from_json(json.loads(raw["json"]))
-    names = sorted(name for name in raw if name.endswith(".jpg"))
-    return sample, [decode_jpeg(raw[name]) for name in names]
+    sample = sample_from_json(json.loads(bytes(raw["json"])))
+    return sample, decode_frames([raw[name] for name in sorted(name for name in raw if name.endswith(".jpg"))])
 
 
 def iter_samples(paths: str | Path | Iterable[str | Path]) -> Iterator[tuple[Sample, list[np.ndarray]]]:
     """Every sample of the given tars, in order, with its decoded RGB uint8 frames."""
     for path in _as_list(paths):
-        for raw in read_raw(path):
+        for raw in _grouped(_members(path)):
             yield decode_raw(raw)
 
 

@@ -10,7 +10,10 @@ Content-Length, and response bodies are read by Content-Length, chunked encoding
 asked for with `Accept-Encoding: identity`, so no decoding is needed. Timeouts from the request become httpx2's
 `ConnectTimeout` / `WriteTimeout` / `ReadTimeout`, and socket failures `ConnectError` / `ReadError` /
 `RemoteProtocolError`, which the OpenAI client turns into its timeout and connection errors as usual.
-Plain `http://` only, no proxies: `https://` APIs keep the client's default transport.
+Plain `http://` only, no proxies: `https://` APIs keep the client's default transport. `LeanAsyncClient` is
+the `httpx2.AsyncClient` to put in front of it: for the plain requests the OpenAI client makes (bytes body, no
+auth flow, cookies, hooks or mounts) it skips httpx2's per-request URL re-parsing, header re-merging and
+redirect/auth machinery, and falls back to the full client for anything else.
 """
 
 from __future__ import annotations
@@ -20,9 +23,12 @@ import contextlib
 from typing import Any
 
 import httpx2
+from httpx2 import USE_CLIENT_DEFAULT
 
 # Idle connections kept per host beyond this are closed: more than the most requests ever in flight is waste.
 _MAX_IDLE_PER_HOST = 512
+# Request headers this transport writes itself (framing and encoding), whatever the request carried.
+_FRAMING_HEADERS = frozenset((b"content-length", b"transfer-encoding", b"accept-encoding", b"connection"))
 
 
 class PooledHttp11Transport(httpx2.AsyncBaseTransport):
@@ -38,10 +44,13 @@ class PooledHttp11Transport(httpx2.AsyncBaseTransport):
         key = (request.url.host, request.url.port or 80)
         reader, writer = await self._connection(key, timeouts.get("connect"))
         try:
-            await _with_timeout(self._send(request, writer), timeouts.get("write"), httpx2.WriteTimeout, request)
-            status, headers, content, keep_alive = await _with_timeout(
-                _read_response(reader, request.method), timeouts.get("read"), httpx2.ReadTimeout, request
-            )
+            await self._send(request, writer, timeouts.get("write"))
+            read_timeout = timeouts.get("read")
+            try:
+                async with asyncio.timeout(read_timeout):  # a deadline on this task: no extra task, one timer
+                    status, headers, content, keep_alive = await _read_response(reader, request.method)
+            except TimeoutError as exc:
+                raise httpx2.ReadTimeout(f"no read progress within {read_timeout}s", request=request) from exc
         except BaseException:
             writer.close()
             raise
@@ -77,21 +86,26 @@ class PooledHttp11Transport(httpx2.AsyncBaseTransport):
         except OSError as exc:
             raise httpx2.ConnectError(f"cannot connect to {key[0]}:{key[1]}: {exc.strerror or exc}") from exc
 
-    async def _send(self, request: httpx2.Request, writer: asyncio.StreamWriter) -> None:
-        body = await request.aread()
-        lines = [f"{request.method} {request.url.raw_path.decode('ascii')} HTTP/1.1"]
-        for name, value in request.headers.raw:
-            lowered = name.lower()
-            if lowered in (b"content-length", b"transfer-encoding", b"accept-encoding", b"connection"):
-                continue
-            lines.append(f"{name.decode('latin-1')}: {value.decode('latin-1')}")
-        if body or request.method in ("POST", "PUT", "PATCH"):
-            lines.append(f"Content-Length: {len(body)}")
-        lines.append("Accept-Encoding: identity")
-        head = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+    async def _send(self, request: httpx2.Request, writer: asyncio.StreamWriter, timeout: float | None) -> None:
         try:
-            writer.write(head + body)
-            await writer.drain()
+            body = request.content
+        except httpx2.RequestNotRead:
+            body = await request.aread()
+        lines = [b"%s %s HTTP/1.1" % (request.method.encode("ascii"), request.url.raw_path)]
+        for name, value in request.headers.raw:
+            if name.lower() not in _FRAMING_HEADERS:
+                lines.append(name + b": " + value)
+        if body or request.method in ("POST", "PUT", "PATCH"):
+            lines.append(b"Content-Length: %d" % len(body))
+        lines.append(b"Accept-Encoding: identity\r\n\r\n")
+        try:
+            writer.write(b"\r\n".join(lines) + body)
+            # A request the socket took whole needs no waiting (the usual case): no timer, no drain.
+            if writer.transport.get_write_buffer_size() or writer.transport.is_closing():
+                async with asyncio.timeout(timeout):
+                    await writer.drain()
+        except TimeoutError as exc:
+            raise httpx2.WriteTimeout(f"no write progress within {timeout}s", request=request) from exc
         except OSError as exc:
             raise httpx2.WriteError(f"sending the request failed: {exc}") from exc
 
@@ -150,10 +164,73 @@ async def _read_chunked(reader: asyncio.StreamReader) -> bytes:
         await reader.readexactly(2)  # the CRLF after each chunk
 
 
-async def _with_timeout(awaitable: Any, seconds: float | None, error: type[Exception], request: httpx2.Request) -> Any:
-    try:
-        async with asyncio.timeout(seconds):  # a deadline on this task, cheaper than wait_for's extra task
-            return await awaitable
-    except TimeoutError as exc:
-        raise error(f"no {error.__name__.removesuffix('Timeout').lower()} progress within {seconds}s",
-                    request=request) from exc
+class LeanAsyncClient(httpx2.AsyncClient):
+    """An `httpx2.AsyncClient` with a short path for plain requests; see the module docstring.
+
+    The short path applies to a request with a `str` URL, a `bytes` (or no) body and nothing else to merge
+    (no params, cookies, files, form data or extensions), sent without auth, event hooks, mounts or streaming.
+    It builds the same `Request` the full client would (client headers overridden by the request's, then
+    `Host` and `Content-Length`), and sends it straight to the transport. Redirects are not followed on the
+    short path (the OpenAI client turns a 3xx into a status error).
+    """
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._parsed_urls: dict[str, httpx2.URL] = {}
+
+    def build_request(  # type: ignore[override]
+        self,
+        method: str,
+        url: httpx2.URL | str,
+        *,
+        content: Any = None,
+        headers: Any = None,
+        timeout: Any = USE_CLIENT_DEFAULT,
+        **others: Any,
+    ) -> httpx2.Request:
+        plain = isinstance(url, str) and (content is None or isinstance(content, bytes))
+        if not plain or any(value is not None for value in others.values()) or self.params or self.cookies:
+            return super().build_request(method, url, content=content, headers=headers, timeout=timeout, **others)
+        target = self._parsed_urls.get(url)
+        if target is None:
+            target = self._merge_url(url)
+            if len(self._parsed_urls) < 64:  # the few endpoints a client talks to; never an unbounded cache
+                self._parsed_urls[url] = target
+        merged = {name.lower(): (name, value) for name, value in self.headers.raw}
+        for name, value in httpx2.Headers(headers).raw:
+            merged[name.lower()] = (name, value)
+        body = b"" if content is None else content
+        auto = [(b"Host", target.netloc)] if b"host" not in merged else []
+        if body or method.upper() in ("POST", "PUT", "PATCH", "QUERY"):
+            merged[b"content-length"] = (b"Content-Length", b"%d" % len(body))
+        limits = self.timeout if timeout is USE_CLIENT_DEFAULT else httpx2.Timeout(timeout)
+        request = httpx2.Request(
+            method,
+            target,
+            headers=httpx2.Headers(auto + list(merged.values())),
+            stream=httpx2.ByteStream(body),
+            extensions={"timeout": limits.as_dict()},
+        )
+        request.read()  # a bytes body: nothing to wait for, and `request.content` is then available
+        return request
+
+    async def send(  # type: ignore[override]
+        self,
+        request: httpx2.Request,
+        *,
+        stream: bool = False,
+        auth: Any = USE_CLIENT_DEFAULT,
+        follow_redirects: Any = USE_CLIENT_DEFAULT,
+    ) -> httpx2.Response:
+        hooks = self._event_hooks
+        if (
+            stream or self.auth is not None or auth is not USE_CLIENT_DEFAULT or self._mounts
+            or hooks["request"] or hooks["response"] or self.is_closed
+        ):
+            return await super().send(request, stream=stream, auth=auth, follow_redirects=follow_redirects)
+        response = await self._transport.handle_async_request(request)
+        response.request = request
+        if "set-cookie" in response.headers:
+            self.cookies.extract_cookies(response)
+        await response.aread()
+        return response

@@ -8,9 +8,11 @@ A backend that stays down raises `BackendUnavailableError` (fail the run); a req
 bad (other 4xx) raises `InvalidReplyError` (reject the item); bad credentials or an unknown model/URL raise
 `ConfigError`. Tokens, requests and retries are counted on the backend (`usage`). The API key is read from the
 environment variable the config names and never appears in reprs, logs or error messages. Requests go out
-through the client's documented raw `post` (no second validation of our own payload, no pydantic reply
-models) and, for plain-http servers such as vLLM, over `PooledHttp11Transport` (`config.transport`), because at
-hundreds of requests per second the client's own bookkeeping, not the server, is what limits the rate.
+through the client's documented raw `post` with the body already serialised (`content=`) and the raw
+`httpx2.Response` back (`cast_to`), whose JSON we read ourselves (no second validation of our own payload, no
+pydantic reply models), and, for plain-http servers such as vLLM, over `PooledHttp11Transport` behind
+`LeanAsyncClient` (`config.transport`), because at hundreds of requests per second the client's own
+bookkeeping, not the server, is what limits the rate.
 """
 
 from __future__ import annotations
@@ -83,6 +85,8 @@ class OpenAIChatBackend:
         self._counts: dict[str, Any] = dict.fromkeys(ChatUsage.__slots__, 0)
         self._counts["retry_wait_s"] = 0.0
         self._in_flight = 0
+        self._completions_url = ""
+        self._raw_response: Any = None
 
     def __repr__(self) -> str:
         return (
@@ -105,7 +109,8 @@ class OpenAIChatBackend:
     # ------------------------------------------------------------ protocol
 
     async def complete(self, request: ChatRequest) -> ChatReply:
-        payload = chat_completion_payload(request, self.config)
+        # Serialised once here, so that retries re-send the same bytes and the client never copies a dict.
+        payload = chat_completion_body(request, self.config)
         self._counts["requests"] += 1
         try:
             reply = await self._complete_with_retries(payload)
@@ -140,15 +145,14 @@ class OpenAIChatBackend:
         """The client and semaphore of the running event loop (both are bound to a loop: a new loop, new ones)."""
         loop = asyncio.get_running_loop()
         if self._loop is not loop or self._client is None or self._semaphore is None:
+            import httpx2
             from openai import AsyncOpenAI
 
             extra: dict[str, Any] = {}
             if self.uses_pooled_transport:
-                import httpx2
+                from agents.backends.http_transport import LeanAsyncClient, PooledHttp11Transport
 
-                from agents.backends.http_transport import PooledHttp11Transport
-
-                extra["http_client"] = httpx2.AsyncClient(transport=PooledHttp11Transport(), trust_env=False)
+                extra["http_client"] = LeanAsyncClient(transport=PooledHttp11Transport(), trust_env=False)
             self._client = AsyncOpenAI(
                 api_key=self._api_key,
                 base_url=self.config.base_url,
@@ -156,11 +160,16 @@ class OpenAIChatBackend:
                 max_retries=0,  # retries happen here, where they are counted and the backoff is ours
                 **extra,
             )
+            # The endpoint as an absolute URL, joined the way the client joins a relative path: the client
+            # then uses it as is instead of re-joining it to `base_url` on every request.
+            base = self._client.base_url
+            self._completions_url = str(base.copy_with(raw_path=base.raw_path + b"chat/completions"))
+            self._raw_response = httpx2.Response  # `cast_to` this: the reply as received, parsed by `_reply`
             self._semaphore = asyncio.Semaphore(self.config.max_in_flight)
             self._loop = loop
         return self._client, self._semaphore
 
-    async def _complete_with_retries(self, payload: dict[str, Any]) -> ChatReply:
+    async def _complete_with_retries(self, payload: bytes) -> ChatReply:
         client, semaphore = self._connection()
         attempt = 0
         while True:
@@ -176,29 +185,29 @@ class OpenAIChatBackend:
                 await asyncio.sleep(delay)
                 attempt += 1
 
-    async def _attempt(self, client: Any, semaphore: asyncio.Semaphore, payload: dict[str, Any]) -> ChatReply:
+    async def _attempt(self, client: Any, semaphore: asyncio.Semaphore, payload: bytes) -> ChatReply:
         async with semaphore:
             self._in_flight += 1
             self._counts["attempts"] += 1
             self._counts["max_in_flight"] = max(self._counts["max_in_flight"], self._in_flight)
             started = time.perf_counter()
             try:
-                # The client's documented raw `post` with `cast_to=str`: its status-code errors, timeouts and
-                # connection handling, without re-validating our own payload and building pydantic models of the
-                # reply (that costs about a millisecond of CPU per request, the limit at hundreds of requests/s).
-                body = await client.post("/chat/completions", body=payload, cast_to=str)
+                # The client's documented raw `post`: its status-code errors, timeouts and connection handling,
+                # without re-validating our own payload or building pydantic models of the reply (together about
+                # a millisecond of CPU per request, the limit at hundreds of requests/s).
+                response = await client.post(self._completions_url, content=payload, cast_to=self._raw_response)
             except Exception as exc:  # sorted into our taxonomy; anything unknown propagates unchanged
                 raise self._classify(exc) from None
             finally:
                 self._in_flight -= 1
         latency = time.perf_counter() - started
-        return self._reply(body, latency)
+        return self._reply(response.content, latency)
 
-    def _reply(self, body: str, latency_s: float) -> ChatReply:
+    def _reply(self, body: bytes, latency_s: float) -> ChatReply:
         try:
             completion = json.loads(body)
             message = completion["choices"][0]["message"]
-        except (json.JSONDecodeError, TypeError, KeyError, IndexError):
+        except (ValueError, TypeError, KeyError, IndexError):  # ValueError: bad JSON or bad UTF-8
             raise _MalformedReply(f"{self.config.base_url} ({self.model}): malformed reply body") from None
         text = message.get("content") if isinstance(message, Mapping) else None
         if not isinstance(text, str):
@@ -279,6 +288,15 @@ def chat_completion_payload(request: ChatRequest, config: OpenAIChatConfig) -> d
     elif request.json_schema is not None and config.structured_output == "json_object":
         payload["response_format"] = {"type": "json_object"}
     return payload
+
+
+def chat_completion_body(request: ChatRequest, config: OpenAIChatConfig) -> bytes:
+    """`chat_completion_payload` as the JSON bytes sent on the wire (the encoding the OpenAI client uses)."""
+    return _JSON_ENCODER.encode(chat_completion_payload(request, config)).encode()
+
+
+# Compact UTF-8 JSON that refuses NaN, as the OpenAI client itself serialises request bodies.
+_JSON_ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False)
 
 
 def image_data_url(image: ImagePart) -> str:
