@@ -9,9 +9,14 @@ shared, the same run also measures a baseline: a minimal asyncio HTTP/1.1 client
 parsing beyond Content-Length) against the same server; `ratio_to_baseline` is the backend's rate over that
 client's rate, the share of what this machine could do at that moment. The backend runs with its default
 transport for http:// (`pooled`, agents/backends/http_transport.py); the clean run is repeated with the OpenAI
-client's own httpx transport for comparison (`httpx_transport_ratio_to_ideal`). Prints ONE JSON line.
+client's own httpx transport for comparison (`httpx_transport_ratio_to_ideal`). Every run sends one untimed
+wave of `in_flight` requests first (connections opened, code paths warm), then times `requests` (default 20
+waves, so the ramp-up of the first wave and the tail of the last weigh little) with the same number of waves
+for the baseline and the backend. `client_cpu_ms_per_request` is the client process's CPU time over the timed
+part divided by the requests: the cost that caps the rate on a busy machine, less noisy than the rate itself.
+Prints ONE JSON line.
 
-    .venv/bin/python benchmarks/backend_concurrency.py [--requests 640] [--in-flight 64] [--latency 0.1]
+    .venv/bin/python benchmarks/backend_concurrency.py [--requests 1280] [--in-flight 64] [--latency 0.1]
 """
 
 from __future__ import annotations
@@ -66,7 +71,7 @@ class _ServerProcess:
 
 async def _run(
     base_url: str, requests: int, in_flight: int, timeout_s: float, transport: str = "auto"
-) -> tuple[float, OpenAIChatBackend, int]:
+) -> tuple[float, float, OpenAIChatBackend, int]:
     config = OpenAIChatConfig(
         base_url=base_url, model="stub", api_key_env="BENCH_UNSET_KEY", max_in_flight=in_flight,
         timeout_s=timeout_s, max_retries=8, backoff_base_s=0.05, backoff_max_s=0.5, transport=transport,
@@ -77,16 +82,16 @@ async def _run(
         for i in range(requests)
     ]
     await backend.complete_batch(batch[:in_flight])  # warm the connection pool; not timed
-    started = time.perf_counter()
+    started, cpu_started = time.perf_counter(), time.process_time()
     results = await backend.complete_batch(batch)
-    elapsed = time.perf_counter() - started
+    elapsed, cpu = time.perf_counter() - started, time.process_time() - cpu_started
     failed = sum(isinstance(r, Exception) for r in results)
     await backend.aclose()
-    return elapsed, backend, failed
+    return elapsed, cpu, backend, failed
 
 
-async def _raw_client(base_url: str, requests: int, in_flight: int) -> float:
-    """Seconds a bare asyncio client needs for `requests` POSTs over `in_flight` keep-alive connections."""
+async def _raw_client(base_url: str, requests: int, in_flight: int) -> tuple[float, float]:
+    """Seconds (wall, CPU) a bare asyncio client needs for `requests` POSTs over `in_flight` keep-alive connections."""
     host_port = base_url.split("//", 1)[1].split("/", 1)[0]
     host, port = host_port.split(":")
     body = json.dumps({"model": "stub", "messages": [{"role": "user", "content": "caption"}]}).encode()
@@ -109,18 +114,19 @@ async def _raw_client(base_url: str, requests: int, in_flight: int) -> float:
         idle.put_nowait((reader, writer))
 
     await asyncio.gather(*(one() for _ in range(in_flight)))  # warm-up, like the backend's
-    started = time.perf_counter()
+    started, cpu_started = time.perf_counter(), time.process_time()
     await asyncio.gather(*(one() for _ in range(requests)))
-    elapsed = time.perf_counter() - started
+    elapsed, cpu = time.perf_counter() - started, time.process_time() - cpu_started
     while not idle.empty():
         idle.get_nowait()[1].close()
-    return elapsed
+    return elapsed, cpu
 
 
-def measure_baseline(requests: int, in_flight: int, latency_s: float) -> float:
+def measure_baseline(requests: int, in_flight: int, latency_s: float) -> tuple[float, float]:
+    """The raw client's (ratio to ideal, client CPU ms per request)."""
     with _ServerProcess(latency_s=latency_s) as base_url:
-        elapsed = asyncio.run(_raw_client(base_url, requests, in_flight))
-    return requests / elapsed / (in_flight / latency_s)
+        elapsed, cpu = asyncio.run(_raw_client(base_url, requests, in_flight))
+    return requests / elapsed / (in_flight / latency_s), cpu / requests * 1000
 
 
 def measure(
@@ -131,7 +137,7 @@ def measure(
         "fault_kinds": ("rate_limit", "server_error", "timeout"), "seed": 1,
     }
     with _ServerProcess(**settings) as base_url:
-        elapsed, backend, failed = asyncio.run(_run(base_url, requests, in_flight, timeout_s, transport))
+        elapsed, cpu, backend, failed = asyncio.run(_run(base_url, requests, in_flight, timeout_s, transport))
     ideal = in_flight / latency_s
     usage = backend.usage
     return {
@@ -139,6 +145,7 @@ def measure(
         "elapsed_s": round(elapsed, 3),
         "req_per_s": round(requests / elapsed, 1),
         "ratio_to_ideal": round(requests / elapsed / ideal, 3),
+        "client_cpu_ms_per_request": round(cpu / requests * 1000, 3),
         "failed": failed,
         "retries": usage.retries,
         "max_in_flight_seen": usage.max_in_flight,
@@ -148,13 +155,13 @@ def measure(
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--requests", type=int, default=640)
+    parser.add_argument("--requests", type=int, default=1280)
     parser.add_argument("--in-flight", type=int, default=64)
     parser.add_argument("--latency", type=float, default=0.1)
     parser.add_argument("--fault-rate", type=float, default=0.2)
     parser.add_argument("--timeout", type=float, default=1.0, help="client timeout of the faulty run (faults hang 3x)")
     args = parser.parse_args()
-    baseline = measure_baseline(args.requests, args.in_flight, args.latency)
+    baseline, baseline_cpu_ms = measure_baseline(args.requests, args.in_flight, args.latency)
     # No fault hangs in the clean run: a generous client timeout keeps a CPU-starved client from timing out.
     clean = measure(args.requests, args.in_flight, args.latency, 0.0, 30.0)
     clean_httpx = measure(args.requests, args.in_flight, args.latency, 0.0, 30.0, transport="httpx")
@@ -168,6 +175,8 @@ def main() -> None:
         "target_ratio": 0.9,
         "baseline_raw_client_ratio_to_ideal": round(baseline, 3),
         "ratio_to_baseline": round(clean["ratio_to_ideal"] / baseline, 3),
+        "client_cpu_ms_per_request": clean["client_cpu_ms_per_request"],
+        "baseline_client_cpu_ms_per_request": round(baseline_cpu_ms, 3),
         "httpx_transport_ratio_to_ideal": clean_httpx["ratio_to_ideal"],
         "clean": clean,
         "fault_rate": args.fault_rate,

@@ -3,7 +3,8 @@
 Prefect is the control plane only: the flow builds the same torchrun command as `videorefer train`, streams
 the trainer's output into the flow-run log, fails when the trainer fails, and returns the run's summary (last
 log line, the saved model directory). Retries of the flow resume from the last checkpoint (`--resume` is
-implied on a retry), so a preempted GPU job loses at most `checkpoint_every` steps.
+implied on a retry; give the deployment or `train_stage.with_options(retries=N)` retries), so a preempted GPU
+job loses at most `checkpoint_every` steps.
 """
 
 from __future__ import annotations

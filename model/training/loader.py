@@ -21,12 +21,11 @@ from __future__ import annotations
 
 import dataclasses
 import glob
-import io
 import json
 import logging
 import random
 import tarfile
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -495,16 +494,6 @@ def build_loader(stream: TrainingStream, *, prefetch_factor: int = 2) -> Any:
     )
 
 
-def iterate_batches(stream: TrainingStream, *, prefetch_factor: int = 2) -> Iterator[dict[str, Any]]:
-    """Micro-batches of a stream through `build_loader`, endless."""
-    yield from build_loader(stream, prefetch_factor=prefetch_factor)
-
-
-def as_tensor_batch(batch: Mapping[str, Any], to: Callable[[Any], Any]) -> dict[str, Any]:
-    """The collated batch with `to` (e.g. a device move) applied to every tensor value."""
-    return {key: to(value) if hasattr(value, "to") else value for key, value in batch.items()}
-
-
 def raw_frames_of(raw: Mapping[str, Any]) -> list[bytes]:
     """The JPEG bytes of a raw sample's frames in order (benchmarks compare against plain decoding)."""
     return [raw[name] for name in frame_names(raw)]
@@ -517,4 +506,4 @@ def jpeg_bytes(frame: np.ndarray, quality: int = 90) -> bytes:
     ok, buffer = cv2.imencode(".jpg", cv2.cvtColor(frame, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, quality])
     if not ok:
         raise ValueError("JPEG encoding failed")
-    return io.BytesIO(buffer.tobytes()).getvalue()
+    return buffer.tobytes()
