@@ -23,6 +23,7 @@ Runners: the default is `ThreadPoolTaskRunner`; `task_runner("ray")` returns `pr
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import time
 import uuid
@@ -63,6 +64,21 @@ DEFAULT_TASK_WORKERS = min(4, os.cpu_count() or 2)
 # Prefect retries on top of the backend's own retries, only for errors that may pass with time.
 TASK_RETRIES = 2
 TASK_RETRY_DELAYS_S = [2.0, 10.0]
+
+
+class _SubmissionOrderIsDeadlockFree(logging.Filter):
+    """Drops Prefect's "N tags but only M workers: may dead-lock" warning for our stage tasks.
+
+    The warning guards against a task holding a worker thread while it waits for an upstream task that cannot get
+    one. `submit_stages` submits every upstream task before its dependents and the runner's queue is FIFO, so an
+    upstream task always has a thread (running or done) before any dependent waits on it.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "may lead to dead-locks" not in record.getMessage()
+
+
+logging.getLogger("prefect.task_runner.threadpool").addFilter(_SubmissionOrderIsDeadlockFree())
 
 
 class StageFailedError(RuntimeError):

@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime
+import time
 from typing import Any
 
 import httpx2
@@ -171,7 +173,8 @@ class LeanAsyncClient(httpx2.AsyncClient):
     (no params, cookies, files, form data or extensions), sent without auth, event hooks, mounts or streaming.
     It builds the same `Request` the full client would (client headers overridden by the request's, then
     `Host` and `Content-Length`), and sends it straight to the transport. Redirects are not followed on the
-    short path (the OpenAI client turns a 3xx into a status error).
+    short path (the OpenAI client turns a 3xx into a status error), and httpx2's per-request INFO log line is
+    not written (the backend counts and logs what it needs itself).
     """
 
     def __init__(self, **kwargs: Any) -> None:
@@ -228,9 +231,12 @@ class LeanAsyncClient(httpx2.AsyncClient):
             or hooks["request"] or hooks["response"] or self.is_closed
         ):
             return await super().send(request, stream=stream, auth=auth, follow_redirects=follow_redirects)
+        started = time.perf_counter()
         response = await self._transport.handle_async_request(request)
         response.request = request
+        response.default_encoding = self._default_encoding
         if "set-cookie" in response.headers:
             self.cookies.extract_cookies(response)
         await response.aread()
+        response.elapsed = datetime.timedelta(seconds=time.perf_counter() - started)
         return response

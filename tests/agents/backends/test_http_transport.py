@@ -7,7 +7,7 @@ import asyncio
 import httpx2
 import pytest
 
-from agents.backends.http_transport import PooledHttp11Transport
+from agents.backends.http_transport import LeanAsyncClient, PooledHttp11Transport
 
 
 async def _serve(responses: list[bytes], *, close_after_each: bool = False):
@@ -102,3 +102,46 @@ def test_failures_map_to_httpx_errors() -> None:
         asyncio.run(run([], 0.2))  # the server never answers
     with pytest.raises(httpx2.UnsupportedProtocol):
         asyncio.run(PooledHttp11Transport().handle_async_request(httpx2.Request("GET", "https://example.org/")))
+
+
+async def _recording_server(recorded: list[tuple[bytes, dict[bytes, bytes], bytes]]):
+    """A keep-alive server that records (request line, headers, body) and answers `{"ok": true}`."""
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                line, *fields = head[:-4].split(b"\r\n")
+                headers = {name.strip().lower(): value.strip() for name, value in (f.split(b":", 1) for f in fields)}
+                body = await reader.readexactly(int(headers.get(b"content-length", b"0")))
+                recorded.append((line, headers, body))
+                writer.write(_ok(b'{"ok": true}', b"Content-Type: application/json\r\n"))
+                await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    return server, f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
+
+
+def test_lean_client_sends_what_the_full_client_sends() -> None:
+    async def exchange(client_class: type[httpx2.AsyncClient]):
+        recorded: list[tuple[bytes, dict[bytes, bytes], bytes]] = []
+        server, url = await _recording_server(recorded)
+        async with client_class(transport=PooledHttp11Transport(), headers={"X-Client": "c"}) as client:
+            posted = await client.post(url + "/v1/chat", content=b'{"q": 1}', headers={"Content-Type": "text/x"})
+            queried = await client.get(url + "/v1/models", params={"limit": "2"})  # params: the full path
+            empty = await client.post(url + "/v1/empty")
+        server.close()
+        assert posted.json() == queried.json() == empty.json() == {"ok": True}
+        assert posted.request.url == url + "/v1/chat"
+        assert all(headers.pop(b"host") == url.removeprefix("http://").encode() for _, headers, _ in recorded)
+        return recorded
+
+    full, lean = asyncio.run(exchange(httpx2.AsyncClient)), asyncio.run(exchange(LeanAsyncClient))
+    assert lean == full
+    assert [line for line, _, _ in lean] == [b"POST /v1/chat HTTP/1.1", b"GET /v1/models?limit=2 HTTP/1.1",
+                                             b"POST /v1/empty HTTP/1.1"]
+    assert lean[0][1][b"x-client"] == b"c" and lean[0][1][b"content-length"] == b"8" and lean[0][2] == b'{"q": 1}'
