@@ -333,6 +333,35 @@ def _empty(info: VideoInfo) -> np.ndarray:
     return np.zeros((0, info.height, info.width, 3), dtype=np.uint8)
 
 
+# Below this many pixels per frame, starting FFmpeg's frame threads costs more than decoding (about 10 ms per
+# open on 2 cores against ~1 ms of decoding for a small clip), so small videos decode on the calling thread.
+_THREADED_DECODE_MIN_PIXELS = 320 * 240
+
+
+def _set_decoder_threads(codec: Any) -> None:
+    if codec.width * codec.height >= _THREADED_DECODE_MIN_PIXELS:
+        codec.thread_type = "AUTO"  # frame + slice threads: the decoder is the bottleneck
+    else:
+        codec.thread_count = 1
+
+
+class _RgbConverter:
+    """YUV -> RGB conversion that keeps one swscale context for all frames of a read.
+
+    `VideoFrame.to_ndarray(format=...)` builds (and, with FFmpeg 7, starts threads for) a new swscale context per
+    frame: 0.6 ms for a 64x48 frame and 5 ms for 1280x720, against 0.01 ms and 0.9 ms with a kept context.
+    """
+
+    def __init__(self) -> None:
+        from av.video.reformatter import VideoReformatter
+
+        self._reformatter = VideoReformatter()
+
+    def __call__(self, frame: Any) -> np.ndarray:
+        threads = 1 if frame.width * frame.height < _THREADED_DECODE_MIN_PIXELS else None
+        return self._reformatter.reformat(frame, format="rgb24", threads=threads).to_ndarray()
+
+
 def _check_indices(wanted: list[int], info: VideoInfo, path: Path) -> None:
     bad = [i for i in wanted if i < 0 or i >= info.num_frames]
     if bad:
@@ -346,13 +375,14 @@ def _read_sequential(container: Any, path: Path, wanted: list[int]) -> np.ndarra
     targets = set(wanted)
     last = max(targets)
     stream = container.streams.video[0]
-    stream.thread_type = "AUTO"  # frame + slice threads: the decoder is the bottleneck
+    _set_decoder_threads(stream.codec_context)
+    to_rgb = _RgbConverter()
     decoded: dict[int, np.ndarray] = {}
     count = 0
     try:
         for frame in container.decode(stream):
             if count in targets:
-                decoded[count] = frame.to_ndarray(format="rgb24")
+                decoded[count] = to_rgb(frame)
             count += 1
             if count > last:
                 break
@@ -403,7 +433,8 @@ def _read_seeking(container: Any, path: Path, wanted: list[int]) -> np.ndarray |
     targets = set(wanted)
     skippable = {index_of[pts] for pts in droppable_timestamps} - targets
     codec = stream.codec_context
-    codec.thread_type = "AUTO"
+    _set_decoder_threads(codec)
+    to_rgb = _RgbConverter()
     decoded: dict[int, np.ndarray] = {}
     fed_up_to = -1  # highest frame index fed to the decoder since the last seek
     packets: Iterator[Any] = iter(())
@@ -420,7 +451,7 @@ def _read_seeking(container: Any, path: Path, wanted: list[int]) -> np.ndarray |
                 packet = next(packets, None)
                 if packet is None or packet.size == 0:  # end of the stream: drain the decoder
                     for frame in codec.decode(None):
-                        _keep(frame, index_of, targets, decoded)
+                        _keep(frame, index_of, targets, decoded, to_rgb)
                     fed_up_to = len(timestamps)  # nothing more to feed without a new seek
                     break
                 index = index_of.get(packet.pts)
@@ -430,7 +461,7 @@ def _read_seeking(container: Any, path: Path, wanted: list[int]) -> np.ndarray |
                     continue
                 fed_up_to = max(fed_up_to, index)
                 for frame in codec.decode(packet):
-                    if not _keep(frame, index_of, targets, decoded):
+                    if not _keep(frame, index_of, targets, decoded, to_rgb):
                         return None
     except av.error.FFmpegError as error:
         raise TruncatedVideoError(f"decoding {path} failed while seeking: {error}") from error
@@ -440,13 +471,15 @@ def _read_seeking(container: Any, path: Path, wanted: list[int]) -> np.ndarray |
     return _stack([decoded[i] for i in wanted])
 
 
-def _keep(frame: Any, index_of: dict[int, int], targets: set[int], decoded: dict[int, np.ndarray]) -> bool:
+def _keep(
+    frame: Any, index_of: dict[int, int], targets: set[int], decoded: dict[int, np.ndarray], to_rgb: _RgbConverter
+) -> bool:
     """Store a decoded frame when it is wanted; False when its timestamp is unknown (indices untrustworthy)."""
     index = index_of.get(frame.pts) if frame.pts is not None else None
     if index is None:
         return False
     if index in targets and index not in decoded:
-        decoded[index] = frame.to_ndarray(format="rgb24")
+        decoded[index] = to_rgb(frame)
     return True
 
 

@@ -189,7 +189,7 @@ def _build_agent(stage: str, config: EngineConfig) -> tuple[Any, list[Any]]:
 
         captioner = build_chat_backend(agents_cfg.region_captioner)
         judge = build_chat_backend(agents_cfg.judge)
-        return Reviewer(captioner, judge, num_frames=num_frames), [captioner, judge]
+        return Reviewer(captioner, judge), [captioner, judge]  # one outlined key frame, as in the paper
     if stage == REFINE:
         from agents.refiner import Refiner
 
