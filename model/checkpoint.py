@@ -234,15 +234,24 @@ def convert_release(
         raise ConfigError(
             f"tokenizer puts <region> at {processor.region_token_id}, the config expects {config.region_token_id}"
         )
-    output_dir = Path(output_dir)
-    output_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}-", dir=output_dir.parent))
+    return save_model_folder(model, processor, output_dir)
+
+
+def save_model_folder(model: Any, processor: Any, directory: str | Path) -> Path:
+    """Write `model` and `processor` with `save_pretrained` into `directory`, atomically per file.
+
+    Everything is written into a temporary folder beside `directory` first and moved in last, so a crash never
+    leaves a half-written model where a loader would find it; other files already in `directory` are kept.
+    """
+    directory = Path(directory)
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}-", dir=directory.parent))
     try:
         model.save_pretrained(str(staging))
         processor.save_pretrained(staging)
-        output_dir.mkdir(exist_ok=True)
+        directory.mkdir(exist_ok=True)
         for path in staging.iterdir():
-            path.replace(output_dir / path.name)
+            path.replace(directory / path.name)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    return output_dir
+    return directory

@@ -10,8 +10,6 @@ tokenizer and processor, for tests of training, evaluation and the CLI.
 
 from __future__ import annotations
 
-import shutil
-import tempfile
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -20,6 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from model.checkpoint import save_model_folder
 from model.configuration import preset
 from model.modeling import VideoReferForCausalLM, default_attn_implementation
 from model.processing import MaskLike, VideoReferProcessor, build_tiny_tokenizer
@@ -172,13 +171,4 @@ def save_tiny_model(directory: str | Path, seed: int = 0) -> Path:
         raise RuntimeError(f"tiny tokenizer has {len(tokenizer)} tokens, more than the tiny vocabulary")
     model = VideoReferForCausalLM(config)
     processor = VideoReferProcessor.from_config(tokenizer, config)
-    staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}-", dir=directory.parent))
-    try:
-        model.save_pretrained(str(staging))
-        processor.save_pretrained(staging)
-        directory.mkdir(exist_ok=True)
-        for path in staging.iterdir():
-            path.replace(directory / path.name)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    return directory
+    return save_model_folder(model, processor, directory)
