@@ -5,8 +5,9 @@ images (jpg/png, sorted by file name). Frames are addressed by their absolute in
 (presentation) order, never by `timestamp * fps`, so variable-frame-rate files index correctly.
 
 Policies:
-- `uniform_indices` is the paper's 16-frame segment-middle sampling; when the video has fewer frames
+- `uniform_indices` is the release's frame sampling (`frame_sample` 'v1'); when the video has fewer frames
   than asked, indices repeat (it always returns exactly `n` indices, so a model always sees `n` frames).
+  `span_frame_range` is the release's start/end-time rule for the model; `span_to_frames` the engine's clips'.
 - `n_uniform_frames` is the "N uniform frames" policy for masks: unique, sorted, first and last included.
 - `read_frames` returns exactly the requested frames or raises; it never returns fewer frames. A file
   that decodes fewer frames than its header announces raises `TruncatedVideoError` only when a requested
@@ -55,6 +56,7 @@ __all__ = [
     "probe",
     "read_frames",
     "resize_frames",
+    "span_frame_range",
     "span_to_frames",
     "uniform_indices",
 ]
@@ -89,18 +91,42 @@ class VideoInfo:
 
 
 def uniform_indices(num_frames: int, n: int = 16) -> list[int]:
-    """The paper's `n` segment-middle frame indices of a `num_frames`-frame video (PAPER.md, "frames").
+    """The release's `n` uniform frame indices of a `num_frames`-frame video (PAPER.md, "frames").
 
-    s = (T-1)/n; for i in 0..n-1: a = round(s*i), b = round(s*(i+1)) (round half to even), index = (a+b)//2.
-    Always `n` indices in non-decreasing order; when `num_frames < n` some indices repeat (a one-frame
-    video gives `n` zeros), so the model's frame count never changes.
+    The 'v1' rule of `frame_sample` in the release's `videorefer/mm_utils.py`, with the same float operations:
+    s = (T-1)/n; index i = numpy.round((s*i + s*(i+1))/2 + 1e-6). Always `n` indices in non-decreasing order;
+    when `num_frames < n` some repeat (a one-frame video gives `n` zeros), so the model's frame count never
+    changes. The model, the export's pre-sampled frames, training and the benchmark all sample with it.
     """
     if n <= 0:
         raise ValueError(f"uniform_indices needs n >= 1, got {n}")
     if num_frames <= 0:
         raise EmptyVideoError(f"cannot sample frames from a video with {num_frames} frames")
-    step = (num_frames - 1) / n
-    return [(round(step * i) + round(step * (i + 1))) // 2 for i in range(n)]
+    segment = float(num_frames - 1) / n
+    middles = np.array([(segment * i + segment * (i + 1)) / 2 for i in range(n)])
+    return [int(v) for v in np.round(middles + 1e-6).astype(int)]
+
+
+def span_frame_range(num_frames: int, fps: float, start_s: float | None, end_s: float | None) -> list[int]:
+    """The frames of a start/end span as the release's `process_video` takes them (what `uniform_indices` samples).
+
+    Negative times become 0, a reversed span is swapped and an empty one (s == e) lasts one second; then
+    first = max(int(s * fps) - 1, 0) and last = min(int(e * fps) - 1, T - 1). (The engine's clips use
+    `span_to_frames`, a half-open time interval; the model follows the release so that spans pick its frames.)
+    """
+    if num_frames <= 0 or fps <= 0:
+        raise EmptyVideoError("a video without frames or frame rate has no frame span")
+    if start_s is not None and end_s is not None:
+        start_s, end_s = max(float(start_s), 0.0), max(float(end_s), 0.0)
+        if start_s > end_s:
+            start_s, end_s = end_s, start_s
+        elif start_s == end_s:
+            end_s = start_s + 1
+    first = 0 if start_s is None else max(int(start_s * fps) - 1, 0)
+    last = num_frames - 1 if end_s is None else min(int(end_s * fps) - 1, num_frames - 1)
+    if first > last:
+        raise ValueError(f"time span [{start_s}, {end_s}] holds no frame of a {num_frames}-frame video")
+    return list(range(first, last + 1))
 
 
 def n_uniform_frames(num_frames: int, n: int) -> list[int]:

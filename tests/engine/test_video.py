@@ -51,9 +51,10 @@ def clip(tmp_path_factory: pytest.TempPathFactory) -> Path:
 # ------------------------------------------------------------------------------------------ index policies
 
 
-def test_uniform_indices_follow_the_paper_formula() -> None:
-    assert uniform_indices(150) == [4, 14, 23, 32, 42, 51, 60, 69, 79, 88, 97, 107, 116, 125, 135, 144]
-    assert uniform_indices(33, 4) == [4, 12, 20, 28]  # s = 8: (0+8)//2, (8+16)//2, ...
+def test_uniform_indices_follow_the_release_rule() -> None:
+    # s = 149/16; index i = round(s * (i + 0.5) + 1e-6) (tests/engine/test_release_sampling.py checks 1..3000)
+    assert uniform_indices(150) == [5, 14, 23, 33, 42, 51, 61, 70, 79, 88, 98, 107, 116, 126, 135, 144]
+    assert uniform_indices(33, 4) == [4, 12, 20, 28]  # s = 8: middles 4, 12, 20, 28
 
 
 def test_uniform_indices_repeat_when_the_video_is_short() -> None:
