@@ -112,8 +112,11 @@ class VideoReferConfig(PretrainedConfig):
         self.connector_downsample = tuple(int(v) for v in self.connector_downsample)
         if self.region_tokens_per_object < 1:
             raise ConfigError("region_tokens_per_object (u) must be >= 1")
-        if self.num_frames < 1:
-            raise ConfigError("num_frames must be >= 1")
+        if self.num_frames < int(self.connector_downsample[0]):
+            raise ConfigError(
+                f"num_frames must be >= the connector's temporal kernel {self.connector_downsample[0]},"
+                f" got {self.num_frames}"
+            )
 
     # ------------------------------------------------------------ derived sizes
 
@@ -140,10 +143,10 @@ class VideoReferConfig(PretrainedConfig):
         return int(self.vision_config.image_size)
 
     def video_token_count(self, num_frames: int | None = None) -> int:
-        """Connector tokens for `num_frames` frames: ceil(T / 2) x (grid // 2)^2 (1352 for 16 frames at 7b).
+        """Connector tokens for `num_frames` frames: (T // 2) x (grid // 2)^2 (1352 for 16 frames, 676 for 8).
 
-        Odd frame counts (an image is 1 frame) get their last frame's features duplicated after the vision tower,
-        so the temporal Conv3d always sees pairs.
+        As released, an odd frame count loses its last frame in the temporal Conv3d; an image is `num_frames`
+        copies of one frame, so it gets as many tokens as a video.
         """
         frames = self.num_frames if num_frames is None else int(num_frames)
         return video_token_count(frames, self.grid_size, self.connector_downsample)
@@ -166,13 +169,13 @@ class VideoReferConfig(PretrainedConfig):
 def video_token_count(num_frames: int, grid: int, downsample: tuple[int, int, int] | list[int] = (2, 2, 2)) -> int:
     """Tokens the STC connector makes of `num_frames` frames on a `grid` x `grid` feature map.
 
-    Frames are padded up to a multiple of the temporal kernel (last frame repeated); the spatial Conv3d has no
-    padding: (grid - k) // k + 1 per side. 16 frames on 27x27 -> 8 x 13 x 13 = 1352.
+    The Conv3d has kernel = stride and no padding (as released): (n - k) // k + 1 per axis, so an odd frame count
+    drops its last frame. 16 frames on 27x27 -> 8 x 13 x 13 = 1352. Fewer frames than the temporal kernel raise.
     """
-    if num_frames < 1:
-        return 0
     kt, kh, kw = (int(v) for v in downsample)
-    return -(-num_frames // kt) * ((grid - kh) // kh + 1) * ((grid - kw) // kw + 1)
+    if num_frames < kt:
+        raise ConfigError(f"{num_frames} frames: the STC connector needs at least {kt} (its temporal kernel)")
+    return (num_frames // kt) * ((grid - kh) // kh + 1) * ((grid - kw) // kw + 1)
 
 
 def preset(name: str, **overrides: Any) -> VideoReferConfig:

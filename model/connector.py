@@ -112,10 +112,12 @@ def build_mlp(depth: int, in_features: int, out_features: int) -> nn.Sequential:
 
 
 class STCConnector(nn.Module):
-    """Frame features `[T, h, w, d_vision]` -> tokens `[ceil(T/2) * (h//2) * (w//2), d_llm]`.
+    """Frame features `[T, h, w, d_vision]` -> tokens `[(T // 2) * (h//2) * (w//2), d_llm]`.
 
-    Odd T (an image is T = 1) gets its last frame's features duplicated here, after the vision tower, so the
-    temporal kernel of 2 always sees a pair and an image is never encoded more than once.
+    As released (VideoLLaMA2.1 `STCConnectorV35`: Conv3d with kernel = stride, no padding), an odd T drops its
+    last frame in the temporal Conv3d; fewer frames than the temporal kernel cannot be encoded (a `ValueError`
+    here, where the release crashes inside Conv3d). An image reaches the connector as `num_frames` copies of its
+    features (the release repeats the image), but the vision tower encodes it once.
     """
 
     def __init__(
@@ -143,10 +145,8 @@ class STCConnector(nn.Module):
         if unbatched:
             features = features[None]
         batch, frames = features.shape[:2]
-        pad = (-frames) % self.downsample[0]
-        if pad:
-            features = torch.cat([features, features[:, -1:].expand(-1, pad, -1, -1, -1)], dim=1)
-            frames += pad
+        if frames < self.downsample[0]:
+            raise ValueError(f"the STC connector needs at least {self.downsample[0]} frames, got {frames}")
         x = features.permute(0, 1, 4, 2, 3).flatten(0, 1)  # (b t) d h w
         weight = self.readout[0].weight
         x = self.s1(x.to(weight.dtype))

@@ -2,8 +2,9 @@
 
 Two forms of the same maths. The plain functions `mask_pool(features, mask)` and `temporal_token_merge(tokens, u)`
 handle one mask / one object and are the readable reference (PAPER.md "spatial token extractor" and "temporal
-token merge"). `batched_mask_pool` and `batched_temporal_token_merge` do many objects x many frames in one call
-with padding and masks (no Python loop over samples or tokens); tests hold them equal to the plain functions.
+token merge"; the merge keeps the release's tie rule, so an object can get fewer than u tokens).
+`batched_mask_pool` and `batched_temporal_token_merge` do many objects x many frames in one call with padding and
+masks (no Python loop over samples or tokens); tests hold them equal to the plain functions.
 `ObjectEncoder` chains the batched forms with the projector `feat_linear` (Linear 1152 -> 3584, GELU, Linear
 3584 -> 3584 at 7b: 16,980,992 parameters, the released `model.region_encoder.feat_linear` keys).
 """
@@ -90,23 +91,33 @@ def mask_pool(features: torch.Tensor, mask: torch.Tensor | np.ndarray) -> torch.
     return features[inside].mean(dim=0)
 
 
-def temporal_token_merge(tokens: torch.Tensor, u: int) -> torch.Tensor:
-    """Merge one object's time-ordered tokens `[k, d]` into at most `u` tokens, order kept.
+def adjacent_similarity(tokens: torch.Tensor) -> torch.Tensor:
+    """Cosine similarity of each adjacent pair along dim -2, computed as the release does (`layer.py:token_merge`).
 
-    The k - u adjacent pairs with the highest cosine similarity are merged (ties: the earlier pair first); chains
-    of merged pairs form one group; each group is averaged. k <= u returns the input unchanged.
+    `F.normalize` then a sum of products: a zero (empty-mask) token has similarity 0 with every token.
+    """
+    return (F.normalize(tokens[..., :-1, :], p=2, dim=-1) * F.normalize(tokens[..., 1:, :], p=2, dim=-1)).sum(-1)
+
+
+def temporal_token_merge(tokens: torch.Tensor, u: int) -> torch.Tensor:
+    """Merge one object's tokens `[k, d]` (in the order given) into at most `u` tokens, as the release does.
+
+    k <= u returns the input unchanged. Otherwise the threshold is the (k-u)-th largest adjacent similarity and
+    EVERY adjacent pair at or above it is merged (the release's `token_merge`); chains of merged pairs form one
+    group and each group is averaged. Ties (identical tokens, or several empty masks whose zero tokens have
+    similarity 0) can therefore merge more than k-u pairs and leave fewer than `u` tokens.
     """
     count = tokens.shape[0]
     if count <= u:
         return tokens
-    similarity = F.cosine_similarity(tokens[:-1], tokens[1:], dim=-1)
-    most_similar = torch.argsort(similarity, descending=True, stable=True)[: count - u]
-    merged = torch.zeros(count - 1, dtype=torch.bool, device=tokens.device)
-    merged[most_similar] = True
+    similarity = adjacent_similarity(tokens)
+    threshold = torch.topk(similarity, count - u).values[-1]
+    merged = similarity >= threshold
     # A token opens a new group unless the pair joining it to its predecessor was merged.
     group = torch.cat([merged.new_zeros(1, dtype=torch.long), torch.cumsum(~merged, dim=0)])
-    sums = tokens.new_zeros(u, tokens.shape[1]).index_add_(0, group, tokens)
-    sizes = torch.bincount(group, minlength=u).to(tokens.dtype)
+    groups = int(group[-1]) + 1
+    sums = tokens.new_zeros(groups, tokens.shape[1]).index_add_(0, group, tokens)
+    sizes = torch.bincount(group, minlength=groups).to(tokens.dtype)
     return sums / sizes[:, None]
 
 
@@ -148,11 +159,12 @@ def batched_mask_pool(
 def batched_temporal_token_merge(
     tokens: torch.Tensor, object_index: torch.Tensor, num_objects: int, u: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Temporal merge of many objects at once.
+    """`temporal_token_merge` of many objects at once (no loop over objects or tokens).
 
     `tokens [M, d]` are the pooled tokens of all objects; `object_index [M]` names each token's object (0 ..
-    num_objects-1); within an object, tokens are in time order. Returns `merged [num_objects, u, d]` (rows past an
-    object's count are zeros) and `counts [num_objects]` = min(k, u), the valid rows of each object.
+    num_objects-1); within an object, tokens are in the order they were given. Returns `merged [num_objects, u, d]`
+    (rows past an object's count are zeros) and `counts [num_objects]`: min(k, u), or fewer where ties merged more
+    pairs (the release's rule, see `temporal_token_merge`).
     """
     depth = tokens.shape[1]
     device = tokens.device
@@ -167,25 +179,24 @@ def batched_temporal_token_merge(
     padded[object_index, position] = tokens
 
     merges = (lengths - u).clamp(min=0)
-    if longest > 1:
-        similarity = F.cosine_similarity(padded[:, :-1], padded[:, 1:], dim=-1)
+    if longest > u:
+        similarity = adjacent_similarity(padded)
         real_pair = torch.arange(longest - 1, device=device)[None, :] < (lengths - 1)[:, None]
         similarity = similarity.masked_fill(~real_pair, float("-inf"))
-        ranked = torch.argsort(similarity, dim=1, descending=True, stable=True)
-        rank = torch.empty_like(ranked).scatter_(
-            1, ranked, torch.arange(longest - 1, device=device).expand(num_objects, -1)
-        )
-        merged = rank < merges[:, None]
+        ranked = torch.sort(similarity, dim=1, descending=True).values
+        threshold = ranked.gather(1, (merges - 1).clamp(min=0)[:, None])
+        merged = (similarity >= threshold) & real_pair & (merges > 0)[:, None]
     else:
-        merged = torch.zeros(num_objects, 0, dtype=torch.bool, device=device)
+        merged = torch.zeros(num_objects, longest - 1, dtype=torch.bool, device=device)
     group = torch.cat([merged.new_zeros(num_objects, 1, dtype=torch.long), torch.cumsum(~merged, dim=1)], dim=1)
+    counts = torch.where(lengths > 0, lengths - merged.sum(dim=1), lengths)
 
     real_token = torch.arange(longest, device=device)[None, :] < lengths[:, None]
     target = (torch.arange(num_objects, device=device)[:, None] * u + group)[real_token]
     sums = tokens.new_zeros(num_objects * u, depth).index_add_(0, target, padded[real_token])
     sizes = torch.bincount(target, minlength=num_objects * u).to(tokens.dtype)
     merged_tokens = (sums / sizes.clamp(min=1)[:, None]).reshape(num_objects, u, depth)
-    return merged_tokens, torch.minimum(lengths, torch.full_like(lengths, u))
+    return merged_tokens, counts
 
 
 class ObjectEncoder(nn.Module):
@@ -207,10 +218,14 @@ class ObjectEncoder(nn.Module):
         mask_object_index: torch.Tensor,
         num_objects: int,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Object tokens `[sum(counts), hidden]` in object order (each object's tokens in time order) and counts."""
-        pooled = batched_mask_pool(frame_features, masks, mask_frame_index)
+        """Object tokens `[sum(counts), hidden]` in object order (each object's tokens in order) and counts.
+
+        Pooling and the merge run in float32 whatever the model's dtype, as in the release (its masks are float32
+        and it casts the features to them); the merged tokens return to the features' dtype before the projector.
+        """
+        pooled = batched_mask_pool(frame_features.float(), masks, mask_frame_index)
         merged, counts = batched_temporal_token_merge(pooled, mask_object_index, num_objects, self.tokens_per_object)
         valid = torch.arange(self.tokens_per_object, device=counts.device)[None, :] < counts[:, None]
-        flat = merged[valid]
+        flat = merged[valid].to(frame_features.dtype)
         weight = self.feat_linear[0].weight
         return self.feat_linear(flat.to(weight.dtype)), counts

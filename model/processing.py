@@ -10,24 +10,33 @@ THE CONTRACT training and evaluation code against. For ONE sample, `VideoReferPr
   `region_token_id` for object i: 1 in single-frame mode, min(k, u) in multi-frame mode (k mask frames used).
   Labels are -100 everywhere except the assistant turns' content and their closing `<|im_end|>`.
 - `pixel_values [F, 3, S, S]` (float32, SigLIP normalisation (x - 0.5) / 0.5, frames resized to S x S without
-  cropping): first the T sampled frames (`frame_indices` order), then E extra mask frames (see below).
-  `frame_counts` = F and `video_frame_counts` = T (0-d tensors).
+  cropping): every DISTINCT frame once: first the distinct sampled frames (first-appearance order), then the
+  extra mask frames the chosen masks need (ascending). `video_frame_index [T]`: the row of each sampled frame,
+  in `frame_indices` order (repeats allowed: a short video repeats frames, an image is T copies of row 0), so the
+  connector sees T frames while the vision tower encodes each frame once. `frame_counts` = F,
+  `video_frame_counts` = T (0-d tensors).
 - `object_masks [M, g, g]` bool: each used mask resized bilinearly (align_corners=False) to the g x g vision grid,
   cells > 0 inside; `mask_frame_index [M]`: the row of `pixel_values` each mask lies on; `mask_object_index [M]`:
-  its object (0 .. num_objects-1, `<region>` order); masks of one object in time order. `num_objects` (0-d).
+  its object (0 .. num_objects-1, `<region>` order); masks of one object in ascending frame order. `num_objects`.
+- The `<region>` slots of an object are an upper bound: the model drops the surplus when the release's merge
+  rule leaves fewer than min(k, u) tokens (tied similarities), and closes the gap in the sequence.
 
-Which mask frames are used, per object (frames that carry masks and are among the sampled frames REUSE those
-frames' features: the vision tower never sees a frame twice):
-- "single": one mask frame: the first of the object's mask frames that is among `frame_indices`; if none is, the
-  first of its mask frames that was supplied as an extra frame.
-- "multi": all of the object's mask frames that are among `frame_indices`; if none is, its supplied extra mask
-  frames (at most `num_frames`, uniformly thinned).
-- An object with no usable frame raises `InvalidSampleError(reason=MISSING_MASK)`; a `<region>` count that
-  differs from the number of objects raises `InvalidSampleError(reason=REGION_COUNT_MISMATCH)`.
+Which mask frames are pooled, per object (PAPER.md "spatial token extractor", as the release):
+- "multi": EVERY supplied mask frame of the object, whether or not it is a sampled frame (a mask frame that is
+  a sampled frame reuses that frame's features: same pixels, same result; the others are encoded as extra
+  frames). 32 masks give 32 tokens before the temporal merge.
+- "single": one mask frame: the first of the object's mask frames that is a sampled frame, else its first one.
+- An object with no mask raises `InvalidSampleError(reason=MISSING_MASK)`; a `<region>` count that differs from
+  the number of objects raises `InvalidSampleError(reason=REGION_COUNT_MISMATCH)`.
+- Masks are pooled in ascending frame order. (The release takes the annotation dict's key order, which is
+  ascending in its released files; sorting keeps a file whose keys were sorted as strings in time order.)
 
-Extra frames in `encode`: `frames` holds `len(frame_indices)` frames, optionally followed by one frame for EVERY
-mask frame index not in `frame_indices` (all objects together, ascending, no repeats). Only the extra frames a
-chosen mask needs go into `pixel_values`. `encode_wds` gets only the shard's sampled frames (no extras).
+Frames in `encode`: `frames` holds one row per `frame_indices` entry (or one per DISTINCT entry), followed by one
+row for EVERY mask frame index not in `frame_indices` (all objects together, ascending, no repeats): the layout
+`model.inference.sample_video` and the WebDataset shards use. `frames=None` encodes a text-only sample.
+Chat layout: the Qwen2-Instruct template the release's `mm_infer` renders through `apply_chat_template` (no
+system message given, so the template's "You are a helpful assistant."), with the `<video>`/`<image>` marker
+swapped for slots and every text piece between markers tokenized on its own (`tokenizer_multimodal_token`).
 """
 
 from __future__ import annotations
@@ -170,68 +179,73 @@ class VideoReferProcessor:
 
     # ------------------------------------------------------------ prompts
 
-    def build_prompt(self, question: str, num_objects: int, *, with_video: bool = True) -> str:
-        """The human turn for a question about `num_objects` objects: `<video>\\n` then the question.
+    def build_prompt(self, question: str, num_objects: int, *, modality: str = "video") -> str:
+        """The human turn for a question about `num_objects` objects, as the release's `mm_infer` builds it.
 
-        A question that already holds `num_objects` `<region>` markers is kept as is; one with none gets them
-        named up front ("The object <region>. question" for one object, "<object0><region>, <object1><region>.
-        question" for several); any other count raises
+        `modality` "video" gives `<video>\n` + question, "image" `<image>\n` + question and "text" `\n` + question
+        (the release puts an empty modal token before the newline). The question is not stripped. A question that
+        already holds `num_objects` `<region>` markers is kept as is; one with none gets them named up front ("The
+        object <region>. question" for one object, "<object0><region>, <object1><region>. question" for several;
+        our convenience, the release needs the markers); any other count raises
         `InvalidSampleError(reason=REGION_COUNT_MISMATCH)` (a bad item, not a crash, for benchmark runners).
         """
+        if modality not in ("video", "image", "text"):
+            raise ValueError(f"modality must be video, image or text, got {modality!r}")
         count = question.count(REGION)
-        text = question.strip()
+        text = question
         if count == 0 and num_objects > 0:
             names = ", ".join(f"<object{i}>{REGION}" for i in range(num_objects))
-            text = f"{names}. {text}" if num_objects > 1 else f"The object {REGION}. {text}"
+            text = f"{names}. {text.strip()}" if num_objects > 1 else f"The object {REGION}. {text.strip()}"
         elif count != num_objects:
             raise InvalidSampleError(
                 f"question has {count} {REGION} markers but {num_objects} objects were given",
                 reason=RejectReason.REGION_COUNT_MISMATCH,
             )
-        has_marker = any(marker in text for marker in VIDEO_MARKERS)
-        return f"<video>\n{text}" if with_video and not has_marker else text
+        if any(marker in text for marker in VIDEO_MARKERS):
+            return text
+        marker = {"video": "<video>", "image": "<image>", "text": ""}[modality]
+        return f"{marker}\n{text}"
 
     # ------------------------------------------------------------ encoding
 
     def encode(
         self,
         *,
-        frames: np.ndarray,
+        frames: np.ndarray | None,
         frame_indices: Sequence[int],
         objects: Sequence[Mapping[int, MaskLike]],
         conversations: Sequence[Mapping[str, str]],
         mode: str = "single",
         add_generation_prompt: bool = False,
     ) -> dict[str, torch.Tensor]:
-        """Tensors for ONE sample (layout in the module docstring)."""
+        """Tensors for ONE sample (layout in the module docstring); `frames=None` is a text-only sample."""
         if mode not in ("single", "multi"):
             raise ValueError(f"mode must be 'single' or 'multi', got {mode!r}")
+        if frames is None or len(frame_indices) == 0:
+            return self._encode_text_only(frames, objects, conversations, add_generation_prompt)
         frames = np.asarray(frames)
         if frames.ndim != 4 or frames.shape[-1] != 3:
             raise InvalidSampleError(f"frames must be [n, h, w, 3], got {frames.shape}")
         sampled = [int(i) for i in frame_indices]
-        if len(sampled) == 0:
-            raise InvalidSampleError("no sampled frames")
-        masks_by_object = [{int(k): v for k, v in obj.items()} for obj in objects]
+        distinct = list(dict.fromkeys(sampled))
+        masks_by_object = [dict(sorted((int(k), v) for k, v in obj.items())) for obj in objects]
         extra_indices = sorted({k for obj in masks_by_object for k in obj} - set(sampled))
-        if frames.shape[0] == len(sampled):
-            supplied_extras: dict[int, int] = {}
-        elif frames.shape[0] == len(sampled) + len(extra_indices):
-            supplied_extras = {index: len(sampled) + i for i, index in enumerate(extra_indices)}
+        if frames.shape[0] == len(sampled) + len(extra_indices):
+            first_row = {index: sampled.index(index) for index in distinct}
+            offset = len(sampled)
+        elif frames.shape[0] == len(distinct) + len(extra_indices):
+            first_row = {index: row for row, index in enumerate(distinct)}
+            offset = len(distinct)
         else:
             raise InvalidSampleError(
                 f"{frames.shape[0]} frames given for {len(sampled)} sampled frames"
                 f" and {len(extra_indices)} extra mask frames"
             )
-        sampled_row = {index: row for row, index in enumerate(sampled)}
-
-        chosen = [
-            self._choose_mask_frames(obj, sampled_row, supplied_extras, mode, i)
-            for i, obj in enumerate(masks_by_object)
-        ]
-        used_extras = sorted({index for frames_of in chosen for index in frames_of if index not in sampled_row})
-        rows = list(range(len(sampled))) + [supplied_extras[index] for index in used_extras]
-        pixel_row = {**sampled_row, **{index: len(sampled) + i for i, index in enumerate(used_extras)}}
+        supplied = {**first_row, **{index: offset + i for i, index in enumerate(extra_indices)}}
+        chosen = [self._choose_mask_frames(obj, set(sampled), mode, i) for i, obj in enumerate(masks_by_object)]
+        used_extras = sorted({index for frames_of in chosen for index in frames_of} - set(sampled))
+        pixel_order = distinct + used_extras  # every distinct frame once: the vision tower never sees one twice
+        pixel_row = {index: row for row, index in enumerate(pixel_order)}
 
         grid_masks, mask_rows, mask_objects = [], [], []
         for object_number, (obj, frames_of) in enumerate(zip(masks_by_object, chosen, strict=True)):
@@ -248,8 +262,9 @@ class VideoReferProcessor:
             "input_ids": torch.tensor(input_ids, dtype=torch.long),
             "labels": torch.tensor(labels, dtype=torch.long),
             "attention_mask": torch.ones(len(input_ids), dtype=torch.long),
-            "pixel_values": self.preprocess_frames(frames[rows]),
-            "frame_counts": torch.tensor(len(rows), dtype=torch.long),
+            "pixel_values": self.preprocess_frames(frames[[supplied[index] for index in pixel_order]]),
+            "frame_counts": torch.tensor(len(pixel_order), dtype=torch.long),
+            "video_frame_index": torch.tensor([pixel_row[index] for index in sampled], dtype=torch.long),
             "video_frame_counts": torch.tensor(len(sampled), dtype=torch.long),
             "object_masks": (
                 torch.from_numpy(np.stack(grid_masks))
@@ -259,6 +274,33 @@ class VideoReferProcessor:
             "mask_frame_index": torch.tensor(mask_rows, dtype=torch.long),
             "mask_object_index": torch.tensor(mask_objects, dtype=torch.long),
             "num_objects": torch.tensor(len(masks_by_object), dtype=torch.long),
+        }
+
+    def _encode_text_only(
+        self,
+        frames: np.ndarray | None,
+        objects: Sequence[Mapping[int, MaskLike]],
+        conversations: Sequence[Mapping[str, str]],
+        add_generation_prompt: bool,
+    ) -> dict[str, torch.Tensor]:
+        if objects:
+            raise InvalidSampleError("objects were given without frames", reason=RejectReason.MALFORMED_SAMPLE)
+        if frames is not None and np.asarray(frames).shape[0] != 0:
+            raise InvalidSampleError("frames were given without frame indices", reason=RejectReason.MALFORMED_SAMPLE)
+        input_ids, labels = self._tokenize(conversations, 0, [], add_generation_prompt=add_generation_prompt)
+        size = self.image_size
+        return {
+            "input_ids": torch.tensor(input_ids, dtype=torch.long),
+            "labels": torch.tensor(labels, dtype=torch.long),
+            "attention_mask": torch.ones(len(input_ids), dtype=torch.long),
+            "pixel_values": torch.zeros(0, 3, size, size),
+            "frame_counts": torch.tensor(0, dtype=torch.long),
+            "video_frame_index": torch.zeros(0, dtype=torch.long),
+            "video_frame_counts": torch.tensor(0, dtype=torch.long),
+            "object_masks": torch.zeros(0, self.grid, self.grid, dtype=torch.bool),
+            "mask_frame_index": torch.zeros(0, dtype=torch.long),
+            "mask_object_index": torch.zeros(0, dtype=torch.long),
+            "num_objects": torch.tensor(0, dtype=torch.long),
         }
 
     def encode_wds(
@@ -296,8 +338,9 @@ class VideoReferProcessor:
             return torch.cat([tensor, filler] if padding_side == "right" else [filler, tensor])
 
         frame_offset, object_offset = 0, 0
-        mask_frames, mask_objects = [], []
+        video_frames, mask_frames, mask_objects = [], [], []
         for item in items:
+            video_frames.append(item["video_frame_index"] + frame_offset)
             mask_frames.append(item["mask_frame_index"] + frame_offset)
             mask_objects.append(item["mask_object_index"] + object_offset)
             frame_offset += int(item["frame_counts"])
@@ -308,6 +351,7 @@ class VideoReferProcessor:
             "attention_mask": torch.stack([pad(item["attention_mask"], 0) for item in items]),
             "pixel_values": torch.cat([item["pixel_values"] for item in items]),
             "frame_counts": torch.stack([item["frame_counts"] for item in items]),
+            "video_frame_index": torch.cat(video_frames),
             "video_frame_counts": torch.stack([item["video_frame_counts"] for item in items]),
             "object_masks": torch.cat([item["object_masks"] for item in items]),
             "mask_frame_index": torch.cat(mask_frames),
@@ -315,17 +359,26 @@ class VideoReferProcessor:
         }
 
     def preprocess_frames(self, frames: np.ndarray) -> torch.Tensor:
-        """`[n, h, w, 3]` -> float32 `[n, 3, S, S]`: bicubic resize (antialiased, no crop), SigLIP norm.
+        """`[n, h, w, 3]` -> float32 `[n, 3, S, S]`: resize to S x S (no crop), rescale to 0..1, SigLIP norm.
 
-        uint8 frames are 0..255; float frames (webdataset's "rgb" decoding) are taken as 0..1.
+        uint8 frames are resized as the release's SigLIP image processor does (Pillow, bicubic, on uint8), so the
+        pixels equal `processor.preprocess(...)` of the release; float frames (0..1, webdataset's "rgb" decoding)
+        use an antialiased bicubic torch resize.
         """
-        pixels = torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2).float()
+        size = self.image_size
         if frames.dtype == np.uint8:
-            pixels = pixels / 255.0
-        if tuple(pixels.shape[-2:]) != (self.image_size, self.image_size):
-            pixels = F.interpolate(
-                pixels, size=(self.image_size, self.image_size), mode="bicubic", align_corners=False, antialias=True
-            ).clamp_(0.0, 1.0)
+            if tuple(frames.shape[1:3]) != (size, size):
+                from PIL import Image  # lazy: only resizing needs Pillow
+
+                bicubic = Image.Resampling.BICUBIC
+                frames = np.stack([np.asarray(Image.fromarray(f).resize((size, size), bicubic)) for f in frames])
+            pixels = torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2).float() / 255.0
+        else:
+            pixels = torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2).float()
+            if tuple(pixels.shape[-2:]) != (size, size):
+                pixels = F.interpolate(
+                    pixels, size=(size, size), mode="bicubic", align_corners=False, antialias=True
+                ).clamp_(0.0, 1.0)
         mean = torch.tensor(self.image_mean).view(1, 3, 1, 1)
         std = torch.tensor(self.image_std).view(1, 3, 1, 1)
         return (pixels - mean) / std
@@ -338,26 +391,18 @@ class VideoReferProcessor:
     # ------------------------------------------------------------ internals
 
     def _choose_mask_frames(
-        self,
-        masks: Mapping[int, MaskLike],
-        sampled_row: Mapping[int, int],
-        supplied_extras: Mapping[int, int],
-        mode: str,
-        object_number: int,
+        self, masks: Mapping[int, MaskLike], sampled: set[int], mode: str, object_number: int
     ) -> list[int]:
-        on_sampled = sorted(index for index in masks if index in sampled_row)
-        on_extras = sorted(index for index in masks if index in supplied_extras)
-        candidates = on_sampled or on_extras
-        if not candidates:
-            raise InvalidSampleError(
-                f"object {object_number} has no mask on any available frame", reason=RejectReason.MISSING_MASK
-            )
+        """The object's mask frames to pool: all of them ("multi"), or one ("single").
+
+        Single-frame mode takes the first mask frame that is a sampled frame, else the first mask frame.
+        """
+        if not masks:
+            raise InvalidSampleError(f"object {object_number} has no mask", reason=RejectReason.MISSING_MASK)
+        frames = list(masks)
         if mode == "single":
-            return candidates[:1]
-        if len(candidates) > self.num_frames:
-            keep = np.linspace(0, len(candidates) - 1, self.num_frames).round().astype(int)
-            candidates = [candidates[i] for i in sorted(set(keep.tolist()))]
-        return candidates
+            return [next((index for index in frames if index in sampled), frames[0])]
+        return frames
 
     def _text_ids(self, text: str) -> list[int]:
         return list(self.tokenizer(text, add_special_tokens=False)["input_ids"]) if text else []
@@ -382,9 +427,11 @@ class VideoReferProcessor:
         markers = sum(value.count(marker) for _, value in turns for marker in VIDEO_MARKERS)
         if markers > 1:
             raise InvalidSampleError("more than one <video>/<image> marker", reason=RejectReason.MALFORMED_SAMPLE)
+        if markers and not num_video_frames:
+            raise InvalidSampleError("a <video>/<image> marker but no frames", reason=RejectReason.MALFORMED_SAMPLE)
         system = next((value for role, value in turns if role == "system"), self.system_prompt)
         turns = [(role, value) for role, value in turns if role != "system"]
-        if markers == 0:
+        if markers == 0 and num_video_frames:
             first_user = next((i for i, (role, _) in enumerate(turns) if role == "user"), None)
             if first_user is None:
                 raise InvalidSampleError("conversation has no human turn", reason=RejectReason.MALFORMED_SAMPLE)

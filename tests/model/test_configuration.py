@@ -21,7 +21,8 @@ def test_7b_preset_has_the_papers_numbers() -> None:
     assert (config.region_tokens_per_object, config.vision_feature_layer, config.num_frames) == (4, -2, 16)
     assert config.grid_size == 27
     assert config.video_token_count() == 1352  # 8 x 13 x 13
-    assert config.video_token_count(1) == 169  # an image: one temporal slot
+    assert config.video_token_count(8) == 676  # the release's evaluation: 8 frames
+    assert config.video_token_count(15) == 7 * 169  # odd: the last frame is dropped, as released
     assert config.tokens_per_object("single") == 1
     assert config.tokens_per_object("multi", 2) == 2
     assert config.tokens_per_object("multi", 16) == 4

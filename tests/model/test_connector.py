@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from model.connector import STCConnector
@@ -16,15 +17,16 @@ def test_token_counts_follow_the_conv3d_downsampling() -> None:
     connector = _connector()
     assert connector(torch.randn(8, 8, 8, 12)).shape == (4 * 4 * 4, 16)
     assert connector(torch.randn(2, 4, 9, 9, 12)).shape == (2, 2 * 4 * 4, 16)  # odd grid: floor
-    assert connector(torch.randn(3, 8, 8, 12)).shape == (2 * 16, 16)  # odd frames: last one repeated
+    assert connector(torch.randn(3, 8, 8, 12)).shape == (1 * 16, 16)  # odd frames: the last one is dropped
 
 
-def test_one_frame_is_duplicated_after_the_tower_not_repeated_sixteen_times() -> None:
+def test_odd_frame_counts_drop_the_last_frame_as_the_release_conv3d_does() -> None:
     connector = _connector()
-    frame = torch.randn(1, 8, 8, 12)
+    frames = torch.randn(5, 8, 8, 12)
     with torch.no_grad():
-        assert torch.equal(connector(frame), connector(torch.cat([frame, frame])))
-        assert connector(frame).shape == (16, 16)
+        assert torch.equal(connector(frames), connector(frames[:4]))
+        with pytest.raises(ValueError, match="at least 2"):
+            connector(frames[:1])
 
 
 def test_sampler_is_a_2x2x2_conv3d_without_padding() -> None:

@@ -58,24 +58,25 @@ def test_each_frame_goes_through_the_vision_tower_once(tiny_model, tiny_processo
     )
     try:
         tiny_model(**_batch(tiny_processor))
-        image = tiny_processor.encode(
-            frames=_frames(1), frame_indices=[0], objects=[{0: _mask()}],
+        image = tiny_processor.encode(  # an image: num_frames copies of one frame, as the release feeds it
+            frames=_frames(1), frame_indices=[0] * 8, objects=[{0: _mask()}],
             conversations=[{"from": "human", "value": "<image>\nWhat is <region>?"}],
             add_generation_prompt=True,
         )
         tiny_model(**tiny_processor.collate([image]))
     finally:
         hook.remove()
-    # 8 + (8 sampled + 1 extra mask frame): mask frames among the sampled ones are not encoded again.
+    # 8 + (8 sampled + 1 extra mask frame): mask frames among the sampled ones are not encoded again; the image's
+    # 8 copies are one frame for the vision tower.
     assert seen == [17, 1]
-    assert (image["input_ids"] == tiny_model.config.video_token_id).sum() == tiny_model.config.video_token_count(1)
+    assert (image["input_ids"] == tiny_model.config.video_token_id).sum() == tiny_model.config.video_token_count(8)
 
 
 def test_object_tokens_land_on_the_region_slots(tiny_model, tiny_processor) -> None:
     batch = _batch(tiny_processor)
-    embeds = tiny_model.build_inputs_embeds(
+    embeds, _, _ = tiny_model.build_inputs_embeds(
         batch["input_ids"], batch["pixel_values"], batch["frame_counts"], batch["video_frame_counts"],
-        batch["object_masks"], batch["mask_frame_index"], batch["mask_object_index"],
+        batch["object_masks"], batch["mask_frame_index"], batch["mask_object_index"], batch["video_frame_index"],
     )
     features = tiny_model.vision_tower(pixel_values=batch["pixel_values"], output_hidden_states=True).hidden_states[-2]
     features = features.reshape(-1, 8, 8, features.shape[-1])
