@@ -124,7 +124,8 @@ def test_processor_pools_the_release_masks_in_the_release_order() -> None:
         conversations=[{"from": "human", "value": processor.build_prompt(question, 2)}],
     )
     pixel_frame = [round(float((row[0, 0, 0] + 1) / 2 * 255)) for row in item["pixel_values"]]
-    ours = [(int(o), pixel_frame[int(r)]) for o, r in zip(item["mask_object_index"], item["mask_frame_index"], strict=True)]
+    pairs = zip(item["mask_object_index"], item["mask_frame_index"], strict=True)
+    ours = [(int(obj), pixel_frame[int(row)]) for obj, row in pairs]
     assert ours == reference_pairs  # 64 masks: every one pooled, each on its own frame, in the release's order
     assert len(set(pixel_frame)) == len(pixel_frame)  # no frame encoded twice
     assert [pixel_frame[int(r)] for r in item["video_frame_index"]] == sampled
