@@ -31,6 +31,7 @@ class RejectReason(StrEnum):
     MASK_VANISHES_ON_GRID = "mask_vanishes_on_grid"
     REGION_COUNT_MISMATCH = "region_count_mismatch"
     MALFORMED_SAMPLE = "malformed_sample"
+    TOO_MANY_FRAMES = "too_many_frames"  # a sample needs more frames than a shard can name (00.jpg .. 99.jpg)
     BACKEND_ERROR = "backend_error"
 
 

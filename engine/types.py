@@ -2,7 +2,8 @@
 
 One unit of work per level: a `Clip` (a span of a source video with its caption), an `ObjectRecord`
 (one noun of one clip, carried from the analyzer to the refiner and enriched stage by stage with
-`dataclasses.replace`), and a `Sample` (one training conversation with its objects and masks).
+`dataclasses.replace`), and a `Sample` (one training conversation with its objects and masks, its sampled
+video frames and the extra frames that hold its other masks).
 Each enrichment appends a `Provenance`. Bad items become `Reject`s with a reason code.
 Masks are COCO RLE (`RleMask`), keyed by absolute frame index of the source video.
 """
@@ -192,7 +193,13 @@ class SampleObject:
 
 @dataclass(**_FROZEN)
 class Sample:
-    """One training conversation: a clip, its `<region>` objects in order, and the pre-sampled frames."""
+    """One training conversation: a clip, its `<region>` objects in order, and the pre-sampled frames.
+
+    `frame_indices` are the video's sampled frames (the release's uniform rule; they repeat on short videos).
+    `extra_frame_indices` are the mask frames not among them (sorted, distinct): the release pools every mask
+    frame, so those frames are stored too. A stored sample's images are one per `frame_indices` entry, then one
+    per `extra_frame_indices` entry, in that order (`stored_frame_indices`).
+    """
 
     key: str
     task: Task
@@ -200,11 +207,17 @@ class Sample:
     conversations: tuple[Turn, ...]
     objects: tuple[SampleObject, ...]
     frame_indices: tuple[int, ...] = ()
+    extra_frame_indices: tuple[int, ...] = ()
     clip_id: str = ""
     height: int = 0
     width: int = 0
     provenance: tuple[Provenance, ...] = ()
     extra: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def stored_frame_indices(self) -> tuple[int, ...]:
+        """The frame index of each stored image, in order: the sampled frames, then the extra mask frames."""
+        return (*self.frame_indices, *self.extra_frame_indices)
 
 
 REGION_TOKEN = "<region>"

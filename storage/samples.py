@@ -1,12 +1,15 @@
 """Training samples: their JSON form (DESIGN.md section 5), their validation, and building them from engine records.
 
-`sample_to_json`/`sample_from_json` are the `json` member of a WebDataset sample. `validate_sample` lists every
-reason a sample cannot train the model (missing, empty or grid-vanishing masks, a `<region>` count that differs
-from the objects, malformed conversations, mask sizes that disagree); an empty list means valid. The builders
-turn accepted `ObjectRecord`s and `ClipQA`s into detailed, short and QA samples with the paper's prompt shapes,
-choosing among a few fixed templates by a hash of the sample key, so the same inputs always give the same
-samples. Single-frame mode annotates one frame (the key frame when it is among the sampled frames, else the
-first sampled frame with a mask); multi-frame mode annotates every sampled frame that has a mask.
+`sample_to_json`/`sample_from_json` are the `json` member of a WebDataset sample (`extra_frame_indices`, the mask
+frames stored after the sampled frames, reads as empty from samples written before it existed). `validate_sample`
+lists every reason a sample cannot train the model (missing, empty or grid-vanishing masks, a `<region>` count that
+differs from the objects, malformed conversations, mask sizes that disagree, a mask frame that is neither a sampled
+nor an extra frame, extra frames that are unsorted, repeated, among the sampled ones or maskless, more frames than
+a shard can name); an empty list means valid. The builders turn accepted `ObjectRecord`s and `ClipQA`s into
+detailed, short and QA samples with the paper's prompt shapes, choosing among a few fixed templates by a hash of
+the sample key, so the same inputs always give the same samples. Single-frame mode annotates one frame (the key
+frame when it is among the sampled frames, else the first sampled frame with a mask); multi-frame mode annotates
+every sampled frame that has a mask.
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ from engine.types import (
 )
 
 SAMPLE_SCHEMA_VERSION = 1
+MAX_SAMPLE_FRAMES = 100  # stored frames are named `00.jpg` .. `99.jpg`: a sample needing more is rejected
 TASKS = ("detailed", "short", "qa")
 VIDEO_PREFIX = f"{VIDEO_TOKEN}\n"
 
@@ -80,6 +84,7 @@ def sample_to_json(sample: Sample) -> dict[str, Any]:
         "height": sample.height,
         "width": sample.width,
         "frame_indices": [int(i) for i in sample.frame_indices],
+        "extra_frame_indices": [int(i) for i in sample.extra_frame_indices],
         "conversations": [{"from": t.role, "value": t.value} for t in sample.conversations],
         "objects": [
             {
@@ -108,6 +113,7 @@ def sample_from_json(data: Mapping[str, Any]) -> Sample:
             height=int(data.get("height", 0)),
             width=int(data.get("width", 0)),
             frame_indices=tuple(int(i) for i in data.get("frame_indices", ())),
+            extra_frame_indices=tuple(int(i) for i in data.get("extra_frame_indices") or ()),
             conversations=tuple(Turn(role=t["from"], value=t["value"]) for t in data["conversations"]),
             objects=tuple(
                 SampleObject(
@@ -160,7 +166,8 @@ def validate_sample(sample: Sample, *, grid: int = 27) -> list[Problem]:
 
     Checks: task name; conversations (see `conversation_problems`); `<region>` count == number of objects; each
     object has masks, each mask decodes, matches the sample's height/width, is not empty and does not vanish on
-    the `grid` x `grid` vision feature grid; when frames are pre-sampled, mask frames are among them.
+    the `grid` x `grid` vision feature grid; when frames are pre-sampled, the stored frames are valid (see
+    `frame_problems`) and every mask frame is a sampled or an extra frame.
     """
     problems: list[Problem] = []
     if sample.task not in TASKS:
@@ -175,13 +182,47 @@ def validate_sample(sample: Sample, *, grid: int = 27) -> list[Problem]:
         )
     if not sample.objects:
         problems.append((RejectReason.MISSING_MASK, "sample has no objects"))
-    sampled = set(sample.frame_indices)
+    problems.extend(frame_problems(sample))
+    stored = set(sample.stored_frame_indices)
     for number, obj in enumerate(sample.objects):
-        problems.extend(_object_problems(number, obj, sample, sampled, grid))
+        problems.extend(_object_problems(number, obj, sample, stored, grid))
     return problems
 
 
-def _object_problems(number: int, obj: SampleObject, sample: Sample, sampled: set[int], grid: int) -> list[Problem]:
+def extra_frames_of(frame_indices: Sequence[int], objects: Sequence[SampleObject]) -> tuple[int, ...]:
+    """The mask frames of `objects` not among `frame_indices`, ascending and distinct: a sample's extra frames."""
+    sampled = {int(i) for i in frame_indices}
+    return tuple(sorted({int(frame) for obj in objects for frame in obj.masks} - sampled))
+
+
+def frame_problems(sample: Sample) -> list[Problem]:
+    """What is wrong with a sample's stored frames: extra frames without sampled frames, unsorted or repeated,
+    among the sampled frames, or holding no mask; more than `MAX_SAMPLE_FRAMES` frames in all."""
+    bad = RejectReason.MALFORMED_SAMPLE
+    problems: list[Problem] = []
+    extras = [int(i) for i in sample.extra_frame_indices]
+    if extras and not sample.frame_indices:
+        problems.append((bad, f"extra frames {extras} but no sampled frames"))
+    if any(b <= a for a, b in zip(extras, extras[1:], strict=False)):
+        problems.append((bad, f"extra frames {extras} are not ascending and distinct"))
+    overlap = sorted(set(extras) & {int(i) for i in sample.frame_indices})
+    if overlap:
+        problems.append((bad, f"extra frames {overlap} are also sampled frames"))
+    masked = {int(frame) for obj in sample.objects for frame in obj.masks}
+    maskless = sorted(set(extras) - masked)
+    if maskless:
+        problems.append((bad, f"extra frames {maskless} hold no mask"))
+    total = len(sample.frame_indices) + len(extras)
+    if total > MAX_SAMPLE_FRAMES:
+        message = (
+            f"{total} frames ({len(sample.frame_indices)} sampled + {len(extras)} extra mask frames);"
+            f" a shard holds at most {MAX_SAMPLE_FRAMES}"
+        )
+        problems.insert(0, (RejectReason.TOO_MANY_FRAMES, message))
+    return problems
+
+
+def _object_problems(number: int, obj: SampleObject, sample: Sample, stored: set[int], grid: int) -> list[Problem]:
     name = f"object {number} ({obj.object_id})"
     if not obj.masks:
         return [(RejectReason.MISSING_MASK, f"{name} has no masks")]
@@ -191,8 +232,9 @@ def _object_problems(number: int, obj: SampleObject, sample: Sample, sampled: se
         if rle is None:
             problems.append((RejectReason.MISSING_MASK, f"{where}: mask is null"))
             continue
-        if sampled and frame not in sampled:
-            problems.append((RejectReason.MALFORMED_SAMPLE, f"{where}: frame is not among the sampled frames"))
+        if sample.frame_indices and frame not in stored:
+            message = f"{where}: frame is neither a sampled frame nor an extra frame"
+            problems.append((RejectReason.MALFORMED_SAMPLE, message))
         if sample.height and sample.width and (rle.height, rle.width) != (sample.height, sample.width):
             problems.append(
                 (

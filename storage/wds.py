@@ -1,12 +1,14 @@
 """WebDataset export: a deterministic, validating tar shard writer and a fast reader of the shards it writes.
 
 `ShardWriter.write(sample, frames)` validates the sample first (an invalid one becomes a `Reject`, counted by
-reason), JPEG-encodes its pre-sampled frames as `00.jpg`, `01.jpg`, ... and adds them with the sample's `json`
-to `<split>-<NNNNNN>.tar`. A tar is written as `<split>-<NNNNNN>.tar.tmp` and renamed when complete; beside it
-goes a `<split>-<NNNNNN>.parquet` index (key, task, counts, byte offset and size of each sample) and, on close,
-`_stats.json` (samples per task, rejects per reason, bytes). Tar headers carry fixed mtime, owner and mode, so
-the same samples always give byte-identical tars. No pickle anywhere: frames are JPEG, the rest is JSON, so plain
-`webdataset.WebDataset(url).decode("rgb8")` reads the shards. `iter_samples` reads them back with `cv2.imdecode`.
+reason), JPEG-encodes its frames as `00.jpg`, `01.jpg`, ... (one per `frame_indices` entry, then one per
+`extra_frame_indices` entry: the processor's `frames` layout; at most 100, a sample needing more is rejected) and
+adds them with the sample's `json` to `<split>-<NNNNNN>.tar`. A tar is written as `<split>-<NNNNNN>.tar.tmp` and
+renamed when complete; beside it goes a `<split>-<NNNNNN>.parquet` index (key, task, counts, byte offset and size
+of each sample) and, on close, `_stats.json` (samples per task, rejects per reason, bytes). Tar headers carry fixed
+mtime, owner and mode, so the same samples always give byte-identical tars. No pickle anywhere: frames are JPEG,
+the rest is JSON, so plain `webdataset.WebDataset(url).decode("rgb8")` reads the shards. `iter_samples` reads them
+back with `cv2.imdecode`.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ import pyarrow.parquet as pq
 from engine.errors import RejectReason
 from engine.types import Reject, Sample
 from storage.root import DatasetRoot
-from storage.samples import reject_for, sample_from_json, sample_to_json, validate_sample
+from storage.samples import MAX_SAMPLE_FRAMES, reject_for, sample_from_json, sample_to_json, validate_sample
 
 STATS_NAME = "_stats.json"
 INDEX_SCHEMA = pa.schema(
@@ -43,7 +45,6 @@ INDEX_SCHEMA = pa.schema(
         ("size", pa.int64()),  # bytes from that header to the end of the sample's last member
     ]
 )
-_MAX_FRAMES = 100  # frame member names have two digits
 
 
 def frame_name(index: int) -> str:
@@ -138,7 +139,7 @@ class ShardWriter:
     # ------------------------------------------------------------ writing
 
     def write(self, sample: Sample, frames: np.ndarray) -> Reject | None:
-        """Validate and add one sample with its frames (RGB uint8 `[n, h, w, 3]`, one per frame index).
+        """Validate and add one sample with its frames (RGB uint8 `[n, h, w, 3]`, one per `stored_frame_indices`).
 
         Returns None when written, or the `Reject` (also counted in the stats) when the sample is invalid.
         """
@@ -187,10 +188,19 @@ class ShardWriter:
         if not isinstance(frames, np.ndarray) or frames.dtype != np.uint8 or frames.ndim != 4 or frames.shape[-1] != 3:
             shape = getattr(frames, "shape", None)
             return [(bad, f"frames must be a uint8 array [n, h, w, 3], got {type(frames).__name__} {shape}")]
-        if len(frames) == 0 or len(frames) > _MAX_FRAMES:
-            return [(bad, f"{len(frames)} frames; expected 1 to {_MAX_FRAMES}")]
-        if len(frames) != len(sample.frame_indices):
-            return [(bad, f"{len(frames)} frames but {len(sample.frame_indices)} frame indices")]
+        if len(frames) > MAX_SAMPLE_FRAMES:
+            return [(RejectReason.TOO_MANY_FRAMES, f"{len(frames)} frames; a shard holds at most {MAX_SAMPLE_FRAMES}")]
+        if len(frames) == 0:
+            return [(bad, "no frames")]
+        expected = len(sample.frame_indices) + len(sample.extra_frame_indices)
+        if len(frames) != expected:
+            return [
+                (
+                    bad,
+                    f"{len(frames)} frames but {len(sample.frame_indices)} frame indices"
+                    f" + {len(sample.extra_frame_indices)} extra frame indices",
+                )
+            ]
         return []
 
     def _open_tar(self) -> tarfile.TarFile:
@@ -435,7 +445,7 @@ def decode_frames(jpegs: Sequence[bytes | memoryview]) -> list[np.ndarray]:
 
 
 def decode_raw(raw: dict[str, Any]) -> tuple[Sample, list[np.ndarray]]:
-    """A raw sample from `read_raw` as the `Sample` and its RGB frames in order."""
+    """A raw sample from `read_raw` as the `Sample` and its RGB frames in order (`sample.stored_frame_indices`)."""
     sample = sample_from_json(json.loads(bytes(raw["json"])))
     return sample, decode_frames([raw[name] for name in sorted(name for name in raw if name.endswith(".jpg"))])
 

@@ -2,8 +2,8 @@
 
 `validate_tar` re-reads a tar with the storage reader and applies the same validation the writer applied
 (masks present and visible on the vision grid, `<region>` count, conversation shape) plus frame checks
-(one decodable image per frame index) and its index. `stage_status` counts, per stage, the shards done for
-the current config, done for another config (stale: they will re-run), and not done.
+(one decodable image per sampled and per extra frame index) and its index. `stage_status` counts, per stage,
+the shards done for the current config, done for another config (stale: they will re-run), and not done.
 """
 
 from __future__ import annotations
@@ -35,8 +35,8 @@ def validate_tar(path: str | Path) -> TarCheck:
             keys.append(sample.key)
             for reason, message in validate_sample(sample):
                 problems.append(f"{sample.key}: {reason}: {message}")
-            if len(frames) != len(sample.frame_indices):
-                problems.append(f"{sample.key}: {len(frames)} frames for {len(sample.frame_indices)} indices")
+            if len(frames) != len(sample.stored_frame_indices):
+                problems.append(f"{sample.key}: {len(frames)} frames for {len(sample.stored_frame_indices)} indices")
             if any(frame.ndim != 3 or frame.shape[-1] != 3 for frame in frames):
                 problems.append(f"{sample.key}: a frame is not an RGB image")
     except Exception as exc:  # noqa: BLE001 - a tar that cannot be read is the problem we report

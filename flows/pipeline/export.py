@@ -1,10 +1,11 @@
 """Export of one shard: accepted records -> training samples -> WebDataset tars + VideoRefer-700K JSON.
 
 Detailed samples come from the refine table, short ones from short_captions, QA ones from generate_qa. Each
-sample's frames are the clip's uniformly sampled frames (the ones the agents saw), read once per clip and
-resized to `sampling.image_size`. The tars of shard `S` are `export/wds/train-S-NNNNNN.tar` (with their index
-and stats), its JSON is `export/json/S.json`; a re-export first removes the shard's old files, and the done
-marker (written last) lists the files. Samples that fail validation are rejects of the `export` stage.
+sample's frames are the clip's uniformly sampled frames (the ones the agents saw), then its extra mask frames (none
+for the engine's samples, whose masks lie on sampled frames; written all the same when a sample has them), read
+once per clip and resized to `sampling.image_size`. The tars of shard `S` are `export/wds/train-S-NNNNNN.tar` (with
+their index and stats), its JSON is `export/json/S.json`; a re-export first removes the shard's old files, and the
+done marker (written last) lists the files. Samples that fail validation are rejects of the `export` stage.
 
 Exported samples are a pure function of the inputs: a video under the dataset root is named relative to the
 root, and provenance keeps who produced each field but not the run's timings (they stay in the stage tables),
@@ -159,7 +160,7 @@ def export_shard(root: layout.RootLike, shard_id: str, config: EngineConfig) -> 
                 )
                 continue
             for sample in group:
-                frames = np.stack([frames_by_index[i] for i in sample.frame_indices])
+                frames = np.stack([frames_by_index[i] for i in sample.stored_frame_indices])
                 reject = writer.write(sample, frames)
                 if reject is None:
                     written.append(sample)
@@ -208,7 +209,7 @@ def _clip_frames(video_uri: str, samples: Sequence[Sample], size: int) -> dict[i
     """Every frame the clip's samples need, decoded once and resized for the vision tower."""
     from engine.video import read_frames, resize_frames
 
-    wanted = sorted({int(i) for s in samples for i in s.frame_indices})
+    wanted = sorted({int(i) for s in samples for i in s.stored_frame_indices})
     frames = resize_frames(read_frames(video_uri, wanted), size)
     return {index: frames[k] for k, index in enumerate(wanted)}
 

@@ -3,9 +3,11 @@
 `plan_import` splits the JSON list into chunks of `shard_size` items under `imports/<name>/chunk-NNNNNN.json`
 (so each task reads only its chunk, not a JSON of hundreds of MB); `import_700k_shard` validates a chunk
 (`storage.videorefer_json.import_700k`: null/missing masks and `<region>` mismatches become rejects), gives
-each sample its frames (the paper's uniform frames of the video plus every annotated frame, so the masks'
-frames are always among the images), reads them once per video, and writes `export/wds/import-<name>-...tar`.
-Per chunk the work is skipped when its done marker carries the same config hash.
+each sample its frames as the release reads them (`frame_indices`: `sampling.num_frames` uniform frames of the
+whole video; `extra_frame_indices`: every annotated frame not among them, since the release pools every mask
+frame), reads them once per video, and writes `export/wds/import-<name>-...tar`. A sample with an annotated frame
+outside the video, or needing more than 100 frames, is a reject. Per chunk the work is skipped when its done
+marker carries the same config hash.
 """
 
 from __future__ import annotations
@@ -24,9 +26,13 @@ from engine.ids import stable_hash
 from engine.types import Reject, Sample
 from flows.pipeline import layout
 from flows.pipeline.reports import StageReport, count_reasons
+from storage.samples import MAX_SAMPLE_FRAMES
 
 STAGE = "import_700k"
-MAX_FRAMES = 100  # ShardWriter names frames with two digits
+MAX_FRAMES = MAX_SAMPLE_FRAMES  # ShardWriter names frames with two digits
+# Part of the config hash: chunks imported with the older frame layout (sampled and mask frames mixed into
+# `frame_indices`, truncated to 100) are imported again.
+FRAME_LAYOUT = "sampled+extra-v2"
 
 
 def _chunk_dir(json_path: str | Path) -> str:
@@ -69,7 +75,7 @@ def import_700k_shard(
 
     started = time.perf_counter()
     droot = layout.open_root(root)
-    config_hash = stable_hash(STAGE, config.stage_hash("export"), str(video_root))
+    config_hash = stable_hash(STAGE, config.stage_hash("export"), str(video_root), FRAME_LAYOUT)
     marker = droot.read_done(STAGE, chunk)
     if marker and marker.get("config_hash") == config_hash:
         stored = StageReport.from_json(droot.read_json(layout.stage_report_path(STAGE, chunk)))
@@ -97,12 +103,10 @@ def import_700k_shard(
                 )
                 continue
             for sample, frames in framed:
-                if frames is None:
+                if isinstance(frames, tuple):
+                    reason, message = frames
                     rejects.append(
-                        Reject(
-                            stage=STAGE, item_id=sample.key, clip_id=sample.clip_id,
-                            reason=RejectReason.MALFORMED_SAMPLE, message=f"annotated frame beyond the end of {video}",
-                        )
+                        Reject(stage=STAGE, item_id=sample.key, clip_id=sample.clip_id, reason=reason, message=message)
                     )
                     continue
                 reject = writer.write(sample, frames)
@@ -133,24 +137,46 @@ def _renumber(item_id: str, offset: int) -> str:
     return item_id
 
 
-def _with_frames(video: str, samples: list[Sample], config: EngineConfig) -> list[tuple[Sample, np.ndarray | None]]:
-    """Each sample with its frame indices set (uniform frames + annotated frames) and those frames read."""
+def _with_frames(
+    video: str, samples: list[Sample], config: EngineConfig
+) -> list[tuple[Sample, np.ndarray | tuple[RejectReason, str]]]:
+    """Each sample with its frames set and read, in the stored layout, or the reason it cannot be stored.
+
+    `frame_indices` = `uniform_indices(T, sampling.num_frames)` over the whole video (as the release samples it;
+    repeats on short videos), `extra_frame_indices` = the annotated frames not among them, ascending. The frames
+    come back as one row per `frame_indices` entry, then one per extra frame. Every distinct frame of the
+    video's samples is decoded once. A sample with an annotated frame outside the video, or with more frames
+    than a shard can name, gets (reason, message) instead of frames.
+    """
     from engine.video import probe, read_frames, resize_frames, uniform_indices
+    from storage.samples import extra_frames_of
 
     info = probe(video)
-    uniform = set(uniform_indices(info.num_frames, config.sampling.num_frames))
-    planned = []
+    uniform = tuple(uniform_indices(info.num_frames, config.sampling.num_frames))
+    planned: list[tuple[Sample, tuple[RejectReason, str] | None]] = []
     for sample in samples:
-        annotated = {frame for obj in sample.objects for frame in obj.masks}
-        indices = tuple(sorted(uniform | annotated))[:MAX_FRAMES]
-        planned.append(dataclasses.replace(sample, frame_indices=indices))
-    wanted = sorted({i for sample in planned for i in sample.frame_indices if i < info.num_frames})
-    frames = resize_frames(read_frames(video, wanted), config.sampling.image_size)
-    by_index = {index: frames[k] for k, index in enumerate(wanted)}
-    out: list[tuple[Sample, np.ndarray | None]] = []
-    for sample in planned:
-        if any(i not in by_index for i in sample.frame_indices):
-            out.append((sample, None))  # an annotated frame beyond the video's end
+        extras = extra_frames_of(uniform, sample.objects)
+        framed = dataclasses.replace(sample, frame_indices=uniform, extra_frame_indices=extras)
+        outside = [i for i in extras if not 0 <= i < info.num_frames]
+        if outside:
+            message = f"annotated frames {outside} outside {video} ({info.num_frames} frames)"
+            planned.append((framed, (RejectReason.MALFORMED_SAMPLE, message)))
+        elif len(uniform) + len(extras) > MAX_FRAMES:
+            message = (
+                f"{len(uniform)} sampled + {len(extras)} extra annotated frames; a shard holds at most {MAX_FRAMES}"
+            )
+            planned.append((framed, (RejectReason.TOO_MANY_FRAMES, message)))
         else:
-            out.append((sample, np.stack([by_index[i] for i in sample.frame_indices])))
+            planned.append((framed, None))
+    wanted = sorted({i for sample, problem in planned if problem is None for i in sample.stored_frame_indices})
+    by_index: dict[int, np.ndarray] = {}
+    if wanted:
+        frames = resize_frames(read_frames(video, wanted), config.sampling.image_size)
+        by_index = {index: frames[k] for k, index in enumerate(wanted)}
+    out: list[tuple[Sample, np.ndarray | tuple[RejectReason, str]]] = []
+    for sample, problem in planned:
+        if problem is not None:
+            out.append((sample, problem))
+        else:
+            out.append((sample, np.stack([by_index[i] for i in sample.stored_frame_indices])))
     return out

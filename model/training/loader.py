@@ -6,7 +6,10 @@ worker); with fewer shards than slots, every slot reads all shards and keeps eve
 no sample is duplicated. Each slot keeps a seeded shuffle buffer of *raw* samples (bytes, nothing decoded),
 draws from its sources by weight with a counter-based RNG, picks single- or multi-frame mode per sample, and
 only then decodes the pre-sampled JPEG frames (OpenCV) and lets the processor turn the json (conversations,
-RLE masks) and frames into tensors. Micro-batches are collated inside the workers.
+RLE masks) and frames into tensors. Micro-batches are collated inside the workers. Frames (`plan_frames`): a
+sample stores its video frames (`frame_indices`) then its extra mask frames (`extra_frame_indices`); when the
+recipe's `frames_per_sample` differs from the stored video frames, the release's uniform rule picks among them
+and every mask frame left out becomes an extra frame, so no mask is ever dropped.
 
 Resume: every batch carries its slot's `SlotPosition` (per source: epoch and raw samples consumed in it, plus
 the mixer's draw count). The training loop keeps the position of the last batch it used from each slot and
@@ -238,56 +241,58 @@ class _SourceStream:
 # ---------------------------------------------------------------- decoding
 
 
-def uniform_indices(available: int, wanted: int) -> list[int]:
-    """PAPER.md frame rule: segment s=(T-1)/n, a=round(s*i), b=round(s*(i+1)), index (a+b)//2."""
-    if wanted >= available:
-        return list(range(available))
-    step = (available - 1) / wanted
-    return [(round(step * i) + round(step * (i + 1))) // 2 for i in range(wanted)]
-
-
 def frame_names(raw: Mapping[str, Any]) -> list[str]:
     """The frame members of a raw sample (`00.jpg`, `01.jpg`, ...) in order."""
     return sorted(name for name in raw if name.endswith(_FRAME_SUFFIX) and name[: -len(_FRAME_SUFFIX)].isdigit())
 
 
-def choose_frames(sample_json: Mapping[str, Any], available: int, wanted: int) -> list[int]:
-    """Positions of the frames to keep: uniform, but every object keeps at least one of its mask frames.
+def _indices(value: Any, name: str) -> list[int]:
+    if value is None:
+        return []
+    if not isinstance(value, list | tuple):
+        raise InvalidSampleError(f"{name} is not a list", reason=RejectReason.MALFORMED_SAMPLE)
+    return [int(i) for i in value]
 
-    An object with no mask on the uniform choice gets its mask frame nearest to the middle swapped in for the
-    closest chosen frame, so the frame count stays `wanted` and no object loses its region.
+
+def plan_frames(sample_json: dict[str, Any], available: int, wanted: int) -> tuple[dict[str, Any], list[int]]:
+    """The sample json for `wanted` video frames and the stored frame positions to decode, in the processor's order.
+
+    Stored frames are one per `frame_indices` entry, then one per `extra_frame_indices` entry (shards written
+    before extras existed have none; a json without `frame_indices` counts every stored frame as a video frame).
+    With `wanted` video frames stored the sample is used as stored. Otherwise the video frames kept are the
+    positions `engine.video.uniform_indices(len(frame_indices), wanted)` (repeats allowed, as the release), and
+    every mask frame then not among them becomes an extra frame, its image taken from wherever it is stored (a
+    dropped video frame or an old extra frame): masks are never dropped. Returns (json with the new
+    `frame_indices` and `extra_frame_indices`, positions of the stored frames: the kept video frames, then the
+    extra frames ascending).
     """
-    kept = uniform_indices(available, wanted)
-    if len(kept) == available:
-        return kept
-    indices = sample_json.get("frame_indices") or list(range(available))
-    position_of = {int(frame): position for position, frame in enumerate(indices)}
-    for obj in sample_json.get("objects", []):
-        positions = sorted(position_of[int(f)] for f in obj.get("masks", {}) if int(f) in position_of)
-        if not positions or set(positions) & set(kept):
-            continue
-        target = min(positions, key=lambda p: abs(p - available // 2))
-        free = [i for i, p in enumerate(kept) if not _holds_mask(sample_json, indices[p])]
-        swap = min(free or range(len(kept)), key=lambda i: abs(kept[i] - target))
-        kept[swap] = target
-        kept = sorted(set(kept))
-    return kept
+    from engine.video import uniform_indices
 
-
-def _holds_mask(sample_json: Mapping[str, Any], frame: int) -> bool:
-    return any(str(frame) in obj.get("masks", {}) for obj in sample_json.get("objects", []))
-
-
-def restrict_to_frames(sample_json: dict[str, Any], kept: Sequence[int]) -> dict[str, Any]:
-    """The sample json with `frame_indices` cut to the kept positions and masks on dropped frames removed."""
-    indices = sample_json.get("frame_indices")
-    if not isinstance(indices, list) or len(kept) == len(indices):
-        return sample_json
-    frames = [indices[p] for p in kept]
-    keep = {str(int(f)) for f in frames}
-    objects = [{**obj, "masks": {f: m for f, m in obj.get("masks", {}).items() if f in keep}}
-               for obj in sample_json.get("objects", [])]
-    return {**sample_json, "frame_indices": frames, "objects": objects}
+    extras = _indices(sample_json.get("extra_frame_indices"), "extra_frame_indices")
+    video = _indices(sample_json.get("frame_indices"), "frame_indices") or list(range(available - len(extras)))
+    if not video or len(video) + len(extras) != available:
+        raise InvalidSampleError(
+            f"{available} frames stored for {len(video)} frame indices and {len(extras)} extra frame indices",
+            reason=RejectReason.MALFORMED_SAMPLE,
+        )
+    if len(video) == wanted:
+        return sample_json, list(range(available))
+    kept = uniform_indices(len(video), wanted)
+    chosen = [video[position] for position in kept]
+    stored_at: dict[int, int] = {}
+    for position, index in enumerate(video + extras):
+        stored_at.setdefault(index, position)
+    try:
+        masked = {int(frame) for obj in sample_json.get("objects", []) for frame in obj.get("masks", {})}
+    except (AttributeError, TypeError, ValueError) as exc:
+        raise InvalidSampleError(f"malformed masks: {exc!r}", reason=RejectReason.MALFORMED_SAMPLE) from exc
+    new_extras = sorted(masked - set(chosen))
+    missing = [index for index in new_extras if index not in stored_at]
+    if missing:
+        raise InvalidSampleError(f"mask frames {missing} are not among the stored frames",
+                                 reason=RejectReason.MISSING_MASK)
+    positions = kept + [stored_at[index] for index in new_extras]
+    return {**sample_json, "frame_indices": chosen, "extra_frame_indices": new_extras}, positions
 
 
 def decode_jpeg(data: bytes) -> np.ndarray | None:
@@ -301,20 +306,26 @@ def decode_jpeg(data: bytes) -> np.ndarray | None:
     return None if image is None else cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
 
 
-def decode_frames(raw: Mapping[str, Any], kept: Sequence[int] | None = None) -> np.ndarray:
-    """The sample's JPEG frames at positions `kept` (all by default) as RGB uint8 `[n, h, w, 3]`."""
+def decode_frames(raw: Mapping[str, Any], positions: Sequence[int] | None = None) -> np.ndarray:
+    """The sample's JPEG frames at stored `positions` (all by default; repeats allowed) as RGB uint8 `[n, h, w, 3]`.
+
+    Each distinct JPEG is decoded once, however often its position repeats.
+    """
     names = frame_names(raw)
     if not names:
         raise InvalidSampleError("sample has no frames", reason=RejectReason.MALFORMED_SAMPLE)
-    frames = []
-    for position in range(len(names)) if kept is None else kept:
+    order = list(range(len(names))) if positions is None else [int(p) for p in positions]
+    decoded: dict[int, np.ndarray] = {}
+    for position in dict.fromkeys(order):
+        if not 0 <= position < len(names):
+            raise InvalidSampleError(f"no stored frame at position {position}", reason=RejectReason.MALFORMED_SAMPLE)
         image = decode_jpeg(raw[names[position]])
         if image is None:
             raise InvalidSampleError(f"undecodable frame {names[position]}", reason=RejectReason.MALFORMED_SAMPLE)
-        frames.append(image)
-    if len({frame.shape for frame in frames}) != 1:
+        decoded[position] = image
+    if len({frame.shape for frame in decoded.values()}) != 1:
         raise InvalidSampleError("frames differ in size", reason=RejectReason.MALFORMED_SAMPLE)
-    return np.stack(frames)
+    return np.stack([decoded[position] for position in order])
 
 
 def decode_json(raw: Mapping[str, Any]) -> dict[str, Any]:
@@ -467,9 +478,8 @@ class TrainingStream:
         available = len(frame_names(raw))
         if available == 0:
             raise InvalidSampleError("sample has no frames", reason=RejectReason.MALFORMED_SAMPLE)
-        kept = choose_frames(sample_json, available, self.spec.mixture.frames_per_sample)
-        frames = decode_frames(raw, kept)
-        return self.encoder.encode_wds(restrict_to_frames(sample_json, kept), frames, mode=mode)
+        planned, positions = plan_frames(sample_json, available, self.spec.mixture.frames_per_sample)
+        return self.encoder.encode_wds(planned, decode_frames(raw, positions), mode=mode)
 
 
 def build_loader(stream: TrainingStream, *, prefetch_factor: int = 2) -> Any:

@@ -1,4 +1,4 @@
-"""Training samples: JSON round trip, every validation rule, and the detailed/short/QA builders."""
+"""Training samples: JSON round trip (extra mask frames included), every validation rule, and the builders."""
 
 from __future__ import annotations
 
@@ -49,6 +49,20 @@ def test_json_round_trip_keeps_every_field() -> None:
     assert set(data["objects"][0]["masks"]) == {"0", "5", "10"}
     assert data["objects"][0]["masks"]["5"]["size"] == [HEIGHT, WIDTH]
     assert sample_from_json(data) == sample
+
+
+def test_extra_frames_round_trip_and_old_json_reads_without_them() -> None:
+    sample = dataclasses.replace(with_masks(make_sample(frames=(0, 5)), {0: box_mask(0, 0, 20, 20),
+                                                                          7: box_mask(0, 0, 20, 20),
+                                                                          12: box_mask(0, 0, 20, 20)}),
+                                 extra_frame_indices=(7, 12))
+    data = sample_to_json(sample)
+    assert data["frame_indices"] == [0, 5] and data["extra_frame_indices"] == [7, 12]
+    back = sample_from_json(data)
+    assert back == sample and back.stored_frame_indices == (0, 5, 7, 12)
+    old = {key: value for key, value in sample_to_json(make_sample()).items() if key != "extra_frame_indices"}
+    assert sample_from_json(old).extra_frame_indices == ()
+    assert sample_to_json(make_sample())["extra_frame_indices"] == []
 
 
 def test_json_with_wrong_version_or_shape_is_refused() -> None:
@@ -104,6 +118,52 @@ def test_mask_size_mismatch_and_frames_outside_the_sampled_ones() -> None:
     wrong_size = box_mask(0, 0, 10, 10, height=HEIGHT * 2, width=WIDTH)
     assert reasons(with_masks(sample, {0: wrong_size})) == {RejectReason.MALFORMED_SAMPLE}
     assert reasons(with_masks(sample, {7: box_mask(0, 0, 20, 20)})) == {RejectReason.MALFORMED_SAMPLE}
+
+
+def test_extra_frames_hold_the_masks_off_the_sampled_frames() -> None:
+    sample = with_masks(make_sample(frames=(0, 5)), {0: box_mask(0, 0, 20, 20), 7: box_mask(0, 0, 20, 20)})
+    assert reasons(sample) == {RejectReason.MALFORMED_SAMPLE}  # frame 7 is on no stored frame
+    assert "neither a sampled frame nor an extra frame" in validate_sample(sample)[0][1]
+    assert validate_sample(dataclasses.replace(sample, extra_frame_indices=(7,))) == []
+    # Repeated sampled frames (a short video) are fine.
+    assert validate_sample(dataclasses.replace(sample, frame_indices=(0, 0, 5, 5), extra_frame_indices=(7,))) == []
+
+
+@pytest.mark.parametrize(
+    ("extras", "message"),
+    [
+        ((5, 7), "also sampled frames"),
+        ((7, 7), "not ascending and distinct"),
+        ((9, 7), "not ascending and distinct"),
+        ((7, 9), "hold no mask"),
+    ],
+)
+def test_bad_extra_frames(extras, message) -> None:
+    masks = {0: box_mask(0, 0, 20, 20), 7: box_mask(0, 0, 20, 20), 9: box_mask(0, 0, 20, 20)}
+    if message == "hold no mask":
+        masks.pop(9)
+    sample = dataclasses.replace(with_masks(make_sample(frames=(0, 5)), masks), extra_frame_indices=extras)
+    problems = validate_sample(sample)
+    assert {reason for reason, _ in problems} == {RejectReason.MALFORMED_SAMPLE}
+    assert any(message in text for _, text in problems)
+
+
+def test_extra_frames_need_sampled_frames() -> None:
+    sample = dataclasses.replace(make_sample(frames=(7,)), frame_indices=(), extra_frame_indices=(7,))
+    assert any("no sampled frames" in text for _, text in validate_sample(sample))
+
+
+def test_more_than_100_stored_frames_is_too_many() -> None:
+    block = box_mask(0, 0, 20, 20)
+    masks = {frame: block for frame in range(1, 86)}  # 85 extra mask frames + 16 sampled frames = 101
+    sample = with_masks(make_sample(frames=(0,)), masks)
+    sample = dataclasses.replace(sample, frame_indices=(0,) * 16, extra_frame_indices=tuple(range(1, 86)))
+    problems = validate_sample(sample)
+    assert problems[0][0] is RejectReason.TOO_MANY_FRAMES and "101 frames" in problems[0][1]
+    with pytest.raises(InvalidSampleError) as info:
+        check_sample(sample)
+    assert info.value.reason is RejectReason.TOO_MANY_FRAMES
+    assert validate_sample(dataclasses.replace(sample, frame_indices=(0,) * 15)) == []  # exactly 100
 
 
 def test_corrupt_rle_is_reported_not_raised() -> None:

@@ -185,3 +185,53 @@ def test_samples_built_from_records_export_and_read_back(tmp_path: Path) -> None
     assert [s for s, _ in iter_samples(list_tars(tmp_path))] == built
     stats = DatasetRoot(tmp_path).read_json("_stats.json")["splits"]["train"]
     assert stats["samples_per_task"] == {"detailed": 3, "short": 3} and stats["frames"] == 24
+
+
+def _sample_with_extras(key: str = "detailed_extra"):
+    # Masks on sampled frames 0 and 5 and on frames 7 and 12, stored after the sampled ones.
+    from tests.storage.conftest import box_mask
+
+    sample = make_sample(key, frames=(0, 5))
+    masks = {frame: box_mask(2 + frame, 2, 22 + frame, 30) for frame in (0, 5, 7, 12)}
+    obj = dataclasses.replace(sample.objects[0], masks=masks)
+    return dataclasses.replace(sample, objects=(obj,), extra_frame_indices=(7, 12))
+
+
+def test_extra_mask_frames_are_stored_after_the_sampled_frames(tmp_path: Path) -> None:
+    sample = _sample_with_extras()
+    frames = make_frames(4, seed=7)  # rows: frame 0, frame 5, extra 7, extra 12
+    with ShardWriter(tmp_path) as writer:
+        assert writer.write(sample, frames) is None
+    with tarfile.open(tmp_path / "train-000000.tar") as tar:
+        assert [m.name for m in tar.getmembers()] == [f"detailed_extra.0{i}.jpg" for i in range(4)] + [
+            "detailed_extra.json"
+        ]
+    ((back, images),) = list(iter_samples(list_tars(tmp_path)))
+    assert back == sample and back.extra_frame_indices == (7, 12) and len(images) == 4
+    for row, image in enumerate(images):  # each row is its own frame, not a neighbour's
+        errors = [np.abs(image.astype(int) - other.astype(int)).mean() for other in frames]
+        assert int(np.argmin(errors)) == row and errors[row] < 4
+    assert read_index(list_tars(tmp_path)[0])[0]["num_frames"] == 4
+
+
+def test_frame_count_must_cover_the_extra_frames_and_stay_within_100(tmp_path: Path) -> None:
+    from tests.storage.conftest import box_mask
+
+    with ShardWriter(tmp_path) as writer:
+        only_sampled = writer.write(_sample_with_extras(), make_frames(2))
+        assert only_sampled is not None and only_sampled.reason is RejectReason.MALFORMED_SAMPLE
+        assert "2 frames but 2 frame indices + 2 extra frame indices" in only_sampled.message
+        block = box_mask(0, 0, 20, 20)
+        big = make_sample("detailed_big", frames=(0,))
+        big = dataclasses.replace(
+            big,
+            objects=(dataclasses.replace(big.objects[0], masks={f: block for f in range(100)}),),
+            frame_indices=(0,),
+            extra_frame_indices=tuple(range(1, 100)),
+        )
+        assert writer.write(big, np.zeros((100, 8, 8, 3), np.uint8)) is None  # exactly 100: stored
+        too_many = dataclasses.replace(big, key="detailed_huge", frame_indices=(0, 0))
+        reject = writer.write(too_many, np.zeros((101, 8, 8, 3), np.uint8))
+        assert reject is not None and reject.reason is RejectReason.TOO_MANY_FRAMES
+    stats = DatasetRoot(tmp_path).read_json("_stats.json")["splits"]["train"]
+    assert stats["rejects_per_reason"] == {"malformed_sample": 1, "too_many_frames": 1}

@@ -1,13 +1,15 @@
-"""The training loader: determinism, split by node and worker, weighted mixing, exact resume, bad samples.
+"""The training loader: determinism, split by node and worker, weighted mixing, exact resume, bad samples, and the
+frame plan (video frames resampled by the release's rule, every mask frame kept as an extra frame).
 
-The encoder here is a small stand-in for the processor that keeps what the loader decoded (frame count, size,
-mode), so the tests see the loader's own behaviour; the real processor is exercised by the loop tests.
+The encoder here is a small stand-in for the processor that keeps what the loader decoded (video frames, extra
+frame count, mode), so the tests see the loader's own behaviour; the real processor is exercised by the loop tests.
 """
 
 from __future__ import annotations
 
 import io
 import itertools
+import json
 import tarfile
 from pathlib import Path
 
@@ -15,7 +17,8 @@ import numpy as np
 import pytest
 import torch
 
-from engine.errors import ConfigError
+from engine.errors import ConfigError, InvalidSampleError
+from engine.video import uniform_indices
 from model.training.loader import (
     LoaderSpec,
     LoaderState,
@@ -23,21 +26,37 @@ from model.training.loader import (
     TrainingStream,
     build_loader,
     count_samples,
-    uniform_indices,
+    decode_frames,
+    decode_jpeg,
+    plan_frames,
+    read_tar_samples,
 )
 from model.training.recipes import DataMixture, DataSource
 from model.training.synthetic import write_synthetic_shards
 
 
 class RecordingEncoder:
-    """Encodes a sample as its decoded frame tensor plus the mode it was asked for."""
+    """Encodes a sample as its decoded video frames, the number of extra mask frames after them, and the mode."""
 
     def encode_wds(self, sample_json: dict, frames: np.ndarray, *, mode: str | None = None) -> dict:
-        return {"key": sample_json["key"], "frames": torch.from_numpy(frames), "multi": mode == "multi"}
+        video = len(sample_json["frame_indices"])
+        return {"key": sample_json["key"], "frames": torch.from_numpy(frames[:video]), "extras": len(frames) - video,
+                "multi": mode == "multi"}
 
     def collate(self, items: list[dict]) -> dict:
         return {"keys": [i["key"] for i in items], "frames": torch.stack([i["frames"] for i in items]),
+                "extras": torch.tensor([i["extras"] for i in items]),
                 "multi": torch.tensor([i["multi"] for i in items])}
+
+
+class CapturingEncoder:
+    """Keeps exactly what the loader hands the processor: the json and the frames."""
+
+    def encode_wds(self, sample_json: dict, frames: np.ndarray, *, mode: str | None = None) -> dict:
+        return {"json": sample_json, "frames": frames}
+
+    def collate(self, items: list[dict]) -> dict:
+        return {"items": items}
 
 
 @pytest.fixture(scope="module")
@@ -104,9 +123,11 @@ def test_mode_follows_the_multi_frame_ratio(shards: Path) -> None:
 
 
 def test_frames_are_decoded_and_subsampled(shards: Path) -> None:
+    # 4 stored frames, 2 wanted: positions uniform_indices(4, 2) == [1, 2]; the masks on frames 0 and 3 (multi-frame
+    # samples) or on frame 0 (single-frame ones) come along as extra frames.
     batch = _take(build_loader(_stream(shards, frames=2)), 1)[0]["batch"]
     assert batch["frames"].shape == (2, 2, 32, 32, 3) and batch["frames"].dtype == torch.uint8
-    assert uniform_indices(16, 4) == [2, 6, 9, 13] and uniform_indices(3, 8) == [0, 1, 2]
+    assert set(batch["extras"].tolist()) <= {1, 2}
 
 
 @pytest.mark.parametrize("consumed", [3, 4])
@@ -167,3 +188,128 @@ def test_uint8_frames_normalise_to_the_processors_pixels(size: int) -> None:
     tolerance = 0.0 if size == 64 else 1.0 / 255 * 2  # rounding to uint8 after the resize
     torch.testing.assert_close(pixels, expected["pixel_values"], rtol=0, atol=tolerance + 1e-6)
     assert all(torch.equal(got[key], expected[key]) for key in expected if key != "pixel_values")
+
+
+# ---------------------------------------------------------------- the frame plan
+
+VIDEO_FRAMES = tuple(range(0, 64, 4))  # 16 sampled frames: 0, 4, ..., 60
+EXTRA_FRAMES = (2, 33, 61)  # stored mask frames off the sampled ones
+MASK_FRAMES = ({0, 2, 8, 33}, {4, 60, 61})  # per object: on kept, dropped and extra frames when 8 are wanted
+
+
+def _frame_image(index: int, size: tuple[int, int] = (48, 64)) -> np.ndarray:
+    # A different smooth pattern per frame index, so a frame in the wrong row is obvious.
+    ys, xs = np.mgrid[0 : size[0], 0 : size[1]]
+    base = np.stack([np.sin(xs / (3 + index % 7)), np.cos(ys / (2 + index % 5)), np.sin((xs + ys) / (4 + index))], -1)
+    return ((base + 1) * 127.5).astype(np.uint8)
+
+
+def _box(frame: int, size: tuple[int, int] = (48, 64)):
+    from engine.masks import encode_rle
+    from engine.types import RleMask
+
+    mask = np.zeros(size, dtype=bool)
+    top = frame % 20
+    mask[top : top + 20, 10:40] = True
+    return RleMask.from_coco(encode_rle(mask))
+
+
+@pytest.fixture(scope="module")
+def extra_shard(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One tar with one sample: 16 sampled frames + 3 extra mask frames, written by the export's ShardWriter."""
+    from engine.types import Sample, SampleObject, Turn
+    from storage.wds import ShardWriter
+
+    directory = tmp_path_factory.mktemp("extra-shard")
+    question = "<video>\nWhat do <region> and <region> do?"
+    sample = Sample(
+        key="extra_sample", task="qa", video_uri="file:///v.mp4",
+        conversations=(Turn(role="human", value=question), Turn(role="gpt", value="They move.")),
+        objects=tuple(SampleObject(object_id=f"o{i}", category="box", masks={f: _box(f) for f in sorted(frames)})
+                      for i, frames in enumerate(MASK_FRAMES)),
+        frame_indices=VIDEO_FRAMES, extra_frame_indices=EXTRA_FRAMES, height=48, width=64,
+    )
+    frames = np.stack([_frame_image(i) for i in sample.stored_frame_indices])
+    with ShardWriter(directory, split="x") as writer:
+        assert writer.write(sample, frames) is None
+    return directory / "x-000000.tar"
+
+
+def _capture(tar: Path, wanted: int) -> tuple[dict, dict, np.ndarray]:
+    mixture = DataMixture(sources=(DataSource(shards=str(tar), name="x"),), shuffle_buffer=1,
+                          multi_frame_ratio=None, frames_per_sample=wanted)
+    stream = TrainingStream(LoaderSpec(mixture=mixture, micro_batch=1), CapturingEncoder())
+    item = next(iter(build_loader(stream)))
+    assert item["bad"] == []
+    raw = next(read_tar_samples(str(tar)))
+    captured = item["batch"]["items"][0]
+    return raw, captured["json"], captured["frames"]
+
+
+def test_fewer_wanted_frames_keep_every_mask_as_extra_frames(extra_shard: Path) -> None:
+    raw, planned, frames = _capture(extra_shard, 8)
+    kept = uniform_indices(16, 8)
+    assert kept == [1, 3, 5, 7, 8, 10, 12, 14]
+    assert planned["frame_indices"] == [VIDEO_FRAMES[p] for p in kept]
+    every_mask = sorted(set().union(*MASK_FRAMES))
+    assert planned["extra_frame_indices"] == [f for f in every_mask if f not in planned["frame_indices"]]
+    assert planned["extra_frame_indices"] == [0, 2, 8, 33, 60, 61]
+    assert [sorted(int(f) for f in obj["masks"]) for obj in planned["objects"]] == [sorted(m) for m in MASK_FRAMES]
+    # Rows: the kept video frames, then each extra frame from where it is stored (dropped video frame or old extra).
+    stored = list(VIDEO_FRAMES + EXTRA_FRAMES)
+    positions = kept + [stored.index(f) for f in planned["extra_frame_indices"]]
+    assert positions[8:] == [0, 16, 2, 17, 15, 18]
+    assert frames.shape == (14, 48, 64, 3)
+    for row, position in enumerate(positions):
+        np.testing.assert_array_equal(frames[row], decode_jpeg(raw[f"{position:02d}.jpg"]))
+
+
+def test_wanted_frames_as_stored_leave_the_sample_untouched(extra_shard: Path) -> None:
+    raw, planned, frames = _capture(extra_shard, 16)
+    assert planned == json.loads(raw["json"])
+    assert frames.shape == (19, 48, 64, 3)
+    for position in range(19):
+        np.testing.assert_array_equal(frames[position], decode_jpeg(raw[f"{position:02d}.jpg"]))
+
+
+def test_the_processor_accepts_the_planned_layout(extra_shard: Path) -> None:
+    from model.configuration import VideoReferConfig
+    from model.processing import VideoReferProcessor, build_tiny_tokenizer
+
+    processor = VideoReferProcessor.from_config(build_tiny_tokenizer(), VideoReferConfig.preset("tiny"))
+    raw = next(read_tar_samples(str(extra_shard)))
+    planned, positions = plan_frames(json.loads(raw["json"]), 19, 8)
+    encoded = processor.encode_wds(planned, decode_frames(raw, positions), mode="multi")
+    assert int(encoded["video_frame_counts"]) == 8
+
+
+def test_old_shards_without_extra_frames_keep_their_masks() -> None:
+    # A shard written before `extra_frame_indices` existed: 4 frames, masks on all of them, 2 wanted.
+    old = {"frame_indices": [0, 10, 20, 30], "objects": [{"masks": {"0": {}, "10": {}, "20": {}, "30": {}}}]}
+    planned, positions = plan_frames(old, 4, 2)
+    assert planned["frame_indices"] == [10, 20] and planned["extra_frame_indices"] == [0, 30]
+    assert positions == [1, 2, 0, 3]
+    # More frames wanted than stored: the release's rule repeats frames; no mask frame is then an extra frame.
+    planned, positions = plan_frames(old, 4, 8)
+    assert positions == uniform_indices(4, 8) and set(positions) == {0, 1, 2, 3}
+    assert planned["frame_indices"] == [[0, 10, 20, 30][p] for p in positions]
+    assert planned["extra_frame_indices"] == []
+
+
+def test_a_frame_count_that_disagrees_with_the_json_is_a_bad_sample() -> None:
+    with pytest.raises(InvalidSampleError, match="3 frames stored"):
+        plan_frames({"frame_indices": [0, 1], "extra_frame_indices": [], "objects": []}, 3, 1)
+    with pytest.raises(InvalidSampleError, match="not among the stored frames"):
+        plan_frames({"frame_indices": [0, 1, 2], "objects": [{"masks": {"7": {}}}]}, 3, 2)
+
+
+def test_repeated_positions_decode_once(extra_shard: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import model.training.loader as loader
+
+    calls: list[int] = []
+    original = loader.decode_jpeg
+    monkeypatch.setattr(loader, "decode_jpeg", lambda data: calls.append(1) or original(data))
+    raw = next(read_tar_samples(str(extra_shard)))
+    frames = decode_frames(raw, [3, 3, 0, 3])
+    assert len(calls) == 2 and frames.shape[0] == 4
+    np.testing.assert_array_equal(frames[0], frames[3])
