@@ -82,52 +82,70 @@ def register(app: typer.Typer) -> None:
     @app.command()
     def infer(
         model: Path = typer.Option(..., "--model", help="A saved VideoRefer folder (model + processor)."),
-        video: Path = typer.Option(..., "--video", help="Video file or folder of frames."),
         question: str = typer.Option(..., "--question", help="The question; <region> marks each object."),
+        video: Path | None = typer.Option(
+            None, "--video", help="Video file, folder of frames, or an image file; none for a text-only question."
+        ),
         masks: Path | None = typer.Option(None, "--masks", help="Masks JSON (700K annotation list or {frame: RLE})."),
         box: str | None = typer.Option(None, "--box", help="x0,y0,x1,y1 on --frame: SAM 2 makes the masklet."),
         frame: int | None = typer.Option(None, "--frame", help="Frame index the --box is drawn on."),
         mode: str = typer.Option("single", "--mode", help="single (1 token per object) or multi (up to u)."),
-        max_new_tokens: int = typer.Option(256, "--max-new-tokens", min=1),
+        num_frames: int | None = typer.Option(
+            None, "--num-frames", min=2, help="Frames the model sees (default: the model's, 16; 8 = release eval)."
+        ),
+        start: float | None = typer.Option(None, "--start", help="Span start in seconds (release's span rule)."),
+        end: float | None = typer.Option(None, "--end", help="Span end in seconds."),
+        max_new_tokens: int | None = typer.Option(None, "--max-new-tokens", min=1, help="Default 2048 (mm_infer)."),
         sample: bool = typer.Option(False, "--sample", help="Sample instead of greedy decoding."),
-        temperature: float = typer.Option(0.2, "--temperature", min=0.0),
-        top_p: float = typer.Option(0.9, "--top-p", min=0.0, max=1.0),
+        temperature: float | None = typer.Option(None, "--temperature", min=0.0, help="With --sample (0.2)."),
+        top_p: float | None = typer.Option(None, "--top-p", min=0.0, max=1.0, help="With --sample (0.9)."),
+        repetition_penalty: float | None = typer.Option(
+            None, "--repetition-penalty", min=0.0, help="Default: the model folder's generation_config.json."
+        ),
         device: str = typer.Option("cpu", "--device"),
-        dtype: str | None = typer.Option(None, "--dtype", help="float32, bfloat16 or float16 (default by device)."),
+        dtype: str | None = typer.Option(
+            None, "--dtype", help="float32, bfloat16 or float16 (default: stored dtype on CUDA, float32 on CPU)."
+        ),
         sam2_config: str | None = typer.Option(None, "--sam2-config", help="SAM 2 model config name."),
         sam2_checkpoint: str | None = typer.Option(
             None, "--sam2-checkpoint", help="SAM 2 weights file (none: random weights, for tests only)."
         ),
         sam2_image_size: int | None = typer.Option(None, "--sam2-image-size", help="SAM 2 input size override."),
     ) -> None:
-        """Ask the model about objects in a video; the answer streams to stdout."""
+        """Ask the model about objects in a video (or an image, or text only); the answer streams to stdout."""
         from engine.errors import VideoReferError
 
         if mode not in ("single", "multi"):
             raise typer.BadParameter("--mode must be single or multi")
-        if (masks is None) == (box is None):
-            raise typer.BadParameter("give exactly one of --masks or --box (with --frame)")
+        if masks is not None and box is not None:
+            raise typer.BadParameter("give at most one of --masks or --box (with --frame)")
         if box is not None and frame is None:
             raise typer.BadParameter("--box needs --frame")
+        if video is None and (masks is not None or box is not None):
+            raise typer.BadParameter("--masks and --box need --video")
         try:
             from model.inference import VideoReferPipeline
 
             pipeline = VideoReferPipeline.from_pretrained(model, device=device, dtype=dtype)
+            frames_to_use = num_frames or pipeline.processor.num_frames
             if masks is not None:
                 objects = load_masks_file(masks)
-            else:
+            elif box is not None:
                 objects = _masks_from_box(
-                    video, box, frame, mode=mode, num_frames=pipeline.processor.num_frames, sam2_config=sam2_config,
+                    video, box, frame, mode=mode, num_frames=frames_to_use, sam2_config=sam2_config,
                     sam2_checkpoint=sam2_checkpoint, sam2_image_size=sam2_image_size, device=device,
                 )
+            else:
+                objects = []
 
             def emit(chunk: str) -> None:
                 sys.stdout.write(chunk)
                 sys.stdout.flush()
 
             pipeline.ask(
-                video=str(video), masks=objects, question=question, mode=mode, max_new_tokens=max_new_tokens,
-                do_sample=sample, temperature=temperature, top_p=top_p, streamer_callback=emit,
+                video=None if video is None else str(video), masks=objects, question=question, mode=mode,
+                num_frames=frames_to_use, start_s=start, end_s=end, max_new_tokens=max_new_tokens, do_sample=sample,
+                temperature=temperature, top_p=top_p, repetition_penalty=repetition_penalty, streamer_callback=emit,
             )
             sys.stdout.write("\n")
         except (VideoReferError, ValueError, OSError) as exc:
@@ -163,8 +181,9 @@ def register(app: typer.Typer) -> None:
             "grid": config.grid_size,
             "num_frames": config.num_frames,
             "video_tokens_16_frames": config.video_token_count(16),
+            "video_tokens_8_frames": config.video_token_count(8),
             "video_tokens": config.video_token_count(),
-            "image_tokens": config.video_token_count(1),
+            "image_tokens": config.video_token_count(),  # an image is num_frames copies of one frame
             "tokens_per_object": {"single": 1, "multi_max": config.region_tokens_per_object},
             "region_token_id": config.region_token_id,
             "vocab_size": config.llm_vocab_size,
@@ -178,9 +197,11 @@ def register(app: typer.Typer) -> None:
         out: Path = typer.Option(..., "--out", help="Where the converted model + processor go."),
         tokenizer: Path | None = typer.Option(None, "--tokenizer", help="Tokenizer folder (default: --checkpoint)."),
         preset: str = typer.Option("7b", "--preset", help="Architecture of the weights: 7b or tiny."),
-        dtype: str = typer.Option("bfloat16", "--dtype", help="float32, bfloat16 or float16."),
+        dtype: str | None = typer.Option(
+            None, "--dtype", help="float32, bfloat16 or float16 (default: the stored dtype, fp16 for the release)."
+        ),
     ) -> None:
-        """Convert the released checkpoint layout (+ SigLIP) into a folder `infer` and `train` load."""
+        """Convert the released checkpoint layout (+ SigLIP, + its generation_config.json) into a folder to load."""
         from engine.errors import VideoReferError
         from model.checkpoint import convert_release
         from model.configuration import preset as build_preset
@@ -189,7 +210,7 @@ def register(app: typer.Typer) -> None:
         try:
             written = convert_release(
                 checkpoint, vision_tower=vision_tower, output_dir=out, tokenizer=tokenizer,
-                config=build_preset(preset), dtype=resolve_dtype(dtype, "cpu"),
+                config=build_preset(preset), dtype=None if dtype is None else resolve_dtype(dtype, "cpu"),
             )
         except (VideoReferError, ValueError, OSError) as exc:
             typer.echo(f"error: {exc}", err=True)

@@ -198,19 +198,22 @@ def convert_release(
     output_dir: str | Path,
     tokenizer: str | Path | None = None,
     config: Any = None,
-    dtype: torch.dtype = torch.bfloat16,
+    dtype: torch.dtype | None = None,
 ) -> Path:
     """Turn released weights into a folder `VideoReferPipeline.from_pretrained` and training load directly.
 
     `checkpoint`: the released VideoRefer folder or file (LLM + connector + object encoder); `vision_tower`: the
     SigLIP weights; `tokenizer`: a folder with the Qwen2 tokenizer holding `<region>` (default: `checkpoint`);
-    `config`: a `VideoReferConfig` (default: the 7b preset). The output is written to a temporary folder beside
+    `config`: a `VideoReferConfig` (default: the 7b preset); `dtype`: None keeps the release's stored dtype (fp16
+    for VideoRefer-7B), a dtype converts. The release folder's `generation_config.json` (repetition penalty, eos
+    ids) is copied; without one a default is written. The output is written to a temporary folder beside
     `output_dir` and moved in last.
     """
     from transformers import AutoTokenizer
     from transformers.initialization import no_init_weights
 
     from model.configuration import preset
+    from model.generation import load_generation_config
     from model.modeling import VideoReferForCausalLM
     from model.processing import VideoReferProcessor
 
@@ -222,6 +225,7 @@ def convert_release(
         skeleton = VideoReferForCausalLM(config).state_dict()
     _match(skeleton, released, ("llm", "connector", "object_encoder"))
     _match(skeleton, siglip, ("vision",))
+    dtype = dtype if dtype is not None else stored_dtype(released)
     with no_init_weights():  # every parameter is overwritten below
         model = VideoReferForCausalLM._from_config(config, dtype=dtype)
     load_released_weights(model, released, expect=("llm", "connector", "object_encoder"))
@@ -234,21 +238,41 @@ def convert_release(
         raise ConfigError(
             f"tokenizer puts <region> at {processor.region_token_id}, the config expects {config.region_token_id}"
         )
-    return save_model_folder(model, processor, output_dir)
+    release_dir = Path(checkpoint) if Path(checkpoint).is_dir() else Path(checkpoint).parent
+    generation = load_generation_config(release_dir, processor)
+    return save_model_folder(model, processor, output_dir, generation_config=generation)
 
 
-def save_model_folder(model: Any, processor: Any, directory: str | Path) -> Path:
-    """Write `model` and `processor` with `save_pretrained` into `directory`, atomically per file.
+def stored_dtype(state: Mapping[str, torch.Tensor]) -> torch.dtype:
+    """The floating dtype most of a checkpoint's parameters are stored in (fp16 for the released VideoRefer-7B)."""
+    from collections import Counter
 
-    Everything is written into a temporary folder beside `directory` first and moved in last, so a crash never
-    leaves a half-written model where a loader would find it; other files already in `directory` are kept.
+    counts = Counter(t.dtype for t in state.values() if t.is_floating_point())
+    if not counts:
+        raise ConfigError("the checkpoint holds no floating-point tensors")
+    return counts.most_common(1)[0][0]
+
+
+def save_model_folder(
+    model: Any, processor: Any, directory: str | Path, *, generation_config: Any = None, state_dict: Any = None
+) -> Path:
+    """Write `model`, `processor` and a `generation_config.json` into `directory`, atomically per file.
+
+    `generation_config` defaults to one that stops at `<|im_end|>` (`model.generation`); pass the source folder's
+    to carry it over (a converted release, a fine-tuned model). `state_dict` replaces the model's own (gathered
+    FSDP weights). Everything is written into a temporary folder beside `directory` first and moved in last, so a
+    crash never leaves a half-written model where a loader would find it; other files already in `directory` are
+    kept.
     """
+    from model.generation import default_generation_config, save_generation_config
+
     directory = Path(directory)
     directory.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}-", dir=directory.parent))
     try:
-        model.save_pretrained(str(staging))
+        model.save_pretrained(str(staging), state_dict=state_dict)
         processor.save_pretrained(staging)
+        save_generation_config(generation_config or default_generation_config(processor), staging)
         directory.mkdir(exist_ok=True)
         for path in staging.iterdir():
             path.replace(directory / path.name)

@@ -255,7 +255,7 @@ class VideoReferProcessor:
                 mask_objects.append(object_number)
 
         tokens_per_object = [self.tokens_per_object(mode, len(frames_of)) for frames_of in chosen]
-        input_ids, labels = self._tokenize(
+        input_ids, labels = self.tokenize(
             conversations, len(sampled), tokens_per_object, add_generation_prompt=add_generation_prompt
         )
         return {
@@ -287,7 +287,7 @@ class VideoReferProcessor:
             raise InvalidSampleError("objects were given without frames", reason=RejectReason.MALFORMED_SAMPLE)
         if frames is not None and np.asarray(frames).shape[0] != 0:
             raise InvalidSampleError("frames were given without frame indices", reason=RejectReason.MALFORMED_SAMPLE)
-        input_ids, labels = self._tokenize(conversations, 0, [], add_generation_prompt=add_generation_prompt)
+        input_ids, labels = self.tokenize(conversations, 0, [], add_generation_prompt=add_generation_prompt)
         size = self.image_size
         return {
             "input_ids": torch.tensor(input_ids, dtype=torch.long),
@@ -407,7 +407,7 @@ class VideoReferProcessor:
     def _text_ids(self, text: str) -> list[int]:
         return list(self.tokenizer(text, add_special_tokens=False)["input_ids"]) if text else []
 
-    def _tokenize(
+    def tokenize(
         self,
         conversations: Sequence[Mapping[str, str]],
         num_video_frames: int,
@@ -415,6 +415,8 @@ class VideoReferProcessor:
         *,
         add_generation_prompt: bool,
     ) -> tuple[list[int], list[int]]:
+        """Token ids and labels of a conversation whose video has `num_video_frames` frames (0: text only) and
+        whose i-th `<region>` takes `tokens_per_object[i]` slots."""
         turns = [(_ROLES.get(str(turn.get("from", "")), ""), str(turn.get("value", ""))) for turn in conversations]
         if any(role == "" for role, _ in turns):
             raise InvalidSampleError("conversation turn with an unknown role", reason=RejectReason.MALFORMED_SAMPLE)

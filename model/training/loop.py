@@ -95,12 +95,13 @@ def resolve_model_dir(path: str | Path) -> Path:
     raise ConfigError(f"--init-from {path}: no save_pretrained model there (no config.json)")
 
 
-def load_model_and_processor(recipe: TrainingRecipe, out: Path, runtime: Runtime) -> tuple[Any, Any]:
-    """The model (fp32 master weights, on the device) and processor this stage starts from.
+def load_model_and_processor(recipe: TrainingRecipe, out: Path, runtime: Runtime) -> tuple[Any, Any, Any]:
+    """The model (fp32 master weights, on the device), processor and generation config this stage starts from.
 
     From `recipe.init_from` when set; otherwise a random model of `recipe.model_preset`, which only the `tiny`
     preset allows (a full-size stage without weights to start from is a config error, not a week of compute).
     """
+    from model.generation import load_generation_config
     from model.modeling import VideoReferForCausalLM, default_attn_implementation
     from model.processing import VideoReferProcessor
 
@@ -123,7 +124,7 @@ def load_model_and_processor(recipe: TrainingRecipe, out: Path, runtime: Runtime
         source, dtype=torch.float32, attn_implementation=default_attn_implementation(runtime.device)
     )
     processor = VideoReferProcessor.from_pretrained(source)
-    return model.to(runtime.device), processor
+    return model.to(runtime.device), processor, load_generation_config(source, processor)
 
 
 def parameter_groups(model: Any, trainable: frozenset[str]) -> dict[str, list[str]]:
@@ -269,7 +270,7 @@ def train(recipe: TrainingRecipe, out: Path, *, resume: bool = False) -> dict[st
     accumulation = recipe.accumulation_steps(runtime.world_size)
     steps = total_steps(recipe)
 
-    model, processor = load_model_and_processor(recipe, out, runtime)
+    model, processor, generation_config = load_model_and_processor(recipe, out, runtime)
     if hasattr(processor, "max_length"):
         processor.max_length = recipe.max_length
     groups = parameter_groups(model, recipe.trainable)
@@ -355,7 +356,7 @@ def train(recipe: TrainingRecipe, out: Path, *, resume: bool = False) -> dict[st
                 loader_state=loader_state.to_json(), meta=meta, rank=runtime.rank,
                 world_size=runtime.world_size, keep=recipe.keep_checkpoints)
     log.close()
-    save_final(model, processor, out / FINAL_DIR, runtime)
+    save_final(model, processor, out / FINAL_DIR, runtime, generation_config)
     if runtime.world_size > 1:
         dist.barrier()
         dist.destroy_process_group()
@@ -382,8 +383,13 @@ def _full(value: torch.Tensor) -> torch.Tensor:
     return value.full_tensor() if hasattr(value, "full_tensor") else value
 
 
-def save_final(model: Any, processor: Any, directory: Path, runtime: Runtime) -> None:
-    """Gather the full weights to the main process and write a save_pretrained directory (model + processor)."""
+def save_final(
+    model: Any, processor: Any, directory: Path, runtime: Runtime, generation_config: Any = None
+) -> None:
+    """Gather the full weights to the main process and write a saved folder (model + processor + generation config).
+
+    `generation_config` is the init folder's (carried over, e.g. a converted release's repetition penalty).
+    """
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
     if runtime.world_size > 1:
@@ -395,9 +401,10 @@ def save_final(model: Any, processor: Any, directory: Path, runtime: Runtime) ->
     staging = directory.with_name(directory.name + ".tmp")
     import shutil
 
+    from model.checkpoint import save_model_folder
+
     shutil.rmtree(staging, ignore_errors=True)
-    model.save_pretrained(staging, state_dict=state)
-    processor.save_pretrained(staging)
+    save_model_folder(model, processor, staging, generation_config=generation_config, state_dict=state)
     shutil.rmtree(directory, ignore_errors=True)
     os.replace(staging, directory)
 

@@ -126,3 +126,41 @@ def test_convert_release_writes_a_folder_the_pipeline_loads(tmp_path) -> None:
     pipeline = VideoReferPipeline.from_pretrained(out)
     assert _same(pipeline.model, source)
     assert pipeline.processor.region_token_id == 3
+
+
+def test_convert_keeps_the_stored_fp16_and_copies_the_release_generation_config(tmp_path) -> None:
+    import json
+
+    from transformers import GenerationConfig
+
+    from model.checkpoint import convert_release
+    from model.inference import VideoReferPipeline
+    from model.processing import build_tiny_tokenizer
+
+    source = _model(0)
+    release = tmp_path / "VideoRefer-tiny"
+    release.mkdir()
+    exported = {k: v.to(torch.float16).contiguous() for k, v in released_state_dict(source).items()}
+    save_file(exported, str(release / "model.safetensors"))
+    build_tiny_tokenizer(release)
+    # The released folder's file, as transformers writes it (Qwen2-Instruct's knobs).
+    GenerationConfig(do_sample=True, eos_token_id=[2, 0], pad_token_id=0, repetition_penalty=1.05, temperature=0.7,
+                     top_k=20, top_p=0.8).save_pretrained(str(release))
+    siglip = tmp_path / "siglip.safetensors"
+    save_file({f"vision_model.{k}": v.to(torch.float16) for k, v in source.vision_tower.state_dict().items()},
+              str(siglip))
+    out = convert_release(release, vision_tower=siglip, output_dir=tmp_path / "converted", config=preset("tiny"))
+    from safetensors import safe_open
+
+    with safe_open(str(out / "model.safetensors"), "pt") as stored:
+        assert {stored.get_tensor(name).dtype for name in stored.keys()} == {torch.float16}  # noqa: SIM118
+    written = json.loads((out / "generation_config.json").read_text())
+    assert written["repetition_penalty"] == 1.05 and written["eos_token_id"] == [2, 0] and written["top_k"] == 20
+    pipeline = VideoReferPipeline.from_pretrained(out, dtype="float16")
+    assert pipeline.generation_config.repetition_penalty == 1.05
+    assert next(pipeline.model.parameters()).dtype == torch.float16
+    assert next(VideoReferPipeline.from_pretrained(out).model.parameters()).dtype == torch.float32  # CPU default
+    as_bf16 = convert_release(release, vision_tower=siglip, output_dir=tmp_path / "bf16", config=preset("tiny"),
+                              dtype=torch.bfloat16)
+    with safe_open(str(as_bf16 / "model.safetensors"), "pt") as stored:
+        assert {stored.get_tensor(name).dtype for name in stored.keys()} == {torch.bfloat16}  # noqa: SIM118

@@ -117,3 +117,30 @@ def test_model_convert_turns_a_released_layout_into_a_loadable_folder(tmp_path) 
     wrong = runner.invoke(app, ["model", "convert", "--checkpoint", str(release), "--vision-tower", str(siglip),
                                 "--out", str(tmp_path / "bad")])  # 7b shapes do not fit tiny weights
     assert wrong.exit_code == 1
+
+
+def test_infer_on_an_image_a_span_and_text_only(tiny_model_dir, clip, tmp_path) -> None:
+    from PIL import Image
+
+    base = ["infer", "--model", str(tiny_model_dir), "--max-new-tokens", "2"]
+    masks_file = tmp_path / "m.json"
+    masks_file.write_text(json.dumps({"3": clip.ground_truth.objects[0].masks[3].to_coco()}))
+    span = runner.invoke(app, [*base, "--video", str(clip.path), "--masks", str(masks_file), "--question",
+                               "<region>?", "--start", "0.1", "--end", "0.6", "--num-frames", "4"])
+    assert span.exit_code == 0, span.output
+    image = tmp_path / "frame.png"
+    from engine.video import read_frames
+
+    Image.fromarray(read_frames(clip.path, [3])[0]).save(image)
+    on_image = tmp_path / "image_masks.json"
+    on_image.write_text(json.dumps({"0": clip.ground_truth.objects[0].masks[3].to_coco()}))
+    result = runner.invoke(app, [*base, "--video", str(image), "--masks", str(on_image), "--question", "<region>?"])
+    assert result.exit_code == 0, result.output
+    text = runner.invoke(app, [*base, "--question", "Say hello."])
+    assert text.exit_code == 0, text.output
+    assert runner.invoke(app, [*base, "--masks", str(masks_file), "--question", "<region>?"]).exit_code != 0
+
+
+def test_model_info_reports_the_release_evaluation_token_count() -> None:
+    report = json.loads(runner.invoke(app, ["model", "info", "--preset", "7b"]).output)
+    assert report["video_tokens_8_frames"] == 676 and report["image_tokens"] == 1352

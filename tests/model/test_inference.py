@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+from engine.errors import InvalidSampleError
 from engine.video import uniform_indices
 from model.inference import VideoReferPipeline, sample_video, save_tiny_model
 from model.modeling import VideoReferForCausalLM
@@ -89,3 +90,132 @@ def test_ask_on_a_real_clip(pipeline: VideoReferPipeline, media_dir: Path) -> No
     mask[info.height // 4 : info.height // 2, info.width // 4 : info.width // 2] = True
     answer = pipeline.ask(video=str(media_dir / "dog.mp4"), masks=[{0: mask}], question="<region>?", max_new_tokens=3)
     assert isinstance(answer, str)
+
+
+# ---------------------------------------------------------------- what the model sees (release parity)
+
+
+def _blob_mask(height: int, width: int, top: int = 10) -> np.ndarray:
+    mask = np.zeros((height, width), dtype=bool)
+    mask[top : top + 16, 12:40] = True
+    return mask
+
+
+def test_frame_count_comes_from_the_model_config_unless_told(pipeline: VideoReferPipeline, clip) -> None:
+    processor = pipeline.processor
+    masks = [{0: _blob_mask(48, 64)}]
+    default = pipeline.prepare(video=str(clip.path), masks=masks, question="<region>?")
+    assert int(default["video_frame_counts"][0]) == processor.num_frames
+    assert int((default["input_ids"] == processor.video_token_id).sum()) == processor.video_token_count(
+        processor.num_frames)
+    six = pipeline.prepare(video=str(clip.path), masks=masks, question="<region>?", num_frames=6)
+    assert int(six["video_frame_counts"][0]) == 6
+    assert int((six["input_ids"] == processor.video_token_id).sum()) == processor.video_token_count(6)
+
+
+def test_a_time_span_samples_frames_by_the_release_rule(clip) -> None:
+    from tests.engine.test_release_sampling import release_frame_sample, release_span_indices
+
+    all_frames = np.random.default_rng(1).integers(0, 255, (90, 6, 6, 3), dtype=np.uint8)
+    for start, end in ((1.0, 2.5), (2.5, 1.0), (0.0, 0.0), (-1.0, 10.0), (1.3, None)):
+        frames, indices = sample_video(all_frames, 8, start_s=start, end_s=end, fps=30.0)
+        span = release_span_indices(90, 30.0, start, end)
+        assert indices == [span[i] for i in release_frame_sample(len(span), 8)]
+        assert np.array_equal(frames[: len(set(indices))], all_frames[list(dict.fromkeys(indices))])
+    with pytest.raises(ValueError, match="fps"):
+        sample_video(all_frames, 8, start_s=1.0, end_s=2.0)
+    _, from_file = sample_video(str(clip.path), 4, start_s=0.2, end_s=0.9)
+    assert all(0 <= i < 20 for i in from_file)
+
+
+def test_an_image_is_read_once_and_shown_to_the_connector_num_frames_times(pipeline, tmp_path) -> None:
+    from PIL import Image
+
+    image = np.random.default_rng(2).integers(0, 255, (30, 44, 3), dtype=np.uint8)
+    path = tmp_path / "photo.png"
+    Image.fromarray(image).save(path)
+    processor = pipeline.processor
+    seen: list[int] = []
+    hook = pipeline.model.vision_tower.register_forward_pre_hook(
+        lambda module, args, kwargs: seen.append(kwargs["pixel_values"].shape[0]), with_kwargs=True
+    )
+    try:
+        answer = pipeline.ask(video=path, masks=[{0: _blob_mask(30, 44, top=4)}], question="What is <region>?",
+                              max_new_tokens=3)
+    finally:
+        hook.remove()
+    assert isinstance(answer, str) and seen == [1]
+    batch = pipeline.prepare(video=path, masks=[{0: _blob_mask(30, 44, top=4)}], question="What is <region>?")
+    assert batch["video_frame_index"].tolist() == [0] * processor.num_frames
+    assert torch.equal(batch["pixel_values"], processor.preprocess_frames(image[None]))
+    with pytest.raises(InvalidSampleError):
+        pipeline.prepare(video=path, masks=[{3: _blob_mask(30, 44)}], question="What is <region>?")
+
+
+def test_text_only_questions_are_answered(pipeline: VideoReferPipeline) -> None:
+    batch = pipeline.prepare(video=None, question="What is a dog?")
+    assert "pixel_values" in batch and batch["pixel_values"].shape[0] == 0
+    assert not bool((batch["input_ids"] < 0).any())
+    assert isinstance(pipeline.ask(video=None, question="What is a dog?", max_new_tokens=3), str)
+    with pytest.raises(InvalidSampleError):
+        pipeline.prepare(video=None, masks=[{0: _blob_mask(48, 64)}], question="<region>?")
+
+
+def test_mm_infer_with_the_releases_inputs_equals_ask(pipeline: VideoReferPipeline, clip) -> None:
+    """The low-level port fed as the release's Bench-Q loader feeds `mm_infer` gives ask()'s embeddings and answer."""
+    from engine.masks import encode_rle
+    from engine.video import read_frames
+    from tests.model import release_reference as release
+
+    processor = pipeline.processor
+    annotations = [
+        {str(f): {"segmentation": dict(encode_rle(_blob_mask(48, 64, top=2 + f)))} for f in (1, 4, 7, 13, 19)},
+        {str(f): {"segmentation": dict(encode_rle(_blob_mask(48, 64, top=20 - f)))} for f in (4, 9)},
+    ]
+    question = release.bench_q_question("Is <region> above <region>?", ["(A) yes", "(B) no"])
+    ann_indices, frame_nums, all_frames, masks = release.bench_item_masks(annotations, "multi", 0, 48, 64)
+    sampled = uniform_indices(20, processor.num_frames)
+    video_tensor = processor.preprocess_frames(read_frames(str(clip.path), sampled))
+    frame_data = processor.preprocess_frames(read_frames(str(clip.path), all_frames))
+    low = pipeline.prepare_tensors(video_tensor, question, masks=masks[None], ann_indices=ann_indices,
+                                   frame=frame_data)
+    objects = [{int(k): v["segmentation"] for k, v in ann.items()} for ann in annotations]
+    high = pipeline.prepare(video=str(clip.path), masks=objects, question=question, mode="multi")
+    assert torch.equal(low["input_ids"], high["input_ids"])
+    with torch.no_grad():
+        low_embeds, _, _ = pipeline.model.build_inputs_embeds(**{k: v for k, v in low.items() if k != "labels"})
+        high_embeds, _, _ = pipeline.model.build_inputs_embeds(**{k: v for k, v in high.items() if k != "labels"})
+    assert torch.allclose(low_embeds, high_embeds, atol=1e-4)
+    answer = pipeline.mm_infer(video_tensor, question, masks=masks[None], ann_indices=ann_indices, frame=frame_data,
+                               frame_nums=frame_nums, max_new_tokens=4)
+    assert answer == pipeline.ask(video=str(clip.path), masks=objects, question=question, mode="multi",
+                                  max_new_tokens=4)
+
+
+def test_tied_merges_remove_surplus_region_slots_and_close_the_sequence(pipeline: VideoReferPipeline, clip) -> None:
+    """Six masks, five of them empty: every similarity is 0, the release merges all into ONE token, not four."""
+    processor = pipeline.processor
+    empty = np.zeros((48, 64), dtype=bool)
+    tied = [{0: _blob_mask(48, 64), 3: empty, 6: empty, 9: empty, 12: empty, 15: empty}]
+    untied = [{f: _blob_mask(48, 64, top=2 * f) for f in (0, 3, 6, 9, 12, 15)}]
+    batch_tied = pipeline.prepare(video=str(clip.path), masks=tied, question="<region>?", mode="multi")
+    assert int((batch_tied["input_ids"] == processor.region_token_id).sum()) == 4  # the most it can get
+    inputs = {k: v for k, v in batch_tied.items() if k != "labels"}
+    with torch.no_grad():
+        embeds, attention, _ = pipeline.model.build_inputs_embeds(**inputs)
+    assert embeds.shape[1] == batch_tied["input_ids"].shape[1] - 3 and attention.shape == embeds.shape[:2]
+    assert bool(attention.all())
+    region_at = int((batch_tied["input_ids"][0] == processor.region_token_id).nonzero()[0])
+    after = batch_tied["input_ids"][0, region_at + 4 :]
+    plain = pipeline.model.get_input_embeddings()(after.clamp(min=0))
+    assert torch.equal(embeds[0, region_at + 1 :], plain)  # the text after the object moved up by three
+    assert isinstance(pipeline.ask(video=str(clip.path), masks=tied, question="<region>?", mode="multi",
+                                   max_new_tokens=3), str)
+    frames, indices = sample_video(str(clip.path), 8, [0, 3, 6, 9, 12, 15])
+    turns = [{"from": "human", "value": "<video>\n<region>?"}, {"from": "gpt", "value": "A."}]
+    both = processor.collate([
+        processor.encode(frames=frames, frame_indices=indices, objects=masks, mode="multi", conversations=turns)
+        for masks in (tied, untied)
+    ])
+    out = pipeline.model(**both)
+    assert torch.isfinite(out.loss) and out.logits.shape[1] == both["input_ids"].shape[1]
