@@ -5,5 +5,5 @@ Modules (import them directly; this package stays import-light, no torch at `imp
 set_trainable), `model.object_encoder` (mask pooling, temporal token merge), `model.connector` (STC connector),
 `model.vision` (frozen SigLIP tower), `model.processing` (VideoReferProcessor: the tensor contract),
 `model.checkpoint` (released-layout weights), `model.inference` (VideoReferPipeline, save_tiny_model);
-`model.training` trains it in stages and `model.bench_runner` runs VideoRefer-Bench with it.
+`model.training` trains it in stages; VideoRefer-Bench runs it through `agents.bench` (a pipeline is handed in).
 """

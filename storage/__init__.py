@@ -2,6 +2,6 @@
 samples (JSON, validation, builders), WebDataset export and the VideoRefer-700K JSON format.
 
 Import the submodules (`storage.root`, `storage.tables`, `storage.shards`, `storage.samples`, `storage.wds`,
-`storage.videorefer_json`, and `storage.bench_files` for VideoRefer-Bench files); this package imports
+`storage.videorefer_json`; VideoRefer-Bench files live in `agents.bench.files`); this package imports
 nothing heavy so that `import storage` stays cheap.
 """

@@ -21,7 +21,7 @@ from agents.backends.base import ChatBackend, ChatMessage, ChatReply, ChatReques
 from agents.bench.bounded import run_bounded
 from agents.bench.prompts import load_prompt
 from engine.errors import BackendUnavailableError, ConfigError, InvalidReplyError, VideoReferError
-from storage.bench_files import PredictionStore
+from agents.bench.files import PredictionStore
 
 DIMENSIONS: tuple[str, ...] = (
     "subject_correspondence",

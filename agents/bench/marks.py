@@ -17,7 +17,7 @@ from typing import Literal
 import numpy as np
 
 from engine.types import RleMask
-from storage.bench_files import BenchItem, Mode, sample_bench_frames
+from agents.bench.files import BenchItem, Mode, sample_bench_frames
 
 MarkStyle = Literal["contour", "tint"]
 

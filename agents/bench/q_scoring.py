@@ -13,7 +13,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from storage.bench_files import Q_TYPES
+from agents.bench.files import Q_TYPES
 
 _PAREN_LETTER = re.compile(r"\(([A-Z])\)")
 _LETTER_PAREN = re.compile(r"([A-Z])\)")

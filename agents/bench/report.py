@@ -15,7 +15,7 @@ from typing import Any
 from agents.bench.judge import ABBREVIATIONS, DScore
 from agents.bench.q_scoring import QScore
 from engine.types import Reject
-from storage.bench_files import Q_TYPES, write_json_atomic, write_text_atomic
+from agents.bench.files import Q_TYPES, write_json_atomic, write_text_atomic
 
 D_COLUMNS = ("SC", "AD", "TD", "HD", "Avg")
 Q_COLUMNS = (*Q_TYPES.values(), "overall")

@@ -13,7 +13,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from storage.bench_files import Q_TYPES
+from agents.bench.files import Q_TYPES
 
 _MASK_FRAMES = 32  # the published benchmark stores masks on 32 uniformly sampled frames
 

@@ -20,7 +20,7 @@ from agents.bench.marks import MarkStyle, color_of, marked_frames
 from agents.bench.prompts import Prompt, load_prompt
 from engine.errors import BackendUnavailableError, ConfigError, VideoReferError
 from engine.types import REGION_TOKEN, Reject
-from storage.bench_files import (
+from agents.bench.files import (
     BenchDItem,
     BenchFile,
     BenchItem,

@@ -13,7 +13,7 @@ from agents.backends.stub_server import StubOpenAIServer
 from agents.bench.judge import DIMENSIONS, JudgeSettings, judge_predictions, parse_judge_scores, score_d
 from engine.config import OpenAIChatConfig
 from engine.errors import BackendUnavailableError, InvalidReplyError
-from storage.bench_files import PredictionStore
+from agents.bench.files import PredictionStore
 
 SCORES = {"good": (5, 4, 3, 2), "bad": (1, 0, 1, 0), "fixable": (3, 3, 3, 3)}
 

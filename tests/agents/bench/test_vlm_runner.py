@@ -21,7 +21,7 @@ from engine.config import OpenAIChatConfig
 from engine.errors import BackendUnavailableError, RejectReason
 from engine.masks import decode_rle
 from engine.video import read_frames
-from storage.bench_files import PredictionStore, read_bench_d, read_bench_q
+from agents.bench.files import PredictionStore, read_bench_d, read_bench_q
 
 
 @pytest.fixture(scope="module")

@@ -19,7 +19,7 @@ from typing import Any, Protocol
 from engine.errors import BadVideoError, InvalidSampleError, NoMaskError
 from engine.ids import stable_hash
 from engine.types import REGION_TOKEN, Reject, RleMask
-from storage.bench_files import (
+from agents.bench.files import (
     BenchDItem,
     BenchFile,
     BenchItem,

@@ -10,7 +10,7 @@ import pytest
 
 from engine.errors import ConfigError, RejectReason
 from engine.masks import decode_rle, encode_rle
-from storage.bench_files import (
+from agents.bench.files import (
     PredictionStore,
     item_record,
     parse_option_letter,

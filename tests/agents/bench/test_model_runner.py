@@ -10,8 +10,8 @@ import pytest
 
 from agents.bench.synthetic import make_synthetic_bench
 from engine.types import RleMask
-from model.bench_runner import D_QUESTION, ModelBenchSettings, run_identity, run_model_bench
-from storage.bench_files import PredictionStore, read_bench_d, read_bench_q
+from agents.bench.model_runner import D_QUESTION, ModelBenchSettings, run_identity, run_model_bench
+from agents.bench.files import PredictionStore, read_bench_d, read_bench_q
 
 
 @pytest.fixture(scope="module")
