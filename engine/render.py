@@ -16,7 +16,7 @@ import numpy as np
 from engine.masks import decode_rle
 from engine.types import RleMask
 
-__all__ = ["MARK_COLORS", "draw_box", "draw_contour", "mark_objects", "tint_mask"]
+__all__ = ["MARK_COLORS", "draw_box", "draw_contour", "draw_label", "mark_objects", "tint_mask"]
 
 Color = tuple[int, int, int]
 
@@ -82,8 +82,6 @@ def mark_objects(
     `masks` is a sequence (or a mapping, in iteration order) of masks; labels default to "1", "2", ...
     An empty mask gets no mark. Colours cycle through `MARK_COLORS`.
     """
-    import cv2
-
     items = list(masks.values()) if isinstance(masks, Mapping) else list(masks)
     names = [str(i + 1) for i in range(len(items))] if labels is None else [str(label) for label in labels]
     if len(names) != len(items):
@@ -93,17 +91,27 @@ def mark_objects(
     for index, mask in enumerate(arrays):
         color = MARK_COLORS[index % len(MARK_COLORS)]
         out = draw_contour(tint_mask(out, mask, color, alpha), mask, color, thickness=2)
-    scale = max(0.4, min(out.shape[:2]) / 400)
     for index, (mask, name) in enumerate(zip(arrays, names, strict=True)):
-        if not mask.any():
-            continue
-        x, y = _label_anchor(mask)
-        (width, height), baseline = cv2.getTextSize(name, cv2.FONT_HERSHEY_SIMPLEX, scale, 1)
-        origin = (int(x - width / 2), int(y + height / 2))
-        corner0 = (origin[0] - 2, origin[1] - height - 2)
-        corner1 = (origin[0] + width + 2, origin[1] + baseline)
-        cv2.rectangle(out, corner0, corner1, (0, 0, 0), -1)
-        cv2.putText(out, name, origin, cv2.FONT_HERSHEY_SIMPLEX, scale, MARK_COLORS[index % len(MARK_COLORS)], 1)
+        out = draw_label(out, mask, name, MARK_COLORS[index % len(MARK_COLORS)])
+    return out
+
+
+def draw_label(frame: np.ndarray, mask: Any, text: str, color: Color = (255, 0, 0)) -> np.ndarray:
+    """The frame with `text` on a black box at a point inside `mask` near its centre (unchanged if it is empty)."""
+    import cv2
+
+    out = _copy(frame)
+    mask = _mask_array(mask, out.shape[:2])
+    if not mask.any():
+        return out
+    scale = max(0.4, min(out.shape[:2]) / 400)
+    x, y = _label_anchor(mask)
+    (width, height), baseline = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, scale, 1)
+    origin = (int(x - width / 2), int(y + height / 2))
+    corner0 = (origin[0] - 2, origin[1] - height - 2)
+    corner1 = (origin[0] + width + 2, origin[1] + baseline)
+    cv2.rectangle(out, corner0, corner1, (0, 0, 0), -1)
+    cv2.putText(out, text, origin, cv2.FONT_HERSHEY_SIMPLEX, scale, tuple(int(c) for c in color), 1)
     return out
 
 

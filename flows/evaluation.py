@@ -2,7 +2,8 @@
 
 `model_dir` is either one checkpoint (a folder with `config.json`, as `save_pretrained` writes) or a folder of
 checkpoints; each is evaluated into `out/<checkpoint name>/`. One Prefect task per (checkpoint, benchmark, mode),
-never per item: the items stream through `flows.cli_bench.run_bench`, which resumes from its prediction and
+never per item: the items stream through `agents.bench.job.run_bench` (what `videorefer bench` runs), which
+resumes from its prediction and
 judge files, so a scheduled deployment re-run every hour only does the work of checkpoints (and items) that
 are new. Tasks run one after another, since they share the one model in memory (and the one GPU).
 """
@@ -14,7 +15,7 @@ from typing import Any
 
 from prefect import flow, task
 
-from flows.cli_bench import BenchJob, run_bench
+from agents.bench.job import BenchJob, run_bench
 
 
 def find_checkpoints(model_dir: str | Path) -> list[Path]:
@@ -32,14 +33,18 @@ def find_checkpoints(model_dir: str | Path) -> list[Path]:
 @task(name="bench", task_run_name="{kind}-{mode}-{checkpoint_name}")
 def bench_task(
     *, kind: str, mode: str, checkpoint_name: str, checkpoint: str, data: str, data_root: str | None, out: str,
-    judge_url: str | None, judge_model: str, limit: int | None, max_new_tokens: int | None,
+    judge_url: str | None, judge_model: str, judge_prompt: str | None, protocol: str, limit: int | None,
+    max_new_tokens: int | None,
 ) -> dict[str, Any]:
+    from model.inference import cached_pipeline
+
     job = BenchJob(
         kind=kind, mode=mode, data=Path(data), data_root=Path(data_root) if data_root else None,
-        model_dir=Path(checkpoint), out=Path(out), judge_url=judge_url, judge_model=judge_model, limit=limit,
+        model_dir=Path(checkpoint), out=Path(out), judge_url=judge_url, judge_model=judge_model,
+        judge_prompt=Path(judge_prompt) if judge_prompt else None, protocol=protocol, limit=limit,
         max_new_tokens=max_new_tokens,
     )
-    result = run_bench(job)
+    result = run_bench(job, load_model=cached_pipeline)
     return {"checkpoint": checkpoint_name, "bench": kind, "mode": mode, "headline": result.headline,
             "report": str(result.report_json), "predicted": result.predicted, "resumed": result.skipped,
             "rejected": result.rejected}
@@ -55,6 +60,8 @@ def evaluate_checkpoint(
     data_root_d: str | None = None,
     judge_url: str | None = None,
     judge_model: str = "gpt-4o",
+    judge_prompt: str | None = None,
+    protocol: str = "release",
     modes: list[str] | None = None,
     limit: int | None = None,
     max_new_tokens: int | None = None,
@@ -73,7 +80,8 @@ def evaluate_checkpoint(
                 results.append(bench_task(
                     kind=kind, mode=mode, checkpoint_name=checkpoint.name, checkpoint=str(checkpoint), data=path,
                     data_root=root, out=str(Path(out) / checkpoint.name), judge_url=judge_url,
-                    judge_model=judge_model, limit=limit, max_new_tokens=max_new_tokens,
+                    judge_model=judge_model, judge_prompt=judge_prompt, protocol=protocol, limit=limit,
+                    max_new_tokens=max_new_tokens,
                 ))
                 print(f"{checkpoint.name}: {results[-1]['headline']}")
     return results

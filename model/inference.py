@@ -16,6 +16,7 @@ and processor, for tests of training, evaluation and the CLI.
 
 from __future__ import annotations
 
+import functools
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -352,6 +353,15 @@ def _objects_of(ann_indices: Sequence[Any] | None) -> list[list[int]]:
     if len(ann_indices) == 1 and ann_indices[0] and isinstance(ann_indices[0][0], Sequence):
         ann_indices = ann_indices[0]
     return [[int(row) for row in rows] for rows in ann_indices]
+
+
+@functools.lru_cache(maxsize=1)
+def cached_pipeline(model_dir: str, device: str | None = None) -> VideoReferPipeline:
+    """A pipeline loaded once per process (a flow evaluating several benchmarks reuses it); device None: cuda when
+    available, else cpu."""
+    if device is None:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    return VideoReferPipeline.from_pretrained(model_dir, device=device)
 
 
 def save_tiny_model(directory: str | Path, seed: int = 0) -> Path:

@@ -41,6 +41,7 @@ class ChatRequest:
     schema_name: str = "reply"
     temperature: float | None = None
     max_tokens: int | None = None
+    top_p: float | None = None  # None: the server's default
     context: Mapping[str, Any] = field(default_factory=dict)
 
 

@@ -280,6 +280,8 @@ def chat_completion_payload(request: ChatRequest, config: OpenAIChatConfig) -> d
         "temperature": config.temperature if request.temperature is None else request.temperature,
         "max_tokens": config.max_tokens if request.max_tokens is None else request.max_tokens,
     }
+    if request.top_p is not None:
+        payload["top_p"] = request.top_p
     if request.json_schema is not None and config.structured_output == "json_schema":
         payload["response_format"] = {
             "type": "json_schema",

@@ -40,7 +40,7 @@ def canonical_request(request: ChatRequest, model: str) -> dict[str, Any]:
         }
         for message in request.messages
     ]
-    return {
+    canonical = {
         "model": model,
         "messages": messages,
         "json_schema": _plain(request.json_schema),
@@ -48,6 +48,9 @@ def canonical_request(request: ChatRequest, model: str) -> dict[str, Any]:
         "temperature": request.temperature,
         "max_tokens": request.max_tokens,
     }
+    if request.top_p is not None:  # only when set, so cassettes recorded before top_p existed still match
+        canonical["top_p"] = request.top_p
+    return canonical
 
 
 def request_key(request: ChatRequest, model: str) -> str:

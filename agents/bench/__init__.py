@@ -1,5 +1,9 @@
-"""VideoRefer-Bench evaluation: set-of-marks VLM runner, Bench-Q scoring, Bench-D LLM judge, reports.
+"""VideoRefer-Bench, in one place: readers, runners, scoring, judge, report, and the job that chains them.
 
-Readers of the benchmark files and the resumable prediction store live in `agents.bench.files` (shared with
-`agents.bench.model_runner`, which runs our own model). Modules here import no heavy library at import time.
+`files` (readers of the published Bench-D/-Q JSON, the resumable prediction store), `protocol` (release / paper:
+frames, question strings, set-of-marks prompts, the judge prompt's source and digest), `model_runner` (our model,
+handed in as a pipeline), `vlm_runner` + `marks` (general VLMs behind an OpenAI-compatible URL, set-of-marks),
+`q_scoring` and `judge` (the release's scoring, crashes fixed), `report`, and `job` (`run_bench`, what the CLI and
+the `evaluate_checkpoint` flow both call; `score_predictions` re-scores a file). `synthetic` writes small files in
+the published format for tests and demos. Modules here import no heavy library at import time and no model code.
 """

@@ -5,7 +5,10 @@ The readers follow the released files (`DAMO-NLP-SG/VideoRefer-Bench`): a JSON l
 are frame indices as strings, values `{"segmentation": RLE}`, masks on 32 uniformly sampled frames) and
 `frame_idx` (the one annotated frame used in single-frame mode). Bench-D adds `caption` (the reference
 description); Bench-Q adds `Question` (with `<objectN><region>` marks), `type`, `options` (`"(A) ..."`) and
-`Answer`. A malformed entry or a missing video becomes a `Reject` with a reason and the rest of the file is read.
+`Answer`. A malformed entry or a missing video becomes a `Reject` with a reason and the rest of the file is read;
+the file's entry ids (`BenchFile.entry_ids`) and the types of rejected Bench-Q entries are kept, so every entry
+is counted when scoring. A null segmentation is kept as `None` (the runners give it as an all-zero mask, as the
+release does).
 
 `PredictionStore` is the resumable JSONL file both runners (our model, an OpenAI-compatible VLM) and the judge
 write: one record per finished item, flushed and fsynced per line, so an interrupted run re-run with the same
@@ -19,7 +22,7 @@ import os
 import re
 import tempfile
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -55,20 +58,6 @@ class BenchObject:
     @property
     def frame_indices(self) -> tuple[int, ...]:
         return tuple(sorted(self.masks))
-
-    def masks_for_mode(self, mode: Mode, frame_idx: int) -> dict[int, RleMask]:
-        """The masks the object is given in `mode`: all non-empty ones (multi), or the one at `frame_idx` (single).
-
-        When the object has no mask on `frame_idx` (it occurs in the released files), single-frame mode falls
-        back to the object's first annotated mask, so the object is still shown once rather than not at all.
-        """
-        present = {index: mask for index, mask in sorted(self.masks.items()) if mask is not None}
-        if mode == "multi":
-            return present
-        if frame_idx in present:
-            return {frame_idx: present[frame_idx]}
-        first = next(iter(present), None)
-        return {} if first is None else {first: present[first]}
 
 
 @dataclass(**_FROZEN)
@@ -128,6 +117,13 @@ class BenchFile:
     data_root: Path
     items: tuple[BenchItem, ...]
     rejects: tuple[Reject, ...]
+    reject_types: Mapping[str, str] = field(default_factory=dict)  # Bench-Q: id -> published type ("" unknown)
+
+    def entry_ids(self, limit: int | None = None) -> list[str]:
+        """Ids of the file's entries in file order (readable or not), the first `limit` of them."""
+        return list(self.order[:limit] if limit is not None else self.order)
+
+    order: tuple[str, ...] = ()
 
 
 # ---------------------------------------------------------------- readers
@@ -158,21 +154,27 @@ def _read(path: str | Path, data_root: str | Path | None, *, kind: Literal["d", 
         raise ConfigError(f"benchmark file {path} must hold a JSON list of entries, got {type(entries).__name__}")
     items: list[BenchItem] = []
     rejects: list[Reject] = []
-    seen: set[str] = set()
+    reject_types: dict[str, str] = {}
+    order: list[str] = []
     for position, entry in enumerate(entries):
-        item_id = _entry_id(entry, position)
+        given = _entry_id(entry, position)
+        # A second entry with the same id still counts (and is rejected): it is named by its position.
+        item_id = given if given not in order else f"{given}@{position}"
+        order.append(item_id)
         video = str(entry.get("video", "")) if isinstance(entry, dict) else ""
         try:
-            if item_id in seen:
-                raise _Malformed(f"duplicate id {item_id!r}")
+            if item_id != given:
+                raise _Malformed(f"duplicate id {given!r}")
             item = _parse_d(entry, item_id, root) if kind == "d" else _parse_q(entry, item_id, root)
         except _Malformed as exc:
             rejects.append(Reject(stage=f"bench_{kind}_read", item_id=item_id, clip_id=video, reason=exc.reason,
                                   message=f"entry {position}: {exc}"))
+            raw_type = entry.get("type") if isinstance(entry, dict) else None
+            reject_types[item_id] = raw_type if isinstance(raw_type, str) else ""
             continue
-        seen.add(item_id)
         items.append(item)
-    return BenchFile(kind=kind, path=path, data_root=root, items=tuple(items), rejects=tuple(rejects))
+    return BenchFile(kind=kind, path=path, data_root=root, items=tuple(items), rejects=tuple(rejects),
+                     reject_types=reject_types, order=tuple(order))
 
 
 class _Malformed(Exception):
@@ -263,8 +265,6 @@ def _objects(entry: dict[str, Any], *, names: Sequence[str]) -> tuple[BenchObjec
             except (TypeError, ValueError):
                 raise _Malformed(f"object {number}: frame key {key!r} is not an integer") from None
             masks[frame] = _segmentation(value, size, where=f"object {number} frame {frame}")
-        if all(mask is None for mask in masks.values()):
-            raise _Malformed(f"object {number}: no frame carries a mask", RejectReason.MISSING_MASK)
         name = names[number] if number < len(names) else ""
         objects.append(BenchObject(masks=masks, name=name))
     return tuple(objects)
@@ -320,20 +320,6 @@ def _segmentation(value: Any, size: tuple[int, int] | None, *, where: str) -> Rl
 
 def _union_frames(objects: Sequence[BenchObject]) -> tuple[int, ...]:
     return tuple(sorted({frame for obj in objects for frame in obj.masks}))
-
-
-def sample_bench_frames(annotated: Sequence[int], n: int = 16) -> tuple[int, ...]:
-    """`n` frames picked uniformly among an item's annotated frames (the published 32), in time order.
-
-    The release's set-of-marks scripts pick 16 of the 32 mask frames with the paper's segment formula; this
-    applies the same formula to positions in the annotated list, so every sampled frame carries masks.
-    """
-    frames = sorted(set(annotated))
-    if len(frames) <= n:
-        return tuple(frames)
-    size = (len(frames) - 1) / n
-    picks = [(round(size * i) + round(size * (i + 1))) // 2 for i in range(n)]
-    return tuple(frames[p] for p in picks)
 
 
 def item_record(item: BenchItem) -> dict[str, Any]:

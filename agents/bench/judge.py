@@ -1,17 +1,20 @@
-"""Bench-D scoring: an LLM judge grades each predicted description against the reference on four 0-5 criteria.
+"""Bench-D scoring as the release judges: its judge prompt, user message, sampling, score pattern and averaging.
 
-The judge (any `ChatBackend`; in practice `OpenAIChatBackend` against GPT-4o or a vLLM server, temperature 0 by
-default) reads the versioned prompt `judge_d_system.txt` and answers with four integer scores: subject
-correspondence (SC), appearance description (AD), temporal description (TD) and hallucination detection (HD).
-Replies are parsed robustly (JSON, fenced JSON, or "Name: 4" lines, with the paper's names or abbreviations);
-a malformed reply is re-asked with the reason, and an item still malformed after the re-asks is recorded with
-no scores and left out of the means. Every raw reply, with token counts, goes to the judge JSONL for audit,
-and that file makes judging resumable. Reported: the mean of each dimension and the mean of the four means.
+The judge (any `ChatBackend`; GPT-4o in the paper, or a vLLM server) gets the release's `system.txt` as the system
+message (`agents.bench.protocol.load_judge_prompt`: byte for byte, sha256-checked) and the user message
+"##Correct answer: <caption>\n##Predicted answer: <prediction>\n", sampled at temperature 0.7, top_p 0.95, 800
+tokens (`1.eval_gpt_new.py`). Scores are read with the release's pattern `\\d+\\.\\s+(.*?):\\s+([\\d.]+)` into floats
+keyed by the description (`2.extract_re.py`); a dimension is averaged over the items that have it and the overall
+is the mean of the four means (`3.analyze_score.py`). Fixed, and documented: the release's judging script never
+sends its messages (a misspelt variable), so it produces no replies; here a reply with none of the four
+dimensions, or a score that is not a number (the release then drops the item), is asked again (the same request,
+a bounded number of times), then counted and listed as malformed, never a crash; a dimension no item has is
+reported as missing instead of dividing by zero. Every raw reply, with token counts, goes to the judge JSONL for
+audit, and that file makes judging resumable.
 """
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -19,9 +22,9 @@ from typing import Any
 
 from agents.backends.base import ChatBackend, ChatMessage, ChatReply, ChatRequest
 from agents.bench.bounded import run_bounded
-from agents.bench.prompts import load_prompt
-from engine.errors import BackendUnavailableError, ConfigError, InvalidReplyError, VideoReferError
 from agents.bench.files import PredictionStore
+from agents.bench.protocol import JudgePrompt
+from engine.errors import BackendUnavailableError, ConfigError, InvalidReplyError, VideoReferError
 
 DIMENSIONS: tuple[str, ...] = (
     "subject_correspondence",
@@ -35,88 +38,62 @@ ABBREVIATIONS: dict[str, str] = {
     "temporal_description": "TD",
     "hallucination_detection": "HD",
 }
-_ALIASES: dict[str, str] = {
-    **{dim: dim for dim in DIMENSIONS},
-    **{abbr.lower(): dim for dim, abbr in ABBREVIATIONS.items()},
-    "hallucination": "hallucination_detection",
-    "subject": "subject_correspondence",
-    "appearance": "appearance_description",
-    "temporal": "temporal_description",
+# The names the release's judge prompt asks for and `3.analyze_score.py` averages (`type_list`).
+RELEASE_NAMES: dict[str, str] = {
+    "subject_correspondence": "Subject Correspondence",
+    "appearance_description": "Appearance Description",
+    "temporal_description": "Temporal Description",
+    "hallucination_detection": "Hallucination Detection",
 }
-_LINE_SCORE = re.compile(
-    r"(subject[\s_-]*correspondence|appearance[\s_-]*description|temporal[\s_-]*description|"
-    r"hallucination[\s_-]*detection|\bSC\b|\bAD\b|\bTD\b|\bHD\b)\W{0,6}?(\d+(?:\.\d+)?)",
-    re.IGNORECASE,
-)
-# No minimum/maximum: strict structured output on some servers rejects them; the parser checks the range.
-SCORE_SCHEMA: dict[str, Any] = {
-    "type": "object",
-    "properties": {dim: {"type": "integer"} for dim in DIMENSIONS},
-    "required": list(DIMENSIONS),
-    "additionalProperties": False,
-}
+SCORE_PATTERN = re.compile(r"\d+\.\s+(.*?):\s+([\d.]+)")  # videorefer/eval/videorefer_bench_d/2.extract_re.py
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class JudgeSettings:
-    """How the judge is asked. `model` names the judge in the audit log and the report."""
+    """How the judge is asked (the release's sampling by default). `model` names the judge in logs and reports."""
 
     model: str
-    temperature: float = 0.0
-    max_tokens: int = 256
-    max_reasks: int = 1
+    prompt: JudgePrompt
+    temperature: float = 0.7
+    top_p: float = 0.95
+    max_tokens: int = 800
+    max_reasks: int = 2
     concurrency: int = 8
 
 
-def parse_judge_scores(text: str) -> dict[str, int]:
-    """The four integer scores 0-5 from a judge reply; `InvalidReplyError` says what is missing or wrong."""
-    found: dict[str, Any] = {}
-    obj = _json_object(text)
-    if obj is not None:
-        for key, value in obj.items():
-            dim = _ALIASES.get(re.sub(r"[\s-]+", "_", str(key).strip().lower()))
-            if dim is not None:
-                found.setdefault(dim, value)
-    if len(found) < len(DIMENSIONS):  # not (fully) JSON: "Subject Correspondence: 4" lines
-        for name, value in _LINE_SCORE.findall(text):
-            dim = _ALIASES.get(re.sub(r"[\s-]+", "_", name.strip().lower()))
-            if dim is not None:
-                found.setdefault(dim, value)
-    missing = [dim for dim in DIMENSIONS if dim not in found]
-    if missing:
-        raise InvalidReplyError(f"missing scores for {', '.join(missing)}")
-    scores = {}
-    for dim in DIMENSIONS:
-        scores[dim] = _integer_score(dim, found[dim])
+def user_message(reference: str, prediction: str) -> str:
+    """The release's user message (`1.eval_gpt_new.py`)."""
+    return "##Correct answer: " + reference + "\n" + "##Predicted answer: " + prediction + "\n"
+
+
+def release_scores(text: str) -> dict[str, float]:
+    """What the release's `2.extract_re.py` adds to an item: {description: float(score)} for every match.
+
+    Raises ValueError where the release's comprehension does (a score like "..."): the release then drops the item.
+    """
+    return {description: float(score) for description, score in SCORE_PATTERN.findall(text)}
+
+
+def parse_judge_scores(text: str) -> dict[str, float]:
+    """The release's scores of the four dimensions in a reply (a subset when the judge left some out).
+
+    `InvalidReplyError` when a score is not a number (the release drops such an item) or no dimension is there.
+    """
+    try:
+        found = release_scores(text)
+    except ValueError as exc:
+        raise InvalidReplyError(f"a score is not a number ({exc})") from None
+    scores = {dim: found[name] for dim, name in RELEASE_NAMES.items() if name in found}
+    if not scores:
+        raise InvalidReplyError("no '<n>. <Dimension>: <score>' line for any of the four dimensions")
     return scores
-
-
-def _json_object(text: str) -> dict[str, Any] | None:
-    start, end = text.find("{"), text.rfind("}")
-    if start < 0 or end <= start:
-        return None
-    try:
-        value = json.loads(text[start : end + 1])
-    except json.JSONDecodeError:
-        return None
-    return value if isinstance(value, dict) else None
-
-
-def _integer_score(dim: str, value: Any) -> int:
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        raise InvalidReplyError(f"{dim} is not a number: {value!r}") from None
-    if not number.is_integer() or not 0 <= number <= 5:
-        raise InvalidReplyError(f"{dim} must be an integer from 0 to 5, got {value!r}")
-    return int(number)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class JudgeOutcome:
     """One judged item: the scores (None when the judge never replied in shape) and every raw reply."""
 
-    scores: Mapping[str, int] | None
+    scores: Mapping[str, float] | None
     replies: tuple[ChatReply, ...]
     error: str = ""
 
@@ -124,35 +101,29 @@ class JudgeOutcome:
 async def judge_description(
     backend: ChatBackend, *, reference: str, prediction: str, settings: JudgeSettings
 ) -> JudgeOutcome:
-    """Ask the judge once, and again (up to `max_reasks` times) with the parse error when the reply is malformed."""
-    system = load_prompt("judge_d_system")
-    user = load_prompt("judge_d_user")
-    reask = load_prompt("judge_d_reask")
-    messages: list[ChatMessage] = [
-        ChatMessage(role="system", content=(system.render(),)),
-        ChatMessage(role="user", content=(user.render(reference=reference, prediction=prediction),)),
-    ]
+    """Ask the judge, and ask again (up to `max_reasks` times, the same request) while the reply is unparseable."""
+    request = ChatRequest(
+        messages=(
+            ChatMessage(role="system", content=(settings.prompt.text,)),
+            ChatMessage(role="user", content=(user_message(reference, prediction),)),
+        ),
+        task="bench_d_judge", temperature=settings.temperature, top_p=settings.top_p,
+        max_tokens=settings.max_tokens, context={"reference": reference, "prediction": prediction},
+    )
     replies: list[ChatReply] = []
     problem = ""
     for _ in range(1 + settings.max_reasks):
-        request = ChatRequest(
-            messages=tuple(messages), task="bench_d_judge", json_schema=SCORE_SCHEMA, schema_name="bench_d_scores",
-            temperature=settings.temperature, max_tokens=settings.max_tokens,
-            context={"reference": reference, "prediction": prediction},
-        )
         reply = await backend.complete(request)
         replies.append(reply)
         try:
             return JudgeOutcome(scores=parse_judge_scores(reply.text), replies=tuple(replies))
         except InvalidReplyError as exc:
             problem = str(exc)
-            messages.append(ChatMessage(role="assistant", content=(reply.text,)))
-            messages.append(ChatMessage(role="user", content=(reask.render(problem=problem),)))
     return JudgeOutcome(scores=None, replies=tuple(replies), error=f"malformed judge reply: {problem}")
 
 
-def judge_prompt_version() -> str:
-    return "+".join(load_prompt(name).version for name in ("judge_d_system", "judge_d_user", "judge_d_reask"))
+def judge_prompt_version(prompt: JudgePrompt) -> str:
+    return f"judge-system@{prompt.sha256[:12]}"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -206,18 +177,23 @@ async def judge_predictions(
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class DScore:
-    """Mean of each dimension over the judged items, the mean of the four means, and the judge's cost."""
+    """Mean of each dimension over the items that have it, the mean of the four means, and the judge's cost.
 
-    means: Mapping[str, float]
-    average: float
+    A dimension no item has is None, and so is the average then (the release divides by zero there).
+    """
+
+    means: Mapping[str, float | None]
+    counts: Mapping[str, int]
+    average: float | None
     judged: int
-    malformed: tuple[str, ...]  # ids whose judge replies stayed malformed after the re-asks
+    malformed: tuple[str, ...]  # ids whose judge replies stayed unparseable after the re-asks
     prompt_tokens: int
     completion_tokens: int
 
     def to_json(self) -> dict[str, Any]:
         return {
             "means": {ABBREVIATIONS[dim]: value for dim, value in self.means.items()},
+            "counts": {ABBREVIATIONS[dim]: value for dim, value in self.counts.items()},
             "average": self.average,
             "judged": self.judged,
             "malformed": list(self.malformed),
@@ -225,10 +201,18 @@ class DScore:
             "completion_tokens": self.completion_tokens,
         }
 
+    def release_text(self) -> str:
+        """The figures in the layout the release's `3.analyze_score.py` prints."""
+        lines = []
+        for dim in DIMENSIONS:
+            lines += [f"{RELEASE_NAMES[dim]} :  {self.means[dim]}", str(self.counts[dim])]
+        return "\n".join([*lines, "all....", str(self.average)])
+
 
 def score_d(judge_records: Iterable[Mapping[str, Any]]) -> DScore:
-    """Aggregate judge records (as written by `judge_predictions`)."""
+    """Aggregate judge records (as written by `judge_predictions`), per dimension over the items that have it."""
     sums = dict.fromkeys(DIMENSIONS, 0.0)
+    counts = dict.fromkeys(DIMENSIONS, 0)
     judged = 0
     malformed: list[str] = []
     prompt_tokens = completion_tokens = 0
@@ -241,9 +225,13 @@ def score_d(judge_records: Iterable[Mapping[str, Any]]) -> DScore:
             continue
         judged += 1
         for dim in DIMENSIONS:
-            sums[dim] += float(scores[dim])
-    means = {dim: (sums[dim] / judged if judged else 0.0) for dim in DIMENSIONS}
+            if dim in scores:
+                sums[dim] += float(scores[dim])
+                counts[dim] += 1
+    means = {dim: (sums[dim] / counts[dim] if counts[dim] else None) for dim in DIMENSIONS}
+    present = [value for value in means.values() if value is not None]
+    average = sum(present) / len(DIMENSIONS) if len(present) == len(DIMENSIONS) else None
     return DScore(
-        means=means, average=sum(means.values()) / len(DIMENSIONS), judged=judged,
-        malformed=tuple(sorted(malformed)), prompt_tokens=prompt_tokens, completion_tokens=completion_tokens,
+        means=means, counts=counts, average=average, judged=judged, malformed=tuple(sorted(malformed)),
+        prompt_tokens=prompt_tokens, completion_tokens=completion_tokens,
     )

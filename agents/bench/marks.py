@@ -1,10 +1,14 @@
-"""Set-of-marks frames for general VLMs: the referred objects drawn on the sampled frames, JPEG-encoded.
+"""Set-of-marks frames for general VLMs, drawn as the release's `benchmark/` scripts draw them, JPEG-encoded.
 
-A VLM behind an OpenAI-compatible URL takes no masks, so each object is drawn onto the frames in its own
-colour (red, green, yellow, ... in `<region>` order, as the release did): as a contour (Bench-D default) or a
-tinted mask (Bench-Q default). Single-frame mode marks each object on the first sampled frame where it appears;
-multi-frame mode on every sampled frame where it has a mask. Frames are the item's annotated frames sampled
-uniformly (16 of the published 32), so every marked frame has a real mask.
+A VLM behind an OpenAI-compatible URL takes no masks, so the referred objects are drawn onto the frames. As in
+the release (`benchmark/description_add_mask_{first,all}_frame.py`, `qa_add_mask_first_frame.py`): 16 frames of
+the video by its two-step rule (`agents.bench.protocol.som_frame_indices`); colours red, green, yellow, ... in
+object order; Bench-D single-frame: the object outlined with a light red tint (alpha 0.1) on the first sampled
+frame that carries its mask; Bench-D multi-frame: outlined (alpha 0) on every sampled frame with a mask;
+Bench-Q: each object tinted (alpha 0.2) and outlined in its colour, with its `<objectN>` label, on the first
+sampled frame where it occurs (every such frame in multi-frame mode, which the release has no script for). The
+release draws with detectron2's Visualizer; we draw with OpenCV (`engine.render`), so line widths and the label's
+font differ, not where or in which colour an object is marked.
 """
 
 from __future__ import annotations
@@ -12,31 +16,24 @@ from __future__ import annotations
 import io
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Literal
 
 import numpy as np
 
+from agents.bench.files import BenchDItem, BenchItem, Mode
+from agents.bench.protocol import SOM_COLORS, som_frame_indices
 from engine.types import RleMask
-from agents.bench.files import BenchItem, Mode, sample_bench_frames
 
-MarkStyle = Literal["contour", "tint"]
-
-# Colour names as the prompts say them, with RGB values far apart from each other.
-MARK_COLORS: tuple[tuple[str, tuple[int, int, int]], ...] = (
-    ("red", (255, 0, 0)),
-    ("green", (0, 200, 0)),
-    ("yellow", (255, 230, 0)),
-    ("blue", (0, 90, 255)),
-    ("grey", (128, 128, 128)),
-    ("purple", (150, 40, 200)),
-    ("orange", (255, 140, 0)),
-    ("brown", (140, 70, 20)),
-    ("pink", (255, 120, 200)),
-)
+# RGB of the colour names the release's prompts use (matplotlib's named colours, as its Visualizer takes them).
+COLOR_RGB: dict[str, tuple[int, int, int]] = {
+    "red": (255, 0, 0), "green": (0, 128, 0), "yellow": (255, 255, 0), "blue": (0, 0, 255),
+    "grey": (128, 128, 128), "purple": (128, 0, 128), "orange": (255, 165, 0), "brown": (165, 42, 42),
+    "pink": (255, 192, 203),
+}
 
 
 def color_of(object_number: int) -> tuple[str, tuple[int, int, int]]:
-    return MARK_COLORS[object_number % len(MARK_COLORS)]
+    name = SOM_COLORS[object_number % len(SOM_COLORS)]
+    return name, COLOR_RGB[name]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -48,23 +45,22 @@ class MarkedFrames:
     marked: tuple[tuple[int, ...], ...]  # per object: the frame indices it is drawn on
 
 
-def marked_frames(
-    item: BenchItem, *, mode: Mode, style: MarkStyle, num_frames: int = 16, thickness: int = 2,
-    jpeg_quality: int = 90,
-) -> MarkedFrames:
-    """Read the item's sampled frames and draw its objects; raises the typed errors of `engine.video`."""
+def marked_frames(item: BenchItem, *, mode: Mode, num_frames: int = 16, jpeg_quality: int = 90) -> MarkedFrames:
+    """Read the item's set-of-marks frames and draw its objects; raises the typed errors of `engine.video`."""
+    from engine.errors import TruncatedVideoError
     from engine.masks import decode_rle
-    from engine.render import draw_contour, tint_mask
-    from engine.video import read_frames
+    from engine.render import draw_contour, draw_label, tint_mask
+    from engine.video import probe, read_frames
 
-    indices = sample_bench_frames(item.annotated_frames, num_frames)
+    indices = som_frame_indices(probe(item.video_path).num_frames, num_frames)
     try:
-        frames = read_frames(item.video_path, indices)
-    except ValueError as exc:  # an annotated frame beyond the video's end: the entry does not fit its video
-        from engine.errors import TruncatedVideoError
-
+        frames = read_frames(item.video_path, list(dict.fromkeys(indices)))
+    except ValueError as exc:  # the video is shorter than the entry says
         raise TruncatedVideoError(f"{item.video_path}: {exc}") from exc
-    frames = np.ascontiguousarray(frames)
+    row = {index: position for position, index in enumerate(dict.fromkeys(indices))}
+    frames = np.ascontiguousarray(frames[[row[i] for i in indices]])
+    is_d = isinstance(item, BenchDItem)
+    alpha = (0.1 if mode == "single" else 0.0) if is_d else 0.2
     marked: list[tuple[int, ...]] = []
     for number, obj in enumerate(item.objects):
         _, rgb = color_of(number)
@@ -73,10 +69,11 @@ def marked_frames(
             mask = _mask_on(obj.masks.get(frame_index), frames[position].shape[:2], decode_rle)
             if mask is None:
                 continue
-            if style == "contour":
-                frames[position] = draw_contour(frames[position], mask, rgb, thickness)
-            else:  # tint plus a thin edge, as the release's set-of-marks drawing: visible on any background
-                frames[position] = draw_contour(tint_mask(frames[position], mask, rgb, 0.4), mask, rgb, 1)
+            frame = tint_mask(frames[position], mask, rgb, alpha) if alpha else frames[position]
+            frame = draw_contour(frame, mask, rgb, 2)
+            if not is_d and obj.name:
+                frame = draw_label(frame, mask, obj.name, rgb)
+            frames[position] = frame
             drawn.append(frame_index)
             if mode == "single":
                 break

@@ -1,12 +1,13 @@
-"""Run our VideoRefer model on Bench-D or Bench-Q, in single- or multi-frame mode, resumably.
+"""Run our VideoRefer model on Bench-D or Bench-Q as the release's inference scripts do, resumably.
 
-The model sees the video (16 uniform frames, sampled by the pipeline) and each referred object as masks:
-single-frame mode gives the object's mask on the entry's `frame_idx`, multi-frame mode every annotated mask
-(the published 32 frames; the object encoder merges them to u tokens). The questions follow the release's
-evaluation: Bench-D asks for a detailed description of the object `<region>`, Bench-Q asks the question with its
-`<region>` marks, then the options, then for the option's letter. Each answer is appended to the prediction
-store as soon as it exists; items already in the store are skipped, so an interrupted run resumes.
-Imports `model`, `engine` and `storage` only (never agents or flows).
+The release's `inference_videorefer_{d,q}_bench.py`: the protocol's frame count (8 in release protocol), its
+question strings (`agents.bench.protocol.model_question`), greedy `mm_infer` decoding; single-frame mode gives each
+object its mask on the entry's `frame_idx`, multi-frame mode every annotated mask (the published 32 frames);
+a null segmentation is an all-zero mask, as in the release. Fixed, and documented: an object without an
+annotation on `frame_idx` (the release raises KeyError) is given its first annotated frame instead. The pipeline
+is handed in (`AskingPipeline`, e.g. `model.inference.VideoReferPipeline`), so this module imports no model code.
+Each answer is appended to the prediction store as soon as it exists; items already in the store are skipped.
+An entry that cannot be run becomes a `Reject` with its reason (Bench-Q scores it wrong).
 """
 
 from __future__ import annotations
@@ -16,22 +17,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
+import numpy as np
+
+from agents.bench.files import BenchFile, BenchItem, BenchObject, Mode, PredictionStore, RunSummary, item_record
+from agents.bench.protocol import D_QUESTION, Q_SUFFIX, BenchProtocol, get_protocol, model_question
 from engine.errors import BadVideoError, InvalidSampleError, NoMaskError
 from engine.ids import stable_hash
-from engine.types import REGION_TOKEN, Reject, RleMask
-from agents.bench.files import (
-    BenchDItem,
-    BenchFile,
-    BenchItem,
-    Mode,
-    PredictionStore,
-    RunSummary,
-    item_record,
-)
+from engine.types import Reject, RleMask
 
-D_QUESTION = f"Please describe in detail the object {REGION_TOKEN} in the video."
-Q_SUFFIX = "Answer with the option's letter from the given choices directly."
-PROMPT_VERSION = f"model-bench@{stable_hash(D_QUESTION, Q_SUFFIX, length=8)}"
+PROMPT_VERSION = f"release-questions@{stable_hash(D_QUESTION, Q_SUFFIX, length=8)}"
 
 
 class AskingPipeline(Protocol):
@@ -39,50 +33,53 @@ class AskingPipeline(Protocol):
 
     def ask(
         self, *, video: Any, masks: Sequence[Mapping[int, Any]], question: str, mode: str = "single",
-        max_new_tokens: int = ..., do_sample: bool = ...,
+        num_frames: int | None = None, max_new_tokens: int | None = None, do_sample: bool = False,
     ) -> str: ...
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class ModelBenchSettings:
     mode: Mode = "single"
-    max_new_tokens_d: int = 512
-    max_new_tokens_q: int = 16
+    protocol: BenchProtocol = get_protocol("release")
+    max_new_tokens: int | None = None  # None: the protocol's (mm_infer's 2048)
 
 
-def model_question(item: BenchItem) -> str:
-    """The question our model is asked for one item."""
-    if isinstance(item, BenchDItem):
-        return D_QUESTION
-    return f"{item.question} {' '.join(item.options)} {Q_SUFFIX}"
+def object_masks(item: BenchItem, mode: Mode, size: tuple[int, int]) -> list[dict[int, RleMask | np.ndarray]]:
+    """Per object in `<region>` order, the masks the model is given in `mode` (null masks as zeros of `size`)."""
+    zeros = np.zeros(size, dtype=bool)
+    return [{frame: zeros if mask is None else mask for frame, mask in _frames_for(obj, mode, item.frame_idx)}
+            for obj in item.objects]
 
 
-def object_masks(item: BenchItem, mode: Mode) -> list[dict[int, RleMask]]:
-    """Per object in `<region>` order, the masks the model is given in `mode` (absolute frame index -> RLE)."""
-    masks = [obj.masks_for_mode(mode, item.frame_idx) for obj in item.objects]
-    empty = [number for number, per_object in enumerate(masks) if not per_object]
-    if empty:
-        raise NoMaskError(f"objects {empty} have no mask to give the model")
-    return masks
+def _frames_for(obj: BenchObject, mode: Mode, frame_idx: int) -> list[tuple[int, RleMask | None]]:
+    if mode == "multi":
+        return sorted(obj.masks.items())
+    if frame_idx in obj.masks:
+        return [(frame_idx, obj.masks[frame_idx])]
+    first = min(obj.masks)
+    return [(first, obj.masks[first])]
 
 
-def _check_fits_video(item: BenchItem, masks: Sequence[Mapping[int, RleMask]]) -> None:
-    """A mask frame past the video's end means the entry does not belong to this video: reject, do not crash."""
+def _video_size(item: BenchItem) -> tuple[int, int, int]:
+    """Frames, height and width of the entry's video; a mask frame past its end is an entry/video mismatch."""
     from engine.video import probe
 
-    total = probe(item.video_path).num_frames
-    outside = sorted({frame for per_object in masks for frame in per_object if not 0 <= frame < total})
+    info = probe(item.video_path)
+    outside = sorted({frame for obj in item.objects for frame in obj.masks if not 0 <= frame < info.num_frames})
     if outside:
-        raise InvalidSampleError(f"mask frames {outside} lie outside the video's {total} frames")
+        raise InvalidSampleError(f"mask frames {outside} lie outside the video's {info.num_frames} frames")
+    return info.num_frames, info.height, info.width
 
 
 def run_identity(model_name: str, settings: ModelBenchSettings) -> dict[str, Any]:
     """The fields pinned in every record of a model run (a resumed run must match them)."""
-    return {"runner": "model", "model": model_name, "mode": settings.mode, "prompt": PROMPT_VERSION}
+    return {"runner": "model", "model": model_name, "mode": settings.mode, "protocol": settings.protocol.name,
+            "num_frames": settings.protocol.num_frames, "prompt": PROMPT_VERSION,
+            "max_new_tokens": settings.max_new_tokens or settings.protocol.max_new_tokens}
 
 
 def run_model_bench(
-    pipeline: AskingPipeline,
+    pipeline: AskingPipeline | None,
     bench: BenchFile,
     store: PredictionStore,
     settings: ModelBenchSettings,
@@ -92,16 +89,17 @@ def run_model_bench(
     """Answer every item of `bench` (the first `limit`) not yet in `store`, one at a time, greedy decoding."""
     items = list(bench.items[:limit] if limit is not None else bench.items)
     todo = [item for item in items if item.item_id not in store]
+    if todo and pipeline is None:
+        raise ValueError("a pipeline is needed for the items not in the store")
     rejects: list[Reject] = []
     for item in todo:
-        is_d = isinstance(item, BenchDItem)
         try:
-            masks = object_masks(item, settings.mode)
-            _check_fits_video(item, masks)
+            _, height, width = _video_size(item)
+            masks = object_masks(item, settings.mode, (height, width))
             reply = pipeline.ask(
-                video=Path(item.video_path), masks=masks, question=model_question(item),
-                mode=settings.mode, max_new_tokens=settings.max_new_tokens_d if is_d else settings.max_new_tokens_q,
-                do_sample=False,
+                video=Path(item.video_path), masks=masks, question=model_question(item), mode=settings.mode,
+                num_frames=settings.protocol.num_frames,
+                max_new_tokens=settings.max_new_tokens or settings.protocol.max_new_tokens, do_sample=False,
             )
         except (BadVideoError, InvalidSampleError, NoMaskError) as exc:
             rejects.append(Reject(stage=f"bench_{bench.kind}_model", item_id=item.item_id, clip_id=item.video,

@@ -12,10 +12,10 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from agents.bench.files import Q_TYPES, write_json_atomic, write_text_atomic
 from agents.bench.judge import ABBREVIATIONS, DScore
 from agents.bench.q_scoring import QScore
 from engine.types import Reject
-from agents.bench.files import Q_TYPES, write_json_atomic, write_text_atomic
 
 D_COLUMNS = ("SC", "AD", "TD", "HD", "Avg")
 Q_COLUMNS = (*Q_TYPES.values(), "overall")
@@ -56,16 +56,23 @@ def q_report(
     lines = [
         f"# VideoRefer-Bench-Q: {model} ({mode}-frame)",
         "",
-        f"Scored {score.overall.total} of {items} questions; {score.overall.correct} correct. "
-        f"Accuracy in %, micro average over questions.",
+        f"Scored {score.overall.total} of {items} entries ({len(score.failed)} could not be run and count as "
+        f"wrong); {score.overall.correct} correct. Accuracy in %, micro average over entries. Protocol: "
+        f"{run.get('protocol', '?')}, {run.get('frames', '?')} frames.",
         "",
         "| Model | Mode | " + " | ".join(Q_HEADERS) + " |",
         "|---|---|" + "---:|" * len(Q_HEADERS),
         *rows,
         "",
         *_q_counts(score),
+        "As the release's scorer prints it:",
+        "",
+        "```",
+        score.release_text(),
+        "```",
+        "",
         *_unparseable(score),
-        *_rejects(rejects),
+        *_rejects(rejects, counted="scored wrong"),
         *_run_info(run),
     ]
     data = {
@@ -89,9 +96,12 @@ def d_report(
     if score is None:
         summary = f"{predicted} of {items} descriptions predicted; not judged (no judge given)."
     else:
-        summary = (f"{score.judged} of {items} descriptions judged (0-5 per dimension, mean over items; Avg is "
-                   f"the mean of the four). Judge tokens: {score.prompt_tokens} prompt + "
-                   f"{score.completion_tokens} completion.")
+        counts = ", ".join(f"{ABBREVIATIONS[dim]} {n}" for dim, n in score.counts.items())
+        summary = (f"{score.judged} of {items} descriptions judged (0-5 per dimension, each averaged over the items "
+                   f"that have it: {counts}; Avg is the mean of the four). Protocol: {run.get('protocol', '?')}, "
+                   f"{run.get('frames', '?')} frames; judge {run.get('judge', '?')} ({run.get('judge_sampling', '')}"
+                   f", prompt sha256 {str(run.get('judge_prompt_sha256', '?'))[:12]}). Judge tokens: "
+                   f"{score.prompt_tokens} prompt + {score.completion_tokens} completion.")
     lines = [
         f"# VideoRefer-Bench-D: {model} ({mode}-frame)",
         "",
@@ -102,8 +112,10 @@ def d_report(
         *rows,
         "",
     ]
+    if score is not None:
+        lines += ["As the release's `3.analyze_score.py` prints it:", "", "```", score.release_text(), "```", ""]
     if score is not None and score.malformed:
-        lines += [f"## Judge replies still malformed after re-asking ({len(score.malformed)})", "",
+        lines += [f"## Judge replies still unparseable after re-asking ({len(score.malformed)})", "",
                   ", ".join(f"`{i}`" for i in score.malformed), ""]
     lines += [*_rejects(rejects), *_run_info(run)]
     data = {
@@ -154,10 +166,11 @@ def _unparseable(score: QScore) -> list[str]:
     return [*lines, ""]
 
 
-def _rejects(rejects: Sequence[Reject]) -> list[str]:
+def _rejects(rejects: Sequence[Reject], counted: str = "not evaluated") -> list[str]:
     if not rejects:
         return []
-    lines = [f"## Entries not evaluated ({len(rejects)})", "", "| Id | Reason | Message |", "|---|---|---|"]
+    lines = [f"## Entries that could not be run ({len(rejects)}, {counted})", "", "| Id | Reason | Message |",
+             "|---|---|---|"]
     for reject in rejects[:50]:
         lines.append(f"| {reject.item_id} | {reject.reason} | {reject.message.replace('|', '/')[:160]} |")
     return [*lines, ""]

@@ -31,12 +31,14 @@ def test_flow_evaluates_each_checkpoint_and_resumes(tmp_path: Path, prefect_serv
     data = tmp_path / "bench"
     bench_q = make_synthetic_bench(data, kind="q", num_items=1, seed=7, num_frames=12)
     bench_d = make_synthetic_bench(data, kind="d", num_items=1, seed=8, num_frames=12)
-    scores = {"subject_correspondence": 2, "appearance_description": 2, "temporal_description": 1,
-              "hallucination_detection": 3}
+    reply = ("1. Subject Correspondence: 2\n2. Appearance Description: 2\n3. Temporal Description: 1\n"
+             "4. Hallucination Detection: 3")
+    prompt = tmp_path / "system.txt"
+    prompt.write_text("A judge prompt the test wrote.\n")
     params = {"model_dir": str(tmp_path / "checkpoints"), "out": str(tmp_path / "eval"), "bench_q": str(bench_q),
               "bench_d": str(bench_d), "judge_model": "judge-stub", "modes": ["single"],
-              "max_new_tokens": 3}
-    with StubOpenAIServer(responder=lambda r: json.dumps(scores)) as judge:
+              "max_new_tokens": 3, "judge_prompt": str(prompt), "protocol": "paper"}
+    with StubOpenAIServer(responder=lambda r: reply) as judge:
         first = evaluate_checkpoint(**params, judge_url=judge.base_url)
         second = evaluate_checkpoint(**params, judge_url=judge.base_url)
         assert judge.request_count == 1  # the second run judged nothing again

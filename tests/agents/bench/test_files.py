@@ -8,16 +8,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from engine.errors import ConfigError, RejectReason
-from engine.masks import decode_rle, encode_rle
 from agents.bench.files import (
     PredictionStore,
     item_record,
     parse_option_letter,
     read_bench_d,
     read_bench_q,
-    sample_bench_frames,
 )
+from engine.errors import ConfigError, RejectReason
+from engine.masks import decode_rle, encode_rle
 
 
 def _rle(h: int = 8, w: int = 10, box: tuple[int, int, int, int] = (2, 2, 5, 6)) -> dict:
@@ -65,15 +64,8 @@ def test_bench_d_reads_published_fields_and_modes(data_root: Path) -> None:
     assert item.item_id == "0" and item.caption == "A red ball rolls." and item.frame_idx == 4
     assert item.video_path == data_root / "clip.mp4"
     obj = item.objects[0]
-    assert obj.masks[8] is None and obj.frame_indices == (0, 4, 8)
-    assert set(obj.masks_for_mode("single", item.frame_idx)) == {4}
-    assert set(obj.masks_for_mode("multi", item.frame_idx)) == {0, 4}  # the null mask is not given
+    assert obj.masks[8] is None and obj.frame_indices == (0, 4, 8)  # a null mask is kept (a zero mask later)
     assert decode_rle(obj.masks[0]).sum() == 12
-
-
-def test_single_mode_falls_back_to_first_mask_when_frame_idx_has_none(data_root: Path) -> None:
-    bench = read_bench_d(_write(data_root / "d.json", [_d_entry(0, frame_idx="8")]))
-    assert set(bench.items[0].objects[0].masks_for_mode("single", 8)) == {0}
 
 
 def test_bad_entries_are_rejected_with_reasons_and_the_rest_is_read(data_root: Path) -> None:
@@ -82,21 +74,22 @@ def test_bad_entries_are_rejected_with_reasons_and_the_rest_is_read(data_root: P
         _d_entry(1, video="missing.mp4"),
         _d_entry(2, caption=""),
         _d_entry(3, annotation=[{"x": {"segmentation": _rle()}}]),
-        _d_entry(4, annotation=[{"0": {"segmentation": None}}]),
+        _d_entry(4, annotation=[{"0": {"segmentation": None}}]),  # only null masks: runs, as in the release
         _d_entry(5, annotation=[{"0": {"segmentation": {}}}]),
         _d_entry(0),  # duplicate id
         "not an object",
     ]
     bench = read_bench_d(_write(data_root / "d.json", entries))
-    assert [i.item_id for i in bench.items] == ["0"]
+    assert [i.item_id for i in bench.items] == ["0", "4"]
     reasons = {r.item_id: r.reason for r in bench.rejects}
     assert reasons["1"] == RejectReason.VIDEO_NOT_FOUND
     assert reasons["2"] == RejectReason.MALFORMED_SAMPLE
     assert reasons["3"] == RejectReason.MALFORMED_SAMPLE
-    assert reasons["4"] == RejectReason.MISSING_MASK
     assert reasons["5"] == RejectReason.MALFORMED_SAMPLE
+    assert reasons["0@6"] == RejectReason.MALFORMED_SAMPLE  # the duplicate still counts, under its position
     assert reasons["entry7"] == RejectReason.MALFORMED_SAMPLE
-    assert len(bench.rejects) == 7
+    assert len(bench.rejects) == 6
+    assert bench.entry_ids() == ["0", "1", "2", "3", "4", "5", "0@6", "entry7"]  # every entry, for the denominator
 
 
 def test_uncompressed_rle_and_polygons_become_compressed_rle(data_root: Path) -> None:
@@ -160,13 +153,6 @@ def test_parse_option_letter() -> None:
     assert parse_option_letter("C) no") == "C"
     assert parse_option_letter("b") == "B"
     assert parse_option_letter("Sitting") is None
-
-
-def test_sample_bench_frames_picks_uniformly_among_annotated() -> None:
-    annotated = list(range(0, 320, 10))  # 32 annotated frames
-    picked = sample_bench_frames(annotated, 16)
-    assert len(picked) == 16 and set(picked) <= set(annotated) and list(picked) == sorted(picked)
-    assert sample_bench_frames([5, 1, 3], 16) == (1, 3, 5)
 
 
 def test_prediction_store_resumes_and_cuts_a_torn_last_line(tmp_path: Path) -> None:

@@ -43,7 +43,8 @@ def test_d_report_with_and_without_judge() -> None:
     assert "| Model | Mode | SC | AD | TD | HD | Avg |" in markdown
     assert "| VideoRefer-7B (paper) | single | 4.41 | 3.27 | 3.03 | 2.97 | 3.42 |" in markdown
     assert "| **tiny (ours)** | multi | 4.00 | 3.00 | 2.00 | 1.00 | 2.50 |" in markdown
-    assert "150 prompt + 30 completion" in markdown and "malformed" in markdown
+    assert "150 prompt + 30 completion" in markdown and "unparseable" in markdown
+    assert "all....\n2.5" in markdown  # the release's printout
     assert data["score"]["means"]["SC"] == 4.0
     unjudged, data = d_report(None, model="tiny", mode="single", items=3, predicted=3, rejects=[], run={})
     assert "not judged" in unjudged and data["score"] is None

@@ -1,4 +1,7 @@
-"""Set-of-marks VLM runner against the stub OpenAI server: frames and prompts sent, JSONL written, resume."""
+"""Set-of-marks VLM runner against the stub OpenAI server: the release's frames and prompts, JSONL written, resume.
+
+Frames and prompts are checked against the release's `benchmark/` scripts (transcribed in release_reference.py).
+"""
 
 from __future__ import annotations
 
@@ -13,6 +16,7 @@ from PIL import Image
 
 from agents.backends.openai_chat import OpenAIChatBackend
 from agents.backends.stub_server import StubOpenAIServer
+from agents.bench.files import PredictionStore, read_bench_d, read_bench_q
 from agents.bench.marks import marked_frames
 from agents.bench.q_scoring import score_q
 from agents.bench.synthetic import make_synthetic_bench
@@ -20,8 +24,8 @@ from agents.bench.vlm_runner import VlmSettings, run_identity, run_vlm_bench
 from engine.config import OpenAIChatConfig
 from engine.errors import BackendUnavailableError, RejectReason
 from engine.masks import decode_rle
-from engine.video import read_frames
-from agents.bench.files import PredictionStore, read_bench_d, read_bench_q
+from engine.video import probe, read_frames
+from tests.agents.bench import release_reference as release
 
 
 @pytest.fixture(scope="module")
@@ -63,7 +67,8 @@ def test_q_run_sends_marked_frames_and_question_and_scores(bench_dir: Path, tmp_
     assert (summary.predicted, summary.skipped, summary.rejects) == (4, 0, ())
     assert len(requests) == 4
     texts = [[p["text"] for p in r["messages"][0]["content"] if p["type"] == "text"][0] for r in requests]
-    assert all("Answer with the letter" in t and "(A)" in t and "<region>" not in t for t in texts)
+    lines = [{"Question": item.question, "options": list(item.options)} for item in bench.items]
+    assert sorted(texts) == sorted(release.som_q_prompt(line) for line in lines)  # the release's prompt, exactly
     assert any("<object0>: red; <object1>: green" in t for t in texts)  # two-object questions carry a legend
     assert all(len(_images(r)) == 8 for r in requests)
     records = list(PredictionStore(tmp_path / "q.jsonl"))
@@ -73,11 +78,17 @@ def test_q_run_sends_marked_frames_and_question_and_scores(bench_dir: Path, tmp_
     assert score.overall.correct == expected and score.overall.total == 4
 
 
-def test_marks_single_vs_multi_frame(bench_dir: Path) -> None:
+def test_marks_single_vs_multi_frame_on_the_release_frames(bench_dir: Path) -> None:
     item = read_bench_d(bench_dir / "VideoRefer-Bench-D.json").items[0]
-    single = marked_frames(item, mode="single", style="contour", num_frames=6)
-    multi = marked_frames(item, mode="multi", style="tint", num_frames=6)
+    single = marked_frames(item, mode="single", num_frames=6)
+    multi = marked_frames(item, mode="multi", num_frames=6)
     assert single.frame_indices == multi.frame_indices and len(single.frame_indices) == 6
+    total = probe(item.video_path).num_frames
+    assert list(single.frame_indices) == release.som_frame_sample(total, 6)
+    for length in range(1, 400):
+        from agents.bench.protocol import som_frame_indices
+
+        assert som_frame_indices(length) == release.som_frame_sample(length)
     assert single.marked == ((single.frame_indices[0],),)
     assert multi.marked == (single.frame_indices,)
     raw = read_frames(item.video_path, list(single.frame_indices)).astype(int)
@@ -108,7 +119,7 @@ def test_d_run_resumes_after_the_server_goes_down(bench_dir: Path, tmp_path: Pat
         assert server.request_count == 1
         text = [p["text"] for p in server.requests[0]["messages"][0]["content"] if p["type"] == "text"][0]
     store.close()
-    assert "red contour on every one of these video frames" in text
+    assert text == release.SOM_D_PROMPTS["multi"]
     assert (summary.predicted, summary.skipped) == (1, 1)
     records = list(PredictionStore(path))
     assert sorted(r["id"] for r in records) == ["0", "1"] and all(r["caption"] for r in records)
