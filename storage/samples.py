@@ -5,7 +5,10 @@ frames stored after the sampled frames, reads as empty from samples written befo
 lists every reason a sample cannot train the model (missing, empty or grid-vanishing masks, a `<region>` count that
 differs from the objects, malformed conversations, mask sizes that disagree, a mask frame that is neither a sampled
 nor an extra frame, extra frames that are unsorted, repeated, among the sampled ones or maskless, more frames than
-a shard can name); an empty list means valid. The builders turn accepted `ObjectRecord`s and `ClipQA`s into
+a shard can name); an empty list means valid. Masks are checked on the vision feature grid of the model the shards
+are for, which every caller names (`grid`, see `vision_grid`: `image_size // patch_size`, 27 for SigLIP at 384 px,
+8 for the tiny model's 64 px and patch 8): there is no default, so a shard for another image size is never checked
+on a grid it will not be trained at. The builders turn accepted `ObjectRecord`s and `ClipQA`s into
 detailed, short and QA samples with the paper's prompt shapes, choosing among a few fixed templates by a hash of
 the sample key, so the same inputs always give the same samples. Single-frame mode annotates one frame (the key
 frame when it is among the sampled frames, else the first sampled frame with a mask); multi-frame mode annotates
@@ -38,6 +41,7 @@ from engine.types import (
 )
 
 SAMPLE_SCHEMA_VERSION = 1
+SIGLIP_PATCH_SIZE = 14  # the patch of the release's vision tower (SigLIP so400m): 384 px -> a 27 x 27 grid
 MAX_SAMPLE_FRAMES = 100  # stored frames are named `00.jpg` .. `99.jpg`: a sample needing more is rejected
 TASKS = ("detailed", "short", "qa")
 VIDEO_PREFIX = f"{VIDEO_TOKEN}\n"
@@ -133,6 +137,26 @@ def sample_from_json(data: Mapping[str, Any]) -> Sample:
 # ---------------------------------------------------------------- validation
 
 
+def vision_grid(image_size: int, patch_size: int = SIGLIP_PATCH_SIZE) -> int:
+    """Side of the vision feature grid of a model with square inputs of `image_size` and patches of `patch_size`.
+
+    `image_size // patch_size`, as `model.configuration.VideoReferConfig.grid_size`: 27 for SigLIP at 384 px (the
+    release), 8 for the tiny model (64 px, patch 8). The export knows its `sampling.image_size`; the patch is the
+    vision tower's (14 for SigLIP).
+    """
+    image_size, patch_size = int(image_size), int(patch_size)
+    if patch_size <= 0 or image_size < patch_size:
+        raise ValueError(f"image size {image_size} and patch size {patch_size} give no vision grid")
+    return image_size // patch_size
+
+
+def require_grid(grid: int) -> int:
+    """`grid` as an int when it is a positive integer (the side of a vision feature grid), else ValueError."""
+    if isinstance(grid, bool) or not isinstance(grid, int | np.integer) or grid <= 0:
+        raise ValueError(f"grid must be a positive int (the side of the vision feature grid), got {grid!r}")
+    return int(grid)
+
+
 def region_count(conversations: Sequence[Turn]) -> int:
     """Number of `<region>` tokens in the human turns."""
     return sum(t.value.count(REGION_TOKEN) for t in conversations if t.role == "human")
@@ -161,14 +185,16 @@ def conversation_problems(conversations: Sequence[Turn]) -> list[Problem]:
     return problems
 
 
-def validate_sample(sample: Sample, *, grid: int = 27) -> list[Problem]:
+def validate_sample(sample: Sample, *, grid: int) -> list[Problem]:
     """Every reason `sample` cannot train the model, as (reason code, message); an empty list means valid.
 
     Checks: task name; conversations (see `conversation_problems`); `<region>` count == number of objects; each
     object has masks, each mask decodes, matches the sample's height/width, is not empty and does not vanish on
     the `grid` x `grid` vision feature grid; when frames are pre-sampled, the stored frames are valid (see
-    `frame_problems`) and every mask frame is a sampled or an extra frame.
+    `frame_problems`) and every mask frame is a sampled or an extra frame. `grid` is required: the side of the
+    grid of the model the sample is for (`vision_grid(image_size, patch_size)`).
     """
+    grid = require_grid(grid)
     problems: list[Problem] = []
     if sample.task not in TASKS:
         problems.append((RejectReason.MALFORMED_SAMPLE, f"unknown task {sample.task!r}"))
@@ -262,7 +288,7 @@ def _grid_support(size: int, grid: int) -> np.ndarray:
     return np.flatnonzero(weights.sum(axis=0) > 0)
 
 
-def vanishes_on_grid(mask: np.ndarray, grid: int = 27) -> bool:
+def vanishes_on_grid(mask: np.ndarray, grid: int) -> bool:
     """`engine.masks.grid_occupancy(mask, grid) == 0`, without the full-resolution matrix products.
 
     The weights are non-negative, so some cell is above zero exactly when a set pixel lies on a supported row
@@ -306,7 +332,7 @@ def rle_is_consistent(rle: RleMask) -> bool:
     return runs is not None and all(run >= 0 for run in runs) and sum(runs) == rle.height * rle.width
 
 
-def check_sample(sample: Sample, *, grid: int = 27) -> None:
+def check_sample(sample: Sample, *, grid: int) -> None:
     """Raise `InvalidSampleError` (with the first problem's reason) when `sample` is not valid."""
     problems = validate_sample(sample, grid=grid)
     if problems:

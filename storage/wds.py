@@ -1,12 +1,14 @@
 """WebDataset export: a deterministic, validating tar shard writer and a fast reader of the shards it writes.
 
 `ShardWriter.write(sample, frames)` validates the sample first (an invalid one becomes a `Reject`, counted by
-reason), JPEG-encodes its frames as `00.jpg`, `01.jpg`, ... (one per `frame_indices` entry, then one per
+reason) on the vision grid the writer was given (`grid`, required: `storage.samples.vision_grid(image_size,
+patch_size)` of the model the shards are for, e.g. 27 for SigLIP at 384 px, 8 for the 64-px tiny model; it is
+recorded in the stats), JPEG-encodes its frames as `00.jpg`, `01.jpg`, ... (one per `frame_indices` entry, then one per
 `extra_frame_indices` entry: the processor's `frames` layout; at most 100, a sample needing more is rejected) and
 adds them with the sample's `json` to `<split>-<NNNNNN>.tar`. A tar is written as `<split>-<NNNNNN>.tar.tmp` and
 renamed when complete; beside it goes a `<split>-<NNNNNN>.parquet` index (key, task, counts, byte offset and size
-of each sample) and, on close, `_stats.json` (samples per task, rejects per reason, bytes). Tar headers carry fixed
-mtime, owner and mode, so the same samples always give byte-identical tars. No pickle anywhere: frames are JPEG,
+of each sample) and, on close, `_stats.json` (samples per task, rejects per reason, bytes, grid). Tar headers carry
+fixed mtime, owner and mode, so the same samples always give byte-identical tars. No pickle anywhere: frames are JPEG,
 the rest is JSON, so plain `webdataset.WebDataset(url).decode("rgb8")` reads the shards. `iter_samples` reads them
 back with `cv2.imdecode`.
 """
@@ -31,7 +33,14 @@ import pyarrow.parquet as pq
 from engine.errors import RejectReason
 from engine.types import Reject, Sample
 from storage.root import DatasetRoot
-from storage.samples import MAX_SAMPLE_FRAMES, reject_for, sample_from_json, sample_to_json, validate_sample
+from storage.samples import (
+    MAX_SAMPLE_FRAMES,
+    reject_for,
+    require_grid,
+    sample_from_json,
+    sample_to_json,
+    validate_sample,
+)
 
 STATS_NAME = "_stats.json"
 INDEX_SCHEMA = pa.schema(
@@ -92,7 +101,9 @@ class ShardWriter:
     """Writes validated samples into `<split>-<NNNNNN>.tar` shards of at most `max_samples_per_tar` samples.
 
     `root_or_dir`: a `DatasetRoot` (shards go to its `export/wds/`), or a directory path / fsspec URL (shards go
-    right there). Use as a context manager, or call `close()`; `close()` finishes the open tar and writes stats.
+    right there). `grid`: the side of the vision feature grid masks are validated on, with no default (see
+    `storage.samples.vision_grid`). Use as a context manager, or call `close()`; `close()` finishes the open tar
+    and writes stats.
     """
 
     def __init__(
@@ -103,7 +114,7 @@ class ShardWriter:
         *,
         start_index: int = 0,
         jpeg_quality: int = 90,
-        grid: int = 27,
+        grid: int,
     ) -> None:
         if max_samples_per_tar <= 0:
             raise ValueError("max_samples_per_tar must be positive")
@@ -113,7 +124,7 @@ class ShardWriter:
         self.split = split
         self.max_samples_per_tar = max_samples_per_tar
         self.jpeg_quality = jpeg_quality
-        self.grid = grid
+        self.grid = require_grid(grid)
         self._next_index = start_index
         self._stack = ExitStack()
         self._tar: tarfile.TarFile | None = None
@@ -244,6 +255,7 @@ class ShardWriter:
             "rejects_per_reason": dict(sorted(self.rejects_per_reason.items())),
             "frames": self.frames_written,
             "bytes": self.bytes_written,
+            "grid": self.grid,
         }
 
     def close(self) -> dict[str, Any]:

@@ -4,12 +4,19 @@ Each (process rank, DataLoader worker) pair is one *slot*. Per data source (a sh
 mixture) and per epoch, the shard list is shuffled with the seed and split over the slots (by node, then by
 worker); with fewer shards than slots, every slot reads all shards and keeps every n-th sample instead, so
 no sample is duplicated. Each slot keeps a seeded shuffle buffer of *raw* samples (bytes, nothing decoded),
-draws from its sources by weight with a counter-based RNG, picks single- or multi-frame mode per sample, and
+draws from its sources by weight with a counter-based RNG, decides the sample's single- or multi-frame mode, and
 only then decodes the pre-sampled JPEG frames (OpenCV) and lets the processor turn the json (conversations,
 RLE masks) and frames into tensors. Micro-batches are collated inside the workers. Frames (`plan_frames`): a
 sample stores its video frames (`frame_indices`) then its extra mask frames (`extra_frame_indices`); when the
 recipe's `frames_per_sample` differs from the stored video frames, the release's uniform rule picks among them
 and every mask frame left out becomes an extra frame, so no mask is ever dropped.
+
+Mode (one place decides, never two coins): a sample that records its mode (`mode`, or `extra.mode` as the
+export writes it) is encoded in that mode. The export already drew it with `SamplingConfig.multi_frame_ratio`
+and kept only that mode's masks, so drawing again would turn half of the multi-frame samples single-frame.
+The recipe's `DataMixture.multi_frame_ratio` draws the mode, per sample key and epoch, only for samples that
+record none (e.g. imported 700K items with several annotated frames); with the ratio None those are left to
+the processor (single-frame when every object has one mask frame).
 
 Resume: every batch carries its slot's `SlotPosition` (per source: epoch and raw samples consumed in it, plus
 the mixer's draw count). The training loop keeps the position of the last batch it used from each slot and
@@ -17,7 +24,11 @@ saves them with its checkpoint; a loader built with those positions replays each
 the saved count without decoding and continues exactly where the run stopped, in the same worker order.
 
 A sample that cannot be decoded or encoded is counted and logged with its key and reason (never dropped
-silently); its record travels with the next batch to the loop, which writes it to `<out>/rejects.jsonl`.
+silently); its record travels with the next batch to the loop, which writes it to `<out>/rejects.jsonl`. A few
+bad samples among good ones are just counted; a slot that cannot make a batch fails with `NoUsableSamplesError`
+(a `ConfigError`, naming the shards and the reasons) once `DataMixture.max_consecutive_bad` samples in a row
+failed, or once every source made a full pass without one good sample (every sample of every shard the slot
+reads failed since that source's last good one), instead of epoch-looping forever.
 """
 
 from __future__ import annotations
@@ -28,6 +39,7 @@ import json
 import logging
 import random
 import tarfile
+from collections import Counter
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,6 +54,15 @@ from model.training.recipes import DataMixture, DataSource
 LOGGER = logging.getLogger(__name__)
 _FROZEN = {"frozen": True, "slots": True, "kw_only": True}
 _FRAME_SUFFIX = ".jpg"
+MODES = ("single", "multi")
+
+
+class NoUsableSamplesError(ConfigError):
+    """A loader slot found no usable sample: too many failed in a row, or every source a full pass without one.
+
+    A `ConfigError` (the data given cannot train the model); its message names the shards and the reasons.
+    Constructed from the message alone, so a DataLoader worker's error re-raises with this type in the trainer.
+    """
 
 
 class SampleEncoder(Protocol):
@@ -184,7 +205,39 @@ class _SourceStream:
         self.slot = slot
         self.slots = slots
         self.position = start
+        # The shards this slot ever reads: with unshuffled shards, one per `slots`; else every one (over epochs).
+        fixed = not mixture.shuffle_shards and len(self.paths) >= slots
+        self.reachable = self.paths[slot::slots] if fixed else list(self.paths)
+        # Failure bookkeeping: samples of each shard this slot reads (learnt as it reads them) and the keys per
+        # shard that failed since this source's last good sample (at most the shard's samples are kept).
+        self._sizes: dict[str, int] = {}
+        self._bad_keys: dict[str, set[str]] = {}
         self._iterator = self._epoch_iterator(start.epoch, skip=start.consumed)
+
+    def good(self) -> None:
+        """The last sample drawn from this source trained: its failure bookkeeping starts over."""
+        self._bad_keys.clear()
+
+    def bad(self, raw: Mapping[str, Any]) -> None:
+        """The last sample drawn from this source (`raw`) could not be used."""
+        url = str(raw.get("__url__", ""))
+        keys = self._bad_keys.setdefault(url, set())
+        if url not in self._sizes or len(keys) < self._sizes[url]:
+            keys.add(str(raw.get("__key__", "")))
+
+    @property
+    def spent(self) -> bool:
+        """A full pass without a good sample: since the last good one, every sample of every shard this slot reads
+        failed (a shard counts once this slot has read it through and knows its samples)."""
+        return all(path in self._sizes and len(self._bad_keys.get(path, ())) >= self._sizes[path]
+                   for path in self.reachable)
+
+    def _read(self, path: str) -> Iterator[dict[str, Any]]:
+        count = 0
+        for raw in read_tar_samples(path):
+            count += 1
+            yield raw
+        self._sizes[path] = count
 
     def _epoch_samples(self, epoch: int) -> Iterator[dict[str, Any]]:
         paths = list(self.paths)
@@ -192,15 +245,18 @@ class _SourceStream:
             _rng("shards", self.seed, self.source.shards, epoch).shuffle(paths)
         if len(paths) >= self.slots:
             for path in paths[self.slot :: self.slots]:
-                yield from read_tar_samples(path)
+                yield from self._read(path)
         else:
             # Fewer shards than slots: split by sample so that no slot idles and none repeats another's data.
             index = 0
             for path in paths:
+                mine = 0
                 for raw in read_tar_samples(path):
                     if index % self.slots == self.slot:
+                        mine += 1
                         yield raw
                     index += 1
+                self._sizes[path] = mine
 
     def _shuffled(self, samples: Iterator[dict[str, Any]], epoch: int) -> Iterator[dict[str, Any]]:
         size = self.mixture.shuffle_buffer
@@ -236,6 +292,37 @@ class _SourceStream:
                 raise ConfigError(f"source {self.source.shards!r} has no samples for slot {self.slot}")
         self.position = SourcePosition(epoch=self.position.epoch, consumed=self.position.consumed + 1)
         return raw
+
+
+class _BadRun:
+    """The samples of one slot that failed since its last good one: how many, their shards and reasons."""
+
+    EXAMPLES = 3
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.urls: Counter[str] = Counter()
+        self.reasons: Counter[str] = Counter()
+        self.examples: list[BadSample] = []
+
+    def add(self, record: BadSample) -> None:
+        self.count += 1
+        self.urls[record.url] += 1
+        self.reasons[record.reason] += 1
+        if len(self.examples) < self.EXAMPLES:
+            self.examples.append(record)
+
+    def error(self, why: str, slot: int) -> NoUsableSamplesError:
+        shards = sorted(self.urls)
+        named = ", ".join(f"{url} ({self.urls[url]})" for url in shards[:10])
+        if len(shards) > 10:
+            named += f" and {len(shards) - 10} more"
+        reasons = ", ".join(f"{reason} ({n})" for reason, n in self.reasons.most_common())
+        examples = "; ".join(f"{b.key} in {b.url}: {b.message}" for b in self.examples)
+        return NoUsableSamplesError(
+            f"no usable training sample in slot {slot}: {why}; {self.count} samples failed in a row from shards "
+            f"{named}; reasons: {reasons}; e.g. {examples}"
+        )
 
 
 # ---------------------------------------------------------------- decoding
@@ -328,6 +415,23 @@ def decode_frames(raw: Mapping[str, Any], positions: Sequence[int] | None = None
     return np.stack([decoded[position] for position in order])
 
 
+def recorded_mode(sample_json: Mapping[str, Any]) -> str | None:
+    """The mode a sample records (`mode`, else `extra.mode` as the export writes it), None when it records none.
+
+    The loader encodes such a sample in this mode whatever the recipe's ratio (see the module docstring); a value
+    other than "single" or "multi" makes the sample a bad one.
+    """
+    value = sample_json.get("mode")
+    if value is None:
+        extra = sample_json.get("extra")
+        value = extra.get("mode") if isinstance(extra, Mapping) else None
+    if value is None:
+        return None
+    if value not in MODES:
+        raise InvalidSampleError(f"unknown sample mode {value!r}", reason=RejectReason.MALFORMED_SAMPLE)
+    return str(value)
+
+
 def decode_json(raw: Mapping[str, Any]) -> dict[str, Any]:
     if "json" not in raw:
         raise InvalidSampleError("sample has no json member", reason=RejectReason.MALFORMED_SAMPLE)
@@ -416,6 +520,8 @@ class TrainingStream:
             raise ConfigError("the data mixture has no sources (give --data)")
         if any(source.weight <= 0 for source in spec.mixture.sources):
             raise ConfigError("data source weights must be positive")
+        if spec.mixture.max_consecutive_bad <= 0:
+            raise ConfigError("max_consecutive_bad must be positive")
         for source in spec.mixture.sources:
             expand_shards(source.shards)  # fail fast, before any worker starts
         self.spec = spec
@@ -444,14 +550,16 @@ class TrainingStream:
         items: list[dict] = []
         keys: list[str] = []
         bad: list[BadSample] = []
+        run = _BadRun()
+        limit = spec.mixture.max_consecutive_bad
         while True:
             rng = _rng("draw", spec.seed, slot, draws)
             draws += 1
             name = rng.choices(names, weights=weights)[0] if len(names) > 1 else names[0]
-            raw = streams[name].next()
-            mode = self._mode(raw, streams[name].position.epoch)
+            stream = streams[name]
+            raw = stream.next()
             try:
-                items.append(self._encode(raw, mode))
+                items.append(self._encode(raw, stream.position.epoch))
                 keys.append(raw["__key__"])
             except Exception as error:  # noqa: BLE001 - any failure of one sample is that sample's, not the run's
                 record = BadSample(key=raw.get("__key__", "?"), url=raw.get("__url__", "?"),
@@ -459,22 +567,37 @@ class TrainingStream:
                                    message=f"{type(error).__name__}: {error}")
                 LOGGER.warning("bad training sample %s (%s): %s", record.key, record.url, record.message)
                 bad.append(record)
+                run.add(record)
+                stream.bad(raw)
+                if run.count >= limit:
+                    raise run.error(f"{run.count} consecutive samples failed (max_consecutive_bad={limit})",
+                                    slot) from None
+                if all(s.spent for s in streams.values()):
+                    raise run.error(f"a full pass over every source ({', '.join(names)}) gave no good sample",
+                                    slot) from None
                 continue
+            stream.good()
+            run = _BadRun()
             if len(items) == spec.micro_batch:
                 position = SlotPosition(draws=draws, sources={k: s.position for k, s in streams.items()})
                 yield {"batch": self.encoder.collate(items), "worker": worker, "position": position.to_json(),
                        "keys": keys, "bad": [b.to_json() for b in bad]}
                 items, keys, bad = [], [], []
 
-    def _mode(self, raw: Mapping[str, Any], epoch: int) -> str | None:
-        # Keyed by the sample and epoch, not the slot: the same sample gets the same mode whatever the layout.
+    def _mode(self, raw: Mapping[str, Any], sample_json: Mapping[str, Any], epoch: int) -> str | None:
+        """The sample's recorded mode when it has one, else the recipe ratio's draw (None: the processor's)."""
+        recorded = recorded_mode(sample_json)
+        if recorded is not None:
+            return recorded
         ratio = self.spec.mixture.multi_frame_ratio
         if ratio is None:
             return None
+        # Keyed by the sample and epoch, not the slot: the same sample gets the same mode whatever the layout.
         return "multi" if _rng("mode", self.spec.seed, raw.get("__key__"), epoch).random() < ratio else "single"
 
-    def _encode(self, raw: Mapping[str, Any], mode: str | None) -> dict:
+    def _encode(self, raw: Mapping[str, Any], epoch: int) -> dict:
         sample_json = decode_json(raw)
+        mode = self._mode(raw, sample_json, epoch)
         available = len(frame_names(raw))
         if available == 0:
             raise InvalidSampleError("sample has no frames", reason=RejectReason.MALFORMED_SAMPLE)

@@ -5,6 +5,9 @@ encoder; stages 2.5 and 3: connector + object encoder + LLM; the vision tower is
 mixture (shard globs with weights, single/multi-frame ratio, frames per sample), learning rates per group,
 warmup ratio + cosine schedule, global and micro batch, length in steps or epochs, maximum text length,
 precision and where the weights start from (`init_from`: the previous stage's output directory).
+The single/multi-frame mode is decided in one place: a sample that records its mode (every exported sample does,
+the export having drawn it with `SamplingConfig.multi_frame_ratio`) keeps it, and the mixture's
+`multi_frame_ratio` draws the mode only for samples that record none (see `DataMixture`).
 Numbers of the full-size stages follow PAPER.md "Training stages"; the `tiny_*` recipes are the same stages
 shrunk for a CPU and a random tiny model. `get_recipe(name, **overrides)` looks a recipe up and replaces
 fields (dotted keys are not needed: `data` is replaced whole).
@@ -37,16 +40,25 @@ class DataSource:
 
 @dataclass(**_FROZEN)
 class DataMixture:
-    """What the loader draws: weighted shard sets, the share of multi-frame samples, frames per sample."""
+    """What the loader draws: weighted shard sets, the share of multi-frame samples, frames per sample.
+
+    The mode rule (applied by `model.training.loader`, and nowhere else at training time): a sample that records
+    its mode (`mode`, or `extra.mode` as the export writes it) is encoded in that mode whatever the ratio here.
+    The export already drew single or multi-frame per sample with `SamplingConfig.multi_frame_ratio` and wrote
+    only that mode's masks, so a second draw here would shrink the share of multi-frame samples (half of a half).
+    `multi_frame_ratio` is the share of multi-frame samples among those that record no mode (e.g. imported 700K
+    items with several annotated frames), drawn per sample key and epoch; None leaves those to the processor
+    (single-frame when every object has one mask frame, else multi-frame).
+    """
 
     sources: tuple[DataSource, ...] = ()
-    # Share of samples encoded in multi-frame mode, the rest single-frame (a sample exported with one mask frame
-    # gives one token either way). None keeps each sample's exported mode: the engine's export already balances
-    # single and multi-frame samples (SamplingConfig.multi_frame_ratio); a float re-draws the mode per sample.
-    multi_frame_ratio: float | None = 0.5
+    multi_frame_ratio: float | None = 0.5  # for samples without a recorded mode only (see above)
     frames_per_sample: int = 16
     shuffle_buffer: int = 1000
     shuffle_shards: bool = True
+    # Samples in a row that may fail to decode or encode before the loader stops with NoUsableSamplesError
+    # (it also stops once every source made a full pass without one good sample); fewer are counted and skipped.
+    max_consecutive_bad: int = 1000
 
 
 @dataclass(**_FROZEN)
@@ -94,6 +106,8 @@ class TrainingRecipe:
         ratio = self.data.multi_frame_ratio
         if ratio is not None and not 0.0 <= ratio <= 1.0:
             raise ConfigError(f"recipe {self.name}: multi_frame_ratio must be in [0, 1]")
+        if self.data.max_consecutive_bad <= 0:
+            raise ConfigError(f"recipe {self.name}: max_consecutive_bad must be positive")
         if self.max_steps is not None and self.max_steps <= 0:
             raise ConfigError(f"recipe {self.name}: max_steps must be positive")
 
@@ -163,7 +177,11 @@ def stage2() -> TrainingRecipe:
 
 
 def stage2_5() -> TrainingRecipe:
-    """High-quality knowledge: connector + object encoder + LLM, half single / half multi-frame (2e-5 / 128)."""
+    """High-quality knowledge: connector + object encoder + LLM, half single / half multi-frame (2e-5 / 128).
+
+    Exported samples keep the mode the export drew (its own `multi_frame_ratio`, 0.5 by default); the 0.5 here
+    balances only samples that record no mode.
+    """
     return TrainingRecipe(
         name="stage2_5",
         stage="2.5",

@@ -25,8 +25,10 @@ from engine.types import (
     Turn,
 )
 from storage.root import DatasetRoot
+from storage.samples import vision_grid
 
 HEIGHT, WIDTH = 48, 64
+GRID = vision_grid(384)  # the release's 27 x 27 SigLIP grid
 
 
 def box_mask(y0: int, x0: int, y1: int, x1: int, height: int = HEIGHT, width: int = WIDTH) -> RleMask:

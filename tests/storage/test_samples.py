@@ -25,12 +25,13 @@ from storage.samples import (
     use_multi_frame,
     validate_sample,
     vanishes_on_grid,
+    vision_grid,
 )
-from tests.storage.conftest import HEIGHT, WIDTH, box_mask, make_record, make_sample
+from tests.storage.conftest import GRID, HEIGHT, WIDTH, box_mask, make_record, make_sample
 
 
 def reasons(sample) -> set[RejectReason]:
-    return {reason for reason, _ in validate_sample(sample)}
+    return {reason for reason, _ in validate_sample(sample, grid=GRID)}
 
 
 def with_masks(sample, masks):
@@ -77,15 +78,15 @@ def test_json_with_wrong_version_or_shape_is_refused() -> None:
 
 
 def test_valid_sample_has_no_problems() -> None:
-    assert validate_sample(make_sample(regions=2)) == []
-    check_sample(make_sample())
+    assert validate_sample(make_sample(regions=2), grid=GRID) == []
+    check_sample(make_sample(), grid=GRID)
 
 
 def test_region_count_mismatch() -> None:
     sample = make_sample(regions=2)
     assert reasons(dataclasses.replace(sample, objects=sample.objects[:1])) == {RejectReason.REGION_COUNT_MISMATCH}
     with pytest.raises(InvalidSampleError) as info:
-        check_sample(dataclasses.replace(sample, objects=sample.objects[:1]))
+        check_sample(dataclasses.replace(sample, objects=sample.objects[:1]), grid=GRID)
     assert info.value.reason is RejectReason.REGION_COUNT_MISMATCH
 
 
@@ -123,10 +124,11 @@ def test_mask_size_mismatch_and_frames_outside_the_sampled_ones() -> None:
 def test_extra_frames_hold_the_masks_off_the_sampled_frames() -> None:
     sample = with_masks(make_sample(frames=(0, 5)), {0: box_mask(0, 0, 20, 20), 7: box_mask(0, 0, 20, 20)})
     assert reasons(sample) == {RejectReason.MALFORMED_SAMPLE}  # frame 7 is on no stored frame
-    assert "neither a sampled frame nor an extra frame" in validate_sample(sample)[0][1]
-    assert validate_sample(dataclasses.replace(sample, extra_frame_indices=(7,))) == []
+    assert "neither a sampled frame nor an extra frame" in validate_sample(sample, grid=GRID)[0][1]
+    assert validate_sample(dataclasses.replace(sample, extra_frame_indices=(7,)), grid=GRID) == []
     # Repeated sampled frames (a short video) are fine.
-    assert validate_sample(dataclasses.replace(sample, frame_indices=(0, 0, 5, 5), extra_frame_indices=(7,))) == []
+    repeated = dataclasses.replace(sample, frame_indices=(0, 0, 5, 5), extra_frame_indices=(7,))
+    assert validate_sample(repeated, grid=GRID) == []
 
 
 @pytest.mark.parametrize(
@@ -143,14 +145,14 @@ def test_bad_extra_frames(extras, message) -> None:
     if message == "hold no mask":
         masks.pop(9)
     sample = dataclasses.replace(with_masks(make_sample(frames=(0, 5)), masks), extra_frame_indices=extras)
-    problems = validate_sample(sample)
+    problems = validate_sample(sample, grid=GRID)
     assert {reason for reason, _ in problems} == {RejectReason.MALFORMED_SAMPLE}
     assert any(message in text for _, text in problems)
 
 
 def test_extra_frames_need_sampled_frames() -> None:
     sample = dataclasses.replace(make_sample(frames=(7,)), frame_indices=(), extra_frame_indices=(7,))
-    assert any("no sampled frames" in text for _, text in validate_sample(sample))
+    assert any("no sampled frames" in text for _, text in validate_sample(sample, grid=GRID))
 
 
 def test_more_than_100_stored_frames_is_too_many() -> None:
@@ -158,12 +160,12 @@ def test_more_than_100_stored_frames_is_too_many() -> None:
     masks = {frame: block for frame in range(1, 86)}  # 85 extra mask frames + 16 sampled frames = 101
     sample = with_masks(make_sample(frames=(0,)), masks)
     sample = dataclasses.replace(sample, frame_indices=(0,) * 16, extra_frame_indices=tuple(range(1, 86)))
-    problems = validate_sample(sample)
+    problems = validate_sample(sample, grid=GRID)
     assert problems[0][0] is RejectReason.TOO_MANY_FRAMES and "101 frames" in problems[0][1]
     with pytest.raises(InvalidSampleError) as info:
-        check_sample(sample)
+        check_sample(sample, grid=GRID)
     assert info.value.reason is RejectReason.TOO_MANY_FRAMES
-    assert validate_sample(dataclasses.replace(sample, frame_indices=(0,) * 15)) == []  # exactly 100
+    assert validate_sample(dataclasses.replace(sample, frame_indices=(0,) * 15), grid=GRID) == []  # exactly 100
 
 
 def test_corrupt_rle_is_reported_not_raised() -> None:
@@ -198,7 +200,7 @@ def test_multi_turn_conversation_is_valid() -> None:
         Turn(role="human", value="And then?"),
         Turn(role="gpt", value="It stops."),
     )
-    assert validate_sample(dataclasses.replace(make_sample(), conversations=turns)) == []
+    assert validate_sample(dataclasses.replace(make_sample(), conversations=turns), grid=GRID) == []
     assert region_count(turns) == 1
 
 
@@ -220,7 +222,7 @@ def test_detailed_sample_multi_frame_uses_the_sampled_mask_frames() -> None:
     assert sample.conversations[1].value == record.detailed_caption
     assert sample.key.startswith("detailed_") and "." not in sample.key
     assert sample.provenance == record.provenance
-    assert validate_sample(sample) == []
+    assert validate_sample(sample, grid=GRID) == []
 
 
 def test_single_frame_mode_prefers_the_key_frame_then_the_first_sampled_mask() -> None:
@@ -229,7 +231,7 @@ def test_single_frame_mode_prefers_the_key_frame_then_the_first_sampled_mask() -
     assert list(single.objects[0].masks) == [10]
     without_key = detailed_sample(record, frame_indices=[5, 20, 30], multi_frame=False)
     assert list(without_key.objects[0].masks) == [20]
-    assert validate_sample(single) == [] and validate_sample(without_key) == []
+    assert validate_sample(single, grid=GRID) == [] and validate_sample(without_key, grid=GRID) == []
 
 
 def test_builders_skip_empty_mask_frames() -> None:
@@ -298,7 +300,7 @@ def test_qa_samples_one_per_question_with_one_region_per_object() -> None:
     second = samples[1].conversations[0].value
     assert second.count("<region>") == 2 and "<object0>" in second and "(B) the cat" in second
     assert [o.object_id for o in samples[1].objects] == [dog.object_id, cat.object_id]
-    assert all(validate_sample(s) == [] for s in samples)
+    assert all(validate_sample(s, grid=GRID) == [] for s in samples)
     assert len({s.key for s in samples}) == 2
     assert rejects[0].clip_id == dog.clip_id
 
@@ -333,3 +335,26 @@ def test_rle_consistency_of_real_masks() -> None:
         mask = rng.random((int(rng.integers(1, 40)), int(rng.integers(1, 40)))) < rng.random()
         assert rle_is_consistent(RleMask.from_coco(encode_rle(mask)))
     assert not rle_is_consistent(RleMask(height=4, width=4, counts="0"))  # covers 0 of 16 pixels
+
+
+def test_the_grid_is_required_and_derived_from_image_and_patch_size() -> None:
+    with pytest.raises(TypeError):
+        validate_sample(make_sample())  # no 27 x 27 default
+    with pytest.raises(TypeError):
+        check_sample(make_sample())
+    with pytest.raises(TypeError):
+        vanishes_on_grid(np.ones((4, 4), bool))
+    with pytest.raises(ValueError, match="grid"):
+        validate_sample(make_sample(), grid=0)
+    assert vision_grid(384) == vision_grid(384, 14) == 27  # SigLIP so400m at 384 px: the release
+    assert vision_grid(64, 8) == 8 and vision_grid(512) == 36
+    with pytest.raises(ValueError):
+        vision_grid(10, 14)
+
+
+def test_vision_grid_matches_the_models_grid() -> None:
+    from model.configuration import VideoReferConfig
+
+    for preset in ("tiny", "7b"):
+        config = VideoReferConfig.preset(preset)
+        assert vision_grid(config.image_size, config.vision_config.patch_size) == config.grid_size

@@ -12,6 +12,7 @@ from engine.masks import decode_rle, encode_rle
 from storage.root import DatasetRoot
 from storage.samples import validate_sample
 from storage.videorefer_json import export_700k, import_700k, read_700k, write_export_json
+from tests.storage.conftest import GRID
 
 H, W = 48, 64
 
@@ -48,7 +49,7 @@ def test_valid_items_round_trip_exactly() -> None:
     assert samples[0].video_uri == "/data/videos/panda/clip_0001.mp4"
     assert samples[1].height == H and len(samples[1].objects) == 2
     assert sorted(samples[0].objects[0].masks) == [3, 17]
-    assert all(validate_sample(s) == [] for s in samples)
+    assert all(validate_sample(s, grid=GRID) == [] for s in samples)
     assert export_700k(samples) == items
 
 

@@ -13,12 +13,12 @@ import pytest
 from engine.errors import RejectReason
 from storage.root import DatasetRoot
 from storage.wds import ShardWriter, iter_samples, list_tars, read_index, read_raw, read_sample_at
-from tests.storage.conftest import make_frames, make_sample
+from tests.storage.conftest import GRID, make_frames, make_sample
 
 
 def write_samples(directory, count: int, *, per_tar: int = 3, split: str = "train") -> list:
     samples = [make_sample(f"detailed_{i:04d}", frames=(0, 5, 10)) for i in range(count)]
-    with ShardWriter(directory, split=split, max_samples_per_tar=per_tar) as writer:
+    with ShardWriter(directory, split=split, max_samples_per_tar=per_tar, grid=GRID) as writer:
         for i, sample in enumerate(samples):
             assert writer.write(sample, make_frames(3, seed=i)) is None
     return samples
@@ -63,7 +63,7 @@ def test_same_samples_give_byte_identical_tars(tmp_path: Path) -> None:
 def test_invalid_samples_are_rejected_with_reasons_and_counted(tmp_path: Path) -> None:
     good = make_sample("detailed_good", frames=(0, 5))
     mismatch = dataclasses.replace(make_sample("detailed_bad", frames=(0, 5), regions=2), objects=good.objects)
-    with ShardWriter(tmp_path) as writer:
+    with ShardWriter(tmp_path, grid=GRID) as writer:
         assert writer.write(good, make_frames(2)) is None
         reject = writer.write(mismatch, make_frames(2))
         assert reject is not None and reject.reason is RejectReason.REGION_COUNT_MISMATCH
@@ -94,14 +94,14 @@ def test_index_rows_and_random_access(tmp_path: Path) -> None:
 
 
 def test_failed_export_leaves_no_partial_tar(tmp_path: Path) -> None:
-    with pytest.raises(RuntimeError), ShardWriter(tmp_path) as writer:
+    with pytest.raises(RuntimeError), ShardWriter(tmp_path, grid=GRID) as writer:
         writer.write(make_sample("detailed_x", frames=(0,)), make_frames(1))
         raise RuntimeError("export crashed")
     assert list(tmp_path.iterdir()) == []
 
 
 def test_writer_on_a_dataset_root_and_memory_fs(root: DatasetRoot) -> None:
-    with ShardWriter(root, split="val", max_samples_per_tar=2) as writer:
+    with ShardWriter(root, split="val", max_samples_per_tar=2, grid=GRID) as writer:
         for i in range(3):
             writer.write(make_sample(f"detailed_{i}", frames=(0,)), make_frames(1, seed=i))
     assert root.listdir("export/wds") == [
@@ -180,7 +180,7 @@ def test_samples_built_from_records_export_and_read_back(tmp_path: Path) -> None
     records = [make_record(f"clip{i}", seed=i) for i in range(3)]
     built = [detailed_sample(r, frame_indices=frame_indices, multi_frame=i % 2 == 0) for i, r in enumerate(records)]
     built += [short_sample(r, frame_indices=frame_indices) for r in records]
-    with ShardWriter(tmp_path) as writer:
+    with ShardWriter(tmp_path, grid=GRID) as writer:
         assert all(writer.write(s, make_frames(4, seed=i)) is None for i, s in enumerate(built))
     assert [s for s, _ in iter_samples(list_tars(tmp_path))] == built
     stats = DatasetRoot(tmp_path).read_json("_stats.json")["splits"]["train"]
@@ -200,7 +200,7 @@ def _sample_with_extras(key: str = "detailed_extra"):
 def test_extra_mask_frames_are_stored_after_the_sampled_frames(tmp_path: Path) -> None:
     sample = _sample_with_extras()
     frames = make_frames(4, seed=7)  # rows: frame 0, frame 5, extra 7, extra 12
-    with ShardWriter(tmp_path) as writer:
+    with ShardWriter(tmp_path, grid=GRID) as writer:
         assert writer.write(sample, frames) is None
     with tarfile.open(tmp_path / "train-000000.tar") as tar:
         assert [m.name for m in tar.getmembers()] == [f"detailed_extra.0{i}.jpg" for i in range(4)] + [
@@ -217,7 +217,7 @@ def test_extra_mask_frames_are_stored_after_the_sampled_frames(tmp_path: Path) -
 def test_frame_count_must_cover_the_extra_frames_and_stay_within_100(tmp_path: Path) -> None:
     from tests.storage.conftest import box_mask
 
-    with ShardWriter(tmp_path) as writer:
+    with ShardWriter(tmp_path, grid=GRID) as writer:
         only_sampled = writer.write(_sample_with_extras(), make_frames(2))
         assert only_sampled is not None and only_sampled.reason is RejectReason.MALFORMED_SAMPLE
         assert "2 frames but 2 frame indices + 2 extra frame indices" in only_sampled.message
@@ -235,3 +235,41 @@ def test_frame_count_must_cover_the_extra_frames_and_stay_within_100(tmp_path: P
         assert reject is not None and reject.reason is RejectReason.TOO_MANY_FRAMES
     stats = DatasetRoot(tmp_path).read_json("_stats.json")["splits"]["train"]
     assert stats["rejects_per_reason"] == {"malformed_sample": 1, "too_many_frames": 1}
+
+
+# ---------------------------------------------------------------- the vision grid is the model's, never assumed
+
+
+def _pixel_sample(key: str, y0: int, x0: int, y1: int, x1: int):
+    from tests.storage.conftest import box_mask
+
+    sample = make_sample(key, frames=(0,))
+    obj = dataclasses.replace(sample.objects[0], masks={0: box_mask(y0, x0, y1, x1)})
+    return dataclasses.replace(sample, objects=(obj,))
+
+
+def test_the_writer_needs_the_grid(tmp_path: Path) -> None:
+    with pytest.raises(TypeError):
+        ShardWriter(tmp_path)  # no 27 x 27 default: the caller names its model's grid
+    for wrong in (0, -3, 2.5, True):
+        with pytest.raises(ValueError, match="grid"):
+            ShardWriter(tmp_path, grid=wrong)
+
+
+def test_a_shard_is_validated_at_its_own_grid(tmp_path: Path) -> None:
+    from storage.samples import vision_grid
+
+    # On a 48 x 64 video: a 3 x 3 corner blob is seen by a 27 x 27 grid but by no cell of an 8 x 8 one; a 1-pixel
+    # mask at (2, 28) is the other way round. The tiny model (64 px, patch 8) and SigLIP (384 px, patch 14) differ.
+    corner, thin = _pixel_sample("detailed_corner", 0, 0, 3, 3), _pixel_sample("detailed_thin", 2, 28, 3, 29)
+    verdicts = {}
+    for grid in (vision_grid(64, 8), vision_grid(384, 14)):
+        with ShardWriter(tmp_path / str(grid), grid=grid) as writer:
+            verdicts[grid] = [writer.write(s, make_frames(1)) for s in (corner, thin)]
+        assert DatasetRoot(tmp_path / str(grid)).read_json("_stats.json")["splits"]["train"]["grid"] == grid
+    corner_8, thin_8 = verdicts[8]
+    assert corner_8.reason is RejectReason.MASK_VANISHES_ON_GRID and "8x8 grid" in corner_8.message
+    assert thin_8 is None
+    corner_27, thin_27 = verdicts[27]
+    assert corner_27 is None
+    assert thin_27.reason is RejectReason.MASK_VANISHES_ON_GRID and "27x27 grid" in thin_27.message

@@ -1,5 +1,7 @@
-"""The training loader: determinism, split by node and worker, weighted mixing, exact resume, bad samples, and the
-frame plan (video frames resampled by the release's rule, every mask frame kept as an extra frame).
+"""The training loader: determinism, split by node and worker, weighted mixing, exact resume, bad samples (counted
+among good ones, a typed error when none is usable), the single/multi-frame mode (a sample's recorded mode wins, the
+recipe ratio draws for the rest), and the frame plan (video frames resampled by the release's rule, every mask frame
+kept as an extra frame).
 
 The encoder here is a small stand-in for the processor that keeps what the loader decoded (video frames, extra
 frame count, mode), so the tests see the loader's own behaviour; the real processor is exercised by the loop tests.
@@ -22,6 +24,7 @@ from engine.video import uniform_indices
 from model.training.loader import (
     LoaderSpec,
     LoaderState,
+    NoUsableSamplesError,
     SlotPosition,
     TrainingStream,
     build_loader,
@@ -30,6 +33,7 @@ from model.training.loader import (
     decode_jpeg,
     plan_frames,
     read_tar_samples,
+    recorded_mode,
 )
 from model.training.recipes import DataMixture, DataSource
 from model.training.synthetic import write_synthetic_shards
@@ -68,11 +72,12 @@ def shards(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _stream(shards: Path, *, sources=None, rank=0, world=1, workers=0, micro=2, state=None, buffer=4, ratio=0.5,
-            frames=4):
+            frames=4, max_bad=1000, encoder=None):
     mixture = DataMixture(sources=sources or (DataSource(shards=str(shards / "a-*.tar"), name="a"),),
-                          shuffle_buffer=buffer, multi_frame_ratio=ratio, frames_per_sample=frames)
+                          shuffle_buffer=buffer, multi_frame_ratio=ratio, frames_per_sample=frames,
+                          max_consecutive_bad=max_bad)
     spec = LoaderSpec(mixture=mixture, micro_batch=micro, seed=3, rank=rank, world_size=world, num_workers=workers)
-    return TrainingStream(spec, RecordingEncoder(), state=state)
+    return TrainingStream(spec, encoder or RecordingEncoder(), state=state)
 
 
 def _take(loader, count: int) -> list[dict]:
@@ -142,22 +147,92 @@ def test_resume_continues_the_stream_exactly(shards: Path, consumed: int) -> Non
     assert resumed == reference[consumed * 2 :]
 
 
-def test_bad_samples_are_reported_with_their_key(shards: Path, tmp_path: Path) -> None:
-    broken = tmp_path / "broken-000000.tar"
-    with tarfile.open(shards / "a-000000.tar") as source, tarfile.open(broken, "w") as target:
+def _break_frames(source_tar: Path, broken: Path, *, every: bool = False) -> list[str]:
+    """A copy of a shard whose first sample (or, with `every`, each sample) has an undecodable frame 01; its keys."""
+    keys: list[str] = []
+    with tarfile.open(source_tar) as source, tarfile.open(broken, "w") as target:
         for member in source.getmembers():
             data = source.extractfile(member).read()
-            if member.name.endswith("01.jpg") and not any(m for m in target.getmembers() if "01.jpg" in m.name):
-                bad_key = member.name.split(".")[0]
+            if member.name.endswith("01.jpg") and (every or not keys):
+                keys.append(member.name.split(".")[0])
                 data = b"not a jpeg"
             member.size = len(data)
             target.addfile(member, io.BytesIO(data))
+    return keys
+
+
+def test_bad_samples_are_reported_with_their_key(shards: Path, tmp_path: Path) -> None:
+    broken = tmp_path / "broken-000000.tar"
+    (bad_key,) = _break_frames(shards / "a-000000.tar", broken)
     stream = _stream(tmp_path, sources=(DataSource(shards=str(broken), name="x"),), micro=1, buffer=1)
     items = _take(build_loader(stream), 2)  # the two good samples of the shard's first epoch
     bad = [record for item in items for record in item["bad"]]
     assert [record["key"] for record in bad] == [bad_key]
     assert "undecodable frame" in bad[0]["message"]
     assert bad_key not in _keys(items)
+
+
+@pytest.fixture
+def draw_guard(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Counts the raw samples the loader draws and stops a loader that would spin forever (after 500 draws)."""
+    import model.training.loader as loader
+
+    draws: list[int] = []
+    original = loader._SourceStream.next
+
+    def guarded(self):  # noqa: ANN001, ANN202
+        draws.append(1)
+        if len(draws) > 500:
+            raise AssertionError("the loader is still drawing after 500 samples without one usable")
+        return original(self)
+
+    monkeypatch.setattr(loader._SourceStream, "next", guarded)
+    return draws
+
+
+@pytest.mark.parametrize("workers", [0, 1])
+def test_a_source_without_one_good_sample_fails_naming_shards_and_reasons(
+    shards: Path, tmp_path: Path, draw_guard: list[int], workers: int
+) -> None:
+    for shard in range(2):
+        _break_frames(shards / f"a-00000{shard}.tar", tmp_path / f"broken-00000{shard}.tar", every=True)
+    stream = _stream(tmp_path, sources=(DataSource(shards=str(tmp_path / "broken-*.tar"), name="x"),), micro=1,
+                     workers=workers)
+    with pytest.raises(NoUsableSamplesError) as info:
+        _take(build_loader(stream), 1)
+    assert isinstance(info.value, ConfigError)  # the trainer's CLI reports it as a config error
+    message = str(info.value)
+    assert "full pass over every source (x)" in message
+    assert "broken-000000.tar" in message and "broken-000001.tar" in message
+    assert "malformed_sample (6)" in message and "undecodable frame 01.jpg" in message
+    if workers == 0:
+        assert len(draw_guard) == 6  # both shards read through once, well before max_consecutive_bad
+
+
+def test_consecutive_bad_samples_are_bounded(shards: Path, tmp_path: Path, draw_guard: list[int]) -> None:
+    _break_frames(shards / "a-000000.tar", tmp_path / "broken-000000.tar", every=True)
+    source = (DataSource(shards=str(tmp_path / "broken-*.tar"), name="x"),)
+    with pytest.raises(NoUsableSamplesError, match=r"2 consecutive samples failed \(max_consecutive_bad=2\)"):
+        _take(build_loader(_stream(tmp_path, sources=source, micro=1, max_bad=2)), 1)
+    assert len(draw_guard) == 2
+    with pytest.raises(ConfigError, match="max_consecutive_bad"):
+        _stream(tmp_path, sources=source, max_bad=0)
+
+
+def test_a_few_bad_samples_among_good_ones_are_only_counted(shards: Path, tmp_path: Path) -> None:
+    # One bad sample of three, read for many epochs; and a source where every sample is bad beside a good source.
+    (bad_key,) = _break_frames(shards / "a-000000.tar", tmp_path / "some-000000.tar")
+    some = (DataSource(shards=str(tmp_path / "some-*.tar"), name="some"),)
+    items = _take(build_loader(_stream(tmp_path, sources=some, micro=1, buffer=1, max_bad=2)), 20)
+    assert {record["key"] for item in items for record in item["bad"]} == {bad_key}
+    assert sum(len(item["bad"]) for item in items) >= 9  # one per epoch, epochs go on
+    bad_keys = _break_frames(shards / "a-000001.tar", tmp_path / "all-000000.tar", every=True)
+    mixed = (DataSource(shards=str(tmp_path / "all-*.tar"), name="all"),
+             DataSource(shards=str(shards / "b-*.tar"), name="good"))
+    items = _take(build_loader(_stream(tmp_path, sources=mixed, micro=2)), 20)
+    bad = [record["key"] for item in items for record in item["bad"]]
+    assert set(bad) == set(bad_keys) and len(bad) > 10
+    assert not set(_keys(items)) & set(bad_keys)
 
 
 def test_missing_shards_fail_fast(tmp_path: Path) -> None:
@@ -230,7 +305,7 @@ def extra_shard(tmp_path_factory: pytest.TempPathFactory) -> Path:
         frame_indices=VIDEO_FRAMES, extra_frame_indices=EXTRA_FRAMES, height=48, width=64,
     )
     frames = np.stack([_frame_image(i) for i in sample.stored_frame_indices])
-    with ShardWriter(directory, split="x") as writer:
+    with ShardWriter(directory, split="x", grid=8) as writer:  # the tiny model's 64 px / patch 8
         assert writer.write(sample, frames) is None
     return directory / "x-000000.tar"
 
@@ -313,3 +388,75 @@ def test_repeated_positions_decode_once(extra_shard: Path, monkeypatch: pytest.M
     frames = decode_frames(raw, [3, 3, 0, 3])
     assert len(calls) == 2 and frames.shape[0] == 4
     np.testing.assert_array_equal(frames[0], frames[3])
+
+
+# ---------------------------------------------------------------- the single/multi-frame mode: decided once
+
+
+class ModeEncoder:
+    """Records the mode the loader asks the processor for, per sample key."""
+
+    def encode_wds(self, sample_json: dict, frames: np.ndarray, *, mode: str | None = None) -> dict:
+        return {"key": sample_json["key"], "mode": mode}
+
+    def collate(self, items: list[dict]) -> dict:
+        return {"keys": [i["key"] for i in items], "modes": [i["mode"] for i in items]}
+
+
+@pytest.fixture(scope="module")
+def mode_shards(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, str | None]]:
+    """Shards written by the export's ShardWriter: 8 samples exported multi-frame, 8 single-frame, 8 without a mode
+    (like imported 700K items, masks on every frame); returns the directory and each key's recorded mode."""
+    import dataclasses
+
+    from model.training.synthetic import synthetic_sample
+    from storage.samples import vision_grid
+    from storage.wds import ShardWriter
+
+    directory = tmp_path_factory.mktemp("mode-shards")
+    modes: dict[str, str | None] = {}
+    with ShardWriter(directory, split="m", max_samples_per_tar=6, grid=vision_grid(64, 8)) as writer:
+        for index in range(24):
+            mode = ("multi", "single", None)[index % 3]
+            sample, images = synthetic_sample(index, frames=4, size=32, multi_frame=mode != "single")
+            if mode is not None:
+                sample = dataclasses.replace(sample, extra={"mode": mode})
+            assert writer.write(sample, np.stack(images)) is None
+            modes[sample.key] = mode
+    return directory, modes
+
+
+def _modes(directory: Path, ratio: float | None, epochs: int = 1) -> list[tuple[str, str | None]]:
+    stream = _stream(directory, sources=(DataSource(shards=str(directory / "m-*.tar"), name="m"),), micro=4,
+                     ratio=ratio, encoder=ModeEncoder())
+    items = _take(build_loader(stream), 6 * epochs)
+    return [pair for item in items for pair in zip(item["batch"]["keys"], item["batch"]["modes"], strict=True)]
+
+
+@pytest.mark.parametrize("ratio", [0.5, 0.0, 1.0, None])
+def test_a_samples_recorded_mode_wins_over_the_recipe_ratio(mode_shards, ratio) -> None:
+    directory, recorded = mode_shards
+    got = _modes(directory, ratio, epochs=2)
+    assert len(got) == 48 and {key for key, _ in got} == set(recorded)
+    exported = [(key, mode) for key, mode in got if recorded[key] is not None]
+    assert all(mode == recorded[key] for key, mode in exported)  # never re-drawn by a second coin
+    # Half the exported samples are multi-frame, and so is exactly half of what the loader yields of them.
+    assert sum(mode == "multi" for _, mode in exported) == len(exported) // 2 == 16
+
+
+def test_samples_without_a_mode_follow_the_recipe_ratio(mode_shards) -> None:
+    directory, recorded = mode_shards
+    free = {ratio: [mode for key, mode in _modes(directory, ratio, epochs=4) if recorded[key] is None]
+            for ratio in (0.0, 1.0, 0.5, None)}
+    assert free[0.0] == ["single"] * 32 and free[1.0] == ["multi"] * 32
+    assert 8 <= free[0.5].count("multi") <= 24 and set(free[0.5]) == {"single", "multi"}
+    assert free[None] == [None] * 32  # the processor's own rule (multi-frame: these carry several mask frames)
+
+
+def test_recorded_mode_reads_the_exports_field() -> None:
+    assert recorded_mode({"extra": {"mode": "multi"}}) == "multi"
+    assert recorded_mode({"mode": "single", "extra": {"mode": "multi"}}) == "single"
+    assert recorded_mode({"extra": {"source_format": "videorefer-700k"}}) is None
+    assert recorded_mode({}) is None
+    with pytest.raises(InvalidSampleError, match="unknown sample mode"):
+        recorded_mode({"extra": {"mode": "both"}})
