@@ -28,6 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from engine.masks import encode_rle  # noqa: E402
 from engine.types import RleMask, Sample, SampleObject, Turn  # noqa: E402
+from storage.samples import vision_grid  # noqa: E402
 from storage.wds import ShardWriter, iter_samples, list_tars, read_raw  # noqa: E402
 
 SIZE = 384
@@ -102,7 +103,7 @@ def main() -> None:
     inputs = [(synthetic_sample(i), synthetic_frames(rng)) for i in range(args.samples)]
     with tempfile.TemporaryDirectory() as directory:
         start = time.perf_counter()
-        with ShardWriter(directory, max_samples_per_tar=args.per_tar) as writer:
+        with ShardWriter(directory, max_samples_per_tar=args.per_tar, grid=vision_grid(384)) as writer:
             for sample, frames in inputs:
                 if writer.write(sample, frames) is not None:
                     raise SystemExit("benchmark sample rejected")

@@ -33,6 +33,7 @@ class RejectReason(StrEnum):
     MALFORMED_SAMPLE = "malformed_sample"
     TOO_MANY_FRAMES = "too_many_frames"  # a sample needs more frames than a shard can name (00.jpg .. 99.jpg)
     BACKEND_ERROR = "backend_error"
+    BACKEND_TRANSIENT = "backend_transient"  # not final: the stage keeps it pending and a retry redoes the item
 
 
 class VideoReferError(Exception):
@@ -53,6 +54,8 @@ class BackendError(VideoReferError):
 
 class TransientBackendError(BackendError):
     """Timeouts, HTTP 429 / 5xx and dropped connections: worth retrying with backoff."""
+
+    reason = RejectReason.BACKEND_TRANSIENT
 
     def __init__(self, message: str, *, retry_after_s: float | None = None) -> None:
         super().__init__(message)

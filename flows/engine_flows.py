@@ -39,6 +39,7 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from engine.config import EngineConfig
 from engine.errors import BackendUnavailableError, ConfigError, TransientBackendError
 from flows.pipeline import layout
+from flows.pipeline.backends import close_worker_pool
 from flows.pipeline.ingest import ingest as ingest_manifest
 from flows.pipeline.reports import RunReport, StageReport
 from flows.pipeline.runner import run_stage
@@ -54,6 +55,8 @@ from flows.pipeline.stages import (
     SHORT_CAPTIONS,
     STAGE_PARENTS,
     check_stage,
+    needs_gpu,
+    stage_tags,
 )
 
 # Stage tasks in flight at once on the default runner: a fixed bound, so memory does not grow with the number of
@@ -123,28 +126,8 @@ def ingest_task(root: str, manifest: str, config: EngineConfig) -> StageReport:
 
 
 def backend_tags(stage: str, config: EngineConfig) -> set[str]:
-    """Tags of a stage task: its stage and every backend it calls (keys of Prefect concurrency limits)."""
-    agents = config.agents
-    chat = {
-        ANALYZE: [agents.analyzer],
-        ANNOTATE: [agents.annotator],
-        REVIEW: [agents.region_captioner, agents.judge],
-        REFINE: [agents.refiner],
-        SHORT_CAPTIONS: [agents.analyzer],
-        GENERATE_QA: [agents.annotator, agents.refiner],
-    }.get(stage, [])
-    tags = {f"stage:{stage}"} | {f"chat:{backend.kind}" for backend in chat}
-    vision = [agents.grounder, agents.segmenter] if stage in (SEGMENT, SHORT_CAPTIONS) else []
-    tags |= {backend.kind for backend in vision if backend.kind != "fake"}
-    devices = [getattr(backend, "device", "") for backend in [*chat, *vision]]
-    if any(str(device).startswith("cuda") for device in devices):
-        tags.add("gpu")
-    return tags
-
-
-def needs_gpu(stage: str, config: EngineConfig) -> bool:
-    """A stage asks the runner for a GPU when one of its backends runs on CUDA."""
-    return "gpu" in backend_tags(stage, config)
+    """Tags of a stage task (the registry's: its stage and every backend it calls)."""
+    return stage_tags(stage, config)
 
 
 def default_runner() -> ThreadPoolTaskRunner:
@@ -314,8 +297,11 @@ def run_stages(
     if manifest:
         reports.append(ingest_task(root, str(manifest), config))
     shard_ids = _select_shards(root, shards)
-    submitted = submit_stages(root, config, shard_ids, stages, force=force)
-    stage_reports, failures = collect(submitted)
+    try:
+        submitted = submit_stages(root, config, shard_ids, stages, force=force)
+        stage_reports, failures = collect(submitted)
+    finally:
+        close_worker_pool()  # the warm models of this run (loaded once per worker process)
     return finish_run(root, config, [*reports, *stage_reports], failures, started=started, name=name)
 
 

@@ -118,11 +118,12 @@ def _item_sample(item: Mapping[str, Any], position: int, video_root: str, task: 
 
 
 def import_700k(
-    items: Sequence[Mapping[str, Any]], *, video_root: str = "", task: Task | None = None
+    items: Sequence[Mapping[str, Any]], *, grid: int, video_root: str = "", task: Task | None = None
 ) -> tuple[list[Sample], list[Reject]]:
     """Validated samples from released items, and a `Reject` (with reason code) for every unusable item.
 
-    `video_root` is joined to each item's relative `video`; `task` overrides the task inferred from the prompt.
+    `grid` is the vision feature grid masks are checked on (`storage.samples.vision_grid`); `video_root` is
+    joined to each item's relative `video`; `task` overrides the task inferred from the prompt.
     """
     samples: list[Sample] = []
     rejects: list[Reject] = []
@@ -136,7 +137,7 @@ def import_700k(
             rejects.append(Reject(stage=STAGE, item_id=item_id, clip_id=clip, reason=exc.reason, message=str(exc)))
             continue
         # Frames are decoded at training time for imported items, so no frame-membership check (no frame indices).
-        problems = validate_sample(sample)
+        problems = validate_sample(sample, grid=grid)
         if problems:
             message = "; ".join(text for _, text in problems)
             rejects.append(

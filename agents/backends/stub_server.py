@@ -120,6 +120,7 @@ class StubOpenAIServer:
         self._faults: list[Fault] = []
         self._in_flight = 0
         self._max_in_flight = 0
+        self._busy_s = 0.0  # summed time requests were being served: busy / wall = average in flight
         self._loop: asyncio.AbstractEventLoop | None = None
         self._server: asyncio.Server | None = None
         self._thread: threading.Thread | None = None
@@ -210,6 +211,20 @@ class StubOpenAIServer:
             return list(self._faults)
 
     @property
+    def busy_seconds(self) -> float:
+        """Summed seconds chat-completion requests were being served (over a wall time: the average in flight)."""
+        with self._lock:
+            return self._busy_s
+
+    def set_fault_script(self, script: Sequence[Fault | None]) -> None:
+        """Replace the faults for the next requests (an empty script: the server answers normally again)."""
+        unknown = [f for f in script if f is not None and f not in FAULTS]
+        if unknown:
+            raise ValueError(f"unknown fault kinds {unknown}; expected some of {FAULTS}")
+        with self._lock:
+            self._script = list(script)
+
+    @property
     def max_concurrent(self) -> int:
         """The most chat-completion requests that were being served at the same moment."""
         with self._lock:
@@ -267,6 +282,7 @@ class StubOpenAIServer:
                 self._faults.append(fault)
             self._in_flight += 1
             self._max_in_flight = max(self._max_in_flight, self._in_flight)
+        started = time.perf_counter()
         try:
             if self.latency_s > 0:
                 await asyncio.sleep(self.latency_s)
@@ -278,6 +294,7 @@ class StubOpenAIServer:
         finally:
             with self._lock:
                 self._in_flight -= 1
+                self._busy_s += time.perf_counter() - started
 
     def _next_fault(self) -> Fault | None:
         if self._script:

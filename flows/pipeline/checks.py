@@ -23,17 +23,21 @@ class TarCheck:
     problems: tuple[str, ...]
 
 
-def validate_tar(path: str | Path) -> TarCheck:
-    """Every problem of one exported tar (empty when all its samples are valid)."""
+def validate_tar(path: str | Path, *, grid: int | None = None) -> TarCheck:
+    """Every problem of one exported tar (empty when all its samples are valid).
+
+    Masks are checked on `grid`, by default the grid its writer recorded in the folder's `_stats.json`.
+    """
     from storage.samples import validate_sample
     from storage.wds import iter_samples, read_index
 
+    grid = grid if grid is not None else recorded_grid(path)
     problems: list[str] = []
     keys: list[str] = []
     try:
         for sample, frames in iter_samples(str(path)):
             keys.append(sample.key)
-            for reason, message in validate_sample(sample):
+            for reason, message in validate_sample(sample, grid=grid):
                 problems.append(f"{sample.key}: {reason}: {message}")
             if len(frames) != len(sample.stored_frame_indices):
                 problems.append(f"{sample.key}: {len(frames)} frames for {len(sample.stored_frame_indices)} indices")
@@ -49,6 +53,23 @@ def validate_tar(path: str | Path) -> TarCheck:
         if indexed != keys:
             problems.append(f"index lists {len(indexed)} keys, the tar holds {len(keys)} (or in another order)")
     return TarCheck(samples=len(keys), problems=tuple(problems))
+
+
+def recorded_grid(path: str | Path) -> int:
+    """The vision grid the writer of a tar recorded for its split in `_stats.json` (SigLIP's 27 when none)."""
+    import json
+
+    from storage.samples import vision_grid
+    from storage.wds import STATS_NAME
+
+    tar = Path(str(path))
+    stats = tar.with_name(STATS_NAME)
+    if stats.is_file():
+        splits = json.loads(stats.read_text()).get("splits", {})
+        for split, figures in sorted(splits.items(), key=lambda item: -len(item[0])):
+            if tar.name.startswith(f"{split}-") and figures.get("grid"):
+                return int(figures["grid"])
+    return vision_grid(384)
 
 
 def stage_status(root: layout.RootLike, config_path: str | None = None) -> list[dict[str, Any]]:

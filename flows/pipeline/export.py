@@ -19,7 +19,7 @@ import dataclasses
 import threading
 import time
 from collections import defaultdict, deque
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
@@ -31,8 +31,10 @@ from engine.errors import InvalidSampleError, RejectReason, VideoReferError
 from engine.types import ClipQA, ObjectRecord, Reject, Sample
 from flows.pipeline import layout
 from flows.pipeline.reports import StageReport, count_reasons
-from flows.pipeline.stages import EXPORT, GENERATE_QA, REFINE, SHORT_CAPTIONS, chained_hash
 from storage.root import DatasetRoot
+
+# Stage names (flows.pipeline.stages registers this module's `export_shard` as the export stage).
+EXPORT, REFINE, SHORT_CAPTIONS, GENERATE_QA = "export", "refine", "short_captions", "generate_qa"
 
 SPLIT = "train"
 WDS_DIR = "export/wds"
@@ -51,16 +53,8 @@ def split_of(shard_id: str) -> str:
     return f"{SPLIT}-{shard_id}"
 
 
-def export_done(root: DatasetRoot, shard_id: str, config_hash: str) -> bool:
-    """True when the shard was exported with this hash and every file its marker lists is in place."""
-    marker = root.read_done(EXPORT, shard_id)
-    if marker is None or marker.get("config_hash") != config_hash:
-        return False
-    return all(root.exists(path) for path in marker.get("files", []))
-
-
 def build_samples(
-    root: DatasetRoot, shard_id: str, config: EngineConfig
+    root: DatasetRoot, shard_id: str, config: EngineConfig, inputs: Mapping[str, Sequence[Any]]
 ) -> tuple[list[Sample], list[Reject], int]:
     """The shard's samples (in a stable order), the items that could not become samples, and the items read."""
     from agents.frames import sample_clip_frames
@@ -83,16 +77,16 @@ def build_samples(
             reason = getattr(exc, "reason", RejectReason.MALFORMED_SAMPLE)
             rejects.append(Reject(stage=EXPORT, item_id=item_id, clip_id=clip_id, reason=reason, message=str(exc)))
 
-    detailed: list[ObjectRecord] = _read(root, REFINE, shard_id)
+    detailed: list[ObjectRecord] = list(inputs.get(REFINE, ()))
     for record in detailed:
         multi = use_multi_frame(sampling.multi_frame_ratio, config.seed, record.object_id)
         attempt(record.object_id, record.clip_id, lambda r=record, m=multi: detailed_sample(
             r, frame_indices=frames(r.clip), multi_frame=m, seed=config.seed))
-    short: list[ObjectRecord] = _read(root, SHORT_CAPTIONS, shard_id)
+    short: list[ObjectRecord] = list(inputs.get(SHORT_CAPTIONS, ()))
     for record in short:
         attempt(record.object_id, record.clip_id, lambda r=record: short_sample(
             r, frame_indices=frames(r.clip), seed=config.seed))
-    clip_qas: list[ClipQA] = _read(root, GENERATE_QA, shard_id)
+    clip_qas: list[ClipQA] = list(inputs.get(GENERATE_QA, ()))
     for clip_qa in clip_qas:
         multi = use_multi_frame(sampling.multi_frame_ratio, config.seed, clip_qa.clip_id)
         try:
@@ -107,12 +101,6 @@ def build_samples(
     return [_portable(root, sample) for sample in samples], rejects, items
 
 
-def _read(root: DatasetRoot, stage: str, shard_id: str) -> list[Any]:
-    if not root.exists(root.stage_path(stage, shard_id)):
-        return []
-    return list(layout.read_stage(root, stage, shard_id))
-
-
 def _portable(root: DatasetRoot, sample: Sample) -> Sample:
     """The sample without run-specific values: root-relative video path, provenance without timings."""
     video = sample.video_uri
@@ -123,19 +111,20 @@ def _portable(root: DatasetRoot, sample: Sample) -> Sample:
     return dataclasses.replace(sample, video_uri=video, provenance=provenance)
 
 
-def export_shard(root: layout.RootLike, shard_id: str, config: EngineConfig) -> StageReport:
-    """Write the shard's tars and JSON, then its report and done marker; return the figures."""
+def export_shard(
+    root: layout.RootLike, shard_id: str, config: EngineConfig, *, config_hash: str,
+    inputs: Mapping[str, Sequence[Any]],
+) -> StageReport:
+    """Write the shard's tars and JSON from its parents' records (`inputs`: refine, short_captions,
+    generate_qa), then its report and done marker carrying `config_hash`; return the figures."""
+    from storage.samples import vision_grid
     from storage.wds import ShardWriter
 
     started = time.perf_counter()
     droot = layout.open_root(root)
-    config_hash = chained_hash(config, EXPORT)
-    from flows.pipeline.runner import check_parents_done
-
-    check_parents_done(droot, EXPORT, shard_id, config)
     droot.delete(droot.done_path(EXPORT, shard_id))
     clear_shard_export(droot, shard_id)
-    samples, rejects, items = build_samples(droot, shard_id, config)
+    samples, rejects, items = build_samples(droot, shard_id, config, inputs)
     by_clip: dict[str, list[Sample]] = defaultdict(list)
     for sample in samples:
         by_clip[sample.clip_id].append(sample)
@@ -149,7 +138,8 @@ def export_shard(root: layout.RootLike, shard_id: str, config: EngineConfig) -> 
             return group, exc
 
     written: list[Sample] = []
-    writer = ShardWriter(droot, split=split_of(shard_id), max_samples_per_tar=MAX_SAMPLES_PER_TAR)
+    writer = ShardWriter(droot, split=split_of(shard_id), max_samples_per_tar=MAX_SAMPLES_PER_TAR,
+                         grid=vision_grid(config.sampling.image_size, config.sampling.patch_size))
     try:
         for group, frames_by_index in prefetch(decode, sorted(by_clip), ahead=DECODE_AHEAD):
             if isinstance(frames_by_index, VideoReferError):

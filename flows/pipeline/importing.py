@@ -26,7 +26,8 @@ from engine.ids import stable_hash
 from engine.types import Reject, Sample
 from flows.pipeline import layout
 from flows.pipeline.reports import StageReport, count_reasons
-from storage.samples import MAX_SAMPLE_FRAMES
+from flows.pipeline.stages import EXPORT, STAGE_BY_NAME
+from storage.samples import MAX_SAMPLE_FRAMES, vision_grid
 
 STAGE = "import_700k"
 MAX_FRAMES = MAX_SAMPLE_FRAMES  # ShardWriter names frames with two digits
@@ -75,13 +76,14 @@ def import_700k_shard(
 
     started = time.perf_counter()
     droot = layout.open_root(root)
-    config_hash = stable_hash(STAGE, config.stage_hash("export"), str(video_root), FRAME_LAYOUT)
+    config_hash = stable_hash(STAGE, STAGE_BY_NAME[EXPORT].own_hash(config), str(video_root), FRAME_LAYOUT)
     marker = droot.read_done(STAGE, chunk)
     if marker and marker.get("config_hash") == config_hash:
         stored = StageReport.from_json(droot.read_json(layout.stage_report_path(STAGE, chunk)))
         return dataclasses.replace(stored, skipped=True, seconds=0.0)
     data = droot.read_json(f"{_chunk_dir(json_path)}/{chunk}.json")
-    samples, rejects = import_700k(data["items"], video_root=str(video_root))
+    grid = vision_grid(config.sampling.image_size, config.sampling.patch_size)
+    samples, rejects = import_700k(data["items"], video_root=str(video_root), grid=grid)
     rejects = [dataclasses.replace(r, item_id=_renumber(r.item_id, data["offset"])) for r in rejects]
 
     split = f"import-{chunk}"
@@ -92,7 +94,7 @@ def import_700k_shard(
     for sample in samples:
         by_video[sample.video_uri].append(sample)
     written = 0
-    with ShardWriter(droot, split=split) as writer:
+    with ShardWriter(droot, split=split, grid=grid) as writer:
         for video in sorted(by_video):
             try:
                 framed = _with_frames(video, by_video[video], config)

@@ -17,7 +17,7 @@ from engine.ids import stable_hash
 from engine.types import Clip, ClipQA, ObjectRecord, Reject
 from storage import shards as storage_shards
 from storage import tables
-from storage.root import REJECTS_DIR, REPORTS_DIR, DatasetRoot
+from storage.root import REJECTS_DIR, REPORTS_DIR, STAGES_DIR, DatasetRoot
 
 RootLike = str | Path | DatasetRoot
 INGEST_STAGE = "ingest"
@@ -122,6 +122,11 @@ def write_stage(
 
 def read_stage_rejects(root: DatasetRoot, stage: str, shard_id: str) -> list[Reject]:
     return tables.read_rejects(root, stage, shard_id)
+
+
+def partial_path(stage: str, shard_id: str) -> str:
+    """The marker of a partial stage output (kept records after transient failures; no done marker)."""
+    return f"{STAGES_DIR}/{stage}/{shard_id}.partial.json"
 
 
 def stage_report_path(stage: str, shard_id: str) -> str:

@@ -33,6 +33,8 @@ class StageReport:
     rejects: Mapping[str, int] = field(default_factory=dict)  # reason code -> count
     seconds: float = 0.0
     skipped: bool = False
+    decodes: int = 0  # frame decode calls of the task (its frame cache's misses)
+    clips: int = 0  # distinct clips the task ran (decodes / clips: how often a clip was decoded)
 
     @property
     def rejected(self) -> int:
@@ -48,6 +50,8 @@ class StageReport:
             "rejects": dict(sorted(self.rejects.items())),
             "seconds": round(self.seconds, 4),
             "skipped": self.skipped,
+            "decodes": self.decodes,
+            "clips": self.clips,
         }
 
     @classmethod
@@ -61,6 +65,8 @@ class StageReport:
             rejects={str(k): int(v) for k, v in data.get("rejects", {}).items()},
             seconds=float(data.get("seconds", 0.0)),
             skipped=bool(data.get("skipped", False)),
+            decodes=int(data.get("decodes", 0)),
+            clips=int(data.get("clips", 0)),
         )
 
 

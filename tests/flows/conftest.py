@@ -20,7 +20,7 @@ TINY = {
     "base_profile": "offline",
     "shard_size": 3,
     "concurrency": 4,
-    "sampling": {"num_frames": 4, "mask_frames": 4, "image_size": 48},
+    "sampling": {"num_frames": 4, "mask_frames": 4, "image_size": 48, "patch_size": 8},
 }
 CLIP_SIZE = {"width": 96, "height": 72, "num_frames": 12, "fps": 12.0}
 

@@ -43,7 +43,7 @@ def test_valid_items_round_trip_exactly() -> None:
         item(2, height=H, width=W, id="abc", source="mevis"),
         item(prompt="describe the object {r} in the video in brief"),
     ]
-    samples, rejects = import_700k(items, video_root="/data/videos")
+    samples, rejects = import_700k(items, video_root="/data/videos", grid=GRID)
     assert rejects == []
     assert [s.task for s in samples] == ["detailed", "detailed", "short"]
     assert samples[0].video_uri == "/data/videos/panda/clip_0001.mp4"
@@ -64,7 +64,7 @@ def test_null_missing_and_empty_segmentation_are_rejected_with_reasons() -> None
     del no_annotation["annotation"]
     zero_area = item()
     zero_area["annotation"] = [{"3": {"segmentation": encode_rle(np.zeros((H, W), bool))}}]
-    samples, rejects = import_700k([null, missing, empty_object, no_annotation, zero_area, item()])
+    samples, rejects = import_700k([null, missing, empty_object, no_annotation, zero_area, item()], grid=GRID)
     assert len(samples) == 1
     assert [r.item_id for r in rejects] == ["item0", "item1", "item2", "item3", "item4"]
     assert [r.reason for r in rejects] == [RejectReason.MISSING_MASK] * 4 + [RejectReason.EMPTY_MASKLET]
@@ -79,7 +79,7 @@ def test_region_count_mismatch_and_malformed_items() -> None:
     not_a_dict = ["just a string"]
     no_video = item()
     del no_video["video"]
-    samples, rejects = import_700k([two_regions_one_mask, no_video_prefix, not_a_dict, no_video])
+    samples, rejects = import_700k([two_regions_one_mask, no_video_prefix, not_a_dict, no_video], grid=GRID)
     assert samples == []
     assert [r.reason for r in rejects] == [
         RejectReason.REGION_COUNT_MISMATCH,
@@ -106,7 +106,7 @@ def test_polygons_and_uncompressed_rle_are_converted() -> None:
     runs.append(count)
     uncompressed = item()
     uncompressed["annotation"] = [{"4": {"segmentation": {"size": [H, W], "counts": runs}}}]
-    samples, rejects = import_700k([polygon, uncompressed])
+    samples, rejects = import_700k([polygon, uncompressed], grid=GRID)
     assert rejects == []
     poly_mask = decode_rle(samples[0].objects[0].masks[0])
     assert poly_mask[10, 10] and not poly_mask[40, 60] and poly_mask.sum() > 400
@@ -118,30 +118,30 @@ def test_polygons_and_uncompressed_rle_are_converted() -> None:
 def test_polygon_without_image_size_is_rejected() -> None:
     polygon = item()
     polygon["annotation"] = [{"0": {"segmentation": [[5.0, 5.0, 30.0, 5.0, 30.0, 25.0]]}}]
-    samples, rejects = import_700k([polygon])
+    samples, rejects = import_700k([polygon], grid=GRID)
     assert samples == [] and rejects[0].reason is RejectReason.MALFORMED_SAMPLE
 
 
 def test_qa_items_and_task_override() -> None:
     qa = item(prompt="what is the object {r} doing in the video?")
-    samples, _ = import_700k([qa])
+    samples, _ = import_700k([qa], grid=GRID)
     assert samples[0].task == "qa"
-    samples, _ = import_700k([qa], task="detailed")
+    samples, _ = import_700k([qa], task="detailed", grid=GRID)
     assert samples[0].task == "detailed"
 
 
 def test_import_does_not_mutate_items_and_keys_are_stable() -> None:
     items = [item(), item(2)]
     original = copy.deepcopy(items)
-    first, _ = import_700k(items)
-    second, _ = import_700k(items)
+    first, _ = import_700k(items, grid=GRID)
+    second, _ = import_700k(items, grid=GRID)
     assert items == original
     assert [s.key for s in first] == [s.key for s in second]
     assert len({s.key for s in first}) == 2 and all("." not in s.key for s in first)
 
 
 def test_export_json_file_in_root(root: DatasetRoot) -> None:
-    samples, _ = import_700k([item(), item(2)])
+    samples, _ = import_700k([item(), item(2)], grid=GRID)
     relative = write_export_json(root, "detailed", samples)
     assert relative == "export/json/detailed.json"
     assert read_700k(root, relative) == [item(), item(2)]
