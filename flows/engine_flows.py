@@ -1,9 +1,10 @@
 """The data engine's Prefect flows: one task per (stage, shard), per-stage flows, the full build, and import.
 
 Prefect is the control plane only: each task calls a plain pipeline function (`flows.pipeline`) that streams
-a whole shard through one agent. Flows: `ingest`, `analyze`, `annotate`, `segment`, `review`, `refine`,
-`short_captions`, `generate_qa`, `export` (each over all or the selected shards), `build` (ingest, then every
-stage chained per shard, shards in parallel on the task runner) and `import_700k`.
+a whole shard through one agent. Flows: `ingest`, one flow per stage of the registry (`flows.pipeline.stages`:
+`analyze`, `annotate`, `segment`, `review`, `refine`, `short_captions`, `generate_qa`, `export`, each over all or
+the selected shards), `build` (ingest, then every stage chained per shard, shards in parallel on the task
+runner) and `import_700k`.
 
 Failures: a transient backend error that survived the backend's own retries is retried by Prefect
 (`retry_condition_fn` accepts only `TransientBackendError`); an unreachable backend (`BackendUnavailableError`)
@@ -54,6 +55,8 @@ from flows.pipeline.stages import (
     SHARD_STAGES,
     SHORT_CAPTIONS,
     STAGE_PARENTS,
+    STAGES,
+    Stage,
     check_stage,
     needs_gpu,
     stage_tags,
@@ -314,56 +317,23 @@ def ingest(root: str, manifest: str, config_path: str | None = None) -> dict[str
     return run_stages(root, [], config_path, name="ingest", manifest=manifest).to_json()
 
 
-@flow(name="analyze", task_runner=default_runner())
-def analyze(root: str, config_path: str | None = None, shards: list[str] | None = None, force: bool = False) -> dict:
-    """Analyzer over the selected shards: nouns of each clip's caption."""
-    return run_stages(root, [ANALYZE], config_path, shards, force, name="analyze").to_json()
+def _stage_flow(stage: Stage) -> Any:
+    """The per-stage flow of a registry stage: that stage over all or the selected shards."""
+
+    def run(root: str, config_path: str | None = None, shards: list[str] | None = None, force: bool = False) -> dict:
+        return run_stages(root, [stage.name], config_path, shards, force, name=stage.name).to_json()
+
+    run.__name__ = run.__qualname__ = stage.name
+    run.__doc__ = f"{stage.summary[0].upper()}{stage.summary[1:]}, over the selected shards."
+    return flow(name=stage.name, task_runner=default_runner())(run)
 
 
-@flow(name="annotate", task_runner=default_runner())
-def annotate(root: str, config_path: str | None = None, shards: list[str] | None = None, force: bool = False) -> dict:
-    """Annotator over the selected shards: appearance and motion text per object."""
-    return run_stages(root, [ANNOTATE], config_path, shards, force, name="annotate").to_json()
-
-
-@flow(name="segment", task_runner=default_runner())
-def segment(root: str, config_path: str | None = None, shards: list[str] | None = None, force: bool = False) -> dict:
-    """Segmentor over the selected shards: key-frame box, mask, propagated masklet."""
-    return run_stages(root, [SEGMENT], config_path, shards, force, name="segment").to_json()
-
-
-@flow(name="review", task_runner=default_runner())
-def review(root: str, config_path: str | None = None, shards: list[str] | None = None, force: bool = False) -> dict:
-    """Reviewer over the selected shards: region caption + judge."""
-    return run_stages(root, [REVIEW], config_path, shards, force, name="review").to_json()
-
-
-@flow(name="refine", task_runner=default_runner())
-def refine(root: str, config_path: str | None = None, shards: list[str] | None = None, force: bool = False) -> dict:
-    """Refiner over the selected shards: one detailed caption per accepted object."""
-    return run_stages(root, [REFINE], config_path, shards, force, name="refine").to_json()
-
-
-@flow(name="short_captions", task_runner=default_runner())
-def short_captions(
-    root: str, config_path: str | None = None, shards: list[str] | None = None, force: bool = False
-) -> dict:
-    """Short-caption path over the selected shards: single subject + segmentation."""
-    return run_stages(root, [SHORT_CAPTIONS], config_path, shards, force, name="short_captions").to_json()
-
-
-@flow(name="generate_qa", task_runner=default_runner())
-def generate_qa(
-    root: str, config_path: str | None = None, shards: list[str] | None = None, force: bool = False
-) -> dict:
-    """QA path over the selected shards (clips that came with masks and referring expressions)."""
-    return run_stages(root, [GENERATE_QA], config_path, shards, force, name="generate_qa").to_json()
-
-
-@flow(name="export", task_runner=default_runner())
-def export(root: str, config_path: str | None = None, shards: list[str] | None = None, force: bool = False) -> dict:
-    """WebDataset shards and 700K-style JSON from the finished stages of the selected shards."""
-    return run_stages(root, [EXPORT], config_path, shards, force, name="export").to_json()
+# One flow per registry stage; module-level names too, so prefect.yaml entrypoints (`flows/engine_flows.py:refine`)
+# and callers find them.
+STAGE_FLOWS: dict[str, Any] = {stage.name: _stage_flow(stage) for stage in STAGES if stage.per_shard}
+analyze, annotate, segment = STAGE_FLOWS[ANALYZE], STAGE_FLOWS[ANNOTATE], STAGE_FLOWS[SEGMENT]
+review, refine, short_captions = STAGE_FLOWS[REVIEW], STAGE_FLOWS[REFINE], STAGE_FLOWS[SHORT_CAPTIONS]
+generate_qa, export = STAGE_FLOWS[GENERATE_QA], STAGE_FLOWS[EXPORT]
 
 
 @flow(name="build", task_runner=default_runner())
@@ -406,15 +376,3 @@ def import_700k(root: str, json_path: str, video_root: str, config_path: str | N
     ]
     reports, failures = collect(futures)
     return finish_run(root, config, reports, failures, started=started, name="import_700k").to_json()
-
-
-STAGE_FLOWS = {
-    ANALYZE: analyze,
-    ANNOTATE: annotate,
-    SEGMENT: segment,
-    REVIEW: review,
-    REFINE: refine,
-    SHORT_CAPTIONS: short_captions,
-    GENERATE_QA: generate_qa,
-    EXPORT: export,
-}
