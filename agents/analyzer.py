@@ -51,7 +51,6 @@ class Analyzer:
                 AnalyzerReply,
                 task="analyze",
                 values={"caption": clip.caption.strip()},
-                context={"caption": clip.caption, "single_subject": self.single_subject},
             )
             calls.append(Call(item_id=clip.clip_id, clip_id=clip.clip_id, request=request))
 

@@ -103,7 +103,7 @@ class Annotator:
         calls = []
         for record in group:
             images = [self._image(record, index, frame_at[index], plain) for index in shown[record.object_id]]
-            request = self._request(record, images, shown[record.object_id])
+            request = self._request(record, images)
             calls.append(Call(item_id=record.object_id, clip_id=record.clip_id, request=request))
         return calls, []
 
@@ -121,7 +121,7 @@ class Annotator:
             return plain[index]
         return jpeg_part(draw_contour(frame, decode_rle(mask), OUTLINE_COLOR, 2), max_side=self.max_side)
 
-    def _request(self, record: ObjectRecord, images: list[ImagePart], indices: list[int]) -> ChatRequest:
+    def _request(self, record: ObjectRecord, images: list[ImagePart]) -> ChatRequest:
         hint = ""
         if record.expression:
             hint += f'\nIt is referred to as: "{record.expression}".'
@@ -133,10 +133,4 @@ class Annotator:
             task="annotate",
             values={"noun": record.noun, "num_frames": len(images), "expression_hint": hint},
             images=images,
-            context={
-                "item_id": record.object_id,
-                "noun": record.noun,
-                "video_uri": record.clip.video_uri,
-                "frame_indices": list(indices),
-            },
         )

@@ -63,17 +63,15 @@ def structured_request(
     task: str,
     values: Mapping[str, object],
     images: Sequence[ImagePart] = (),
-    context: Mapping[str, Any] | None = None,
     max_tokens: int | None = None,
 ) -> ChatRequest:
-    """A request filled from `prompt` asking for JSON matching `schema`; `context` is read only by fakes."""
+    """A request filled from `prompt` asking for JSON matching `schema`; `task` names what is asked."""
     return ChatRequest(
         messages=prompt.messages(images, **values),
         task=task,
         json_schema=json_schema_for(schema),
         schema_name=schema.__name__,
         max_tokens=max_tokens,
-        context=dict(context or {}),
     )
 
 
@@ -148,8 +146,7 @@ def repair_request(request: ChatRequest, bad_reply: str, error: str) -> ChatRequ
         ChatMessage(role="assistant", content=(bad_reply[:4000] or "(empty reply)",)),
         ChatMessage(role="user", content=(REPAIR_INSTRUCTION.format(error=error[:1000]),)),
     )
-    context = {**request.context, "repair": True}
-    return dataclasses.replace(request, messages=(*request.messages, *extra), context=context)
+    return dataclasses.replace(request, messages=(*request.messages, *extra))
 
 
 def provenance_of(replies: Sequence[ChatReply], *, agent: str, prompt_version: str) -> Provenance:

@@ -108,19 +108,7 @@ class QAGenerator:
             "num_questions": min(10, max(3, 2 * len(objects) + 1)),
             "multi_hint": ", and at least one about several objects together" if many else "",
         }
-        context = {
-            "objects": [
-                {
-                    "name": f"<object{index}>",
-                    "noun": record.noun,
-                    "appearance": record.descriptions.appearance,
-                    "motion": record.descriptions.motion,
-                    "is_static": record.descriptions.is_static,
-                }
-                for index, record in enumerate(objects)
-            ]
-        }
-        return structured_request(self.prompt, QAReply, task="qa", values=values, context=context)
+        return structured_request(self.prompt, QAReply, task="qa", values=values)
 
 
 def given_object_records(clip: Clip) -> list[ObjectRecord]:

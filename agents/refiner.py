@@ -45,7 +45,7 @@ class Refiner:
                 "appearance": record.descriptions.appearance,
                 "motion": record.descriptions.motion,
             }
-            request = structured_request(self.prompt, RefinerReply, task="refine", values=values, context=values)
+            request = structured_request(self.prompt, RefinerReply, task="refine", values=values)
             calls.append(Call(item_id=record.object_id, clip_id=record.clip_id, request=request))
 
         by_id = {record.object_id: record for record in records}

@@ -140,14 +140,13 @@ class Reviewer:
                 )
                 for index in shown[record.object_id]
             ]
-            request = self._caption_request(record, images)
+            request = self._caption_request(images)
             calls.append(Call(item_id=record.object_id, clip_id=record.clip_id, request=request))
         return calls, []
 
-    def _caption_request(self, record: ObjectRecord, images: list[ImagePart]) -> ChatRequest:
+    def _caption_request(self, images: list[ImagePart]) -> ChatRequest:
+        """The captioner sees only the outlined frames and the prompt: neither the noun nor the descriptions."""
         many = len(images) > 1
-        key = record.masklet.key_frame if record.masklet.key_frame in record.masklet.masks else None
-        key = record.masklet.frame_indices[0] if key is None else key
         return structured_request(
             self.caption_prompt,
             RegionCaptionReply,
@@ -158,14 +157,6 @@ class Reviewer:
                 "frames_note": " (the same object in every frame, in time order)" if many else "",
             },
             images=images,
-            # Read only by fakes: they check which object the mask covers; `noun_hint` when nothing is known.
-            context={
-                "item_id": record.object_id,
-                "video_uri": record.clip.video_uri,
-                "key_frame": key,
-                "mask": record.masklet.masks[key].to_coco(),
-                "noun_hint": record.noun,
-            },
         )
 
     def _judge_request(self, record: ObjectRecord, region_caption: str) -> ChatRequest:
@@ -176,9 +167,7 @@ class Reviewer:
             "motion": descriptions.motion,
             "region_caption": region_caption,
         }
-        return structured_request(
-            self.judge_prompt, JudgeReply, task="judge", values=values, context={"item_id": record.object_id, **values}
-        )
+        return structured_request(self.judge_prompt, JudgeReply, task="judge", values=values)
 
 
 def _missing_input(record: ObjectRecord) -> tuple[RejectReason, str] | None:

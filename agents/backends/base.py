@@ -9,7 +9,7 @@ sibling modules and are built by `agents.backends.factory` from the config's `ki
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Literal, Protocol, runtime_checkable
 
 import numpy as np
@@ -32,8 +32,9 @@ class ChatMessage:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class ChatRequest:
-    """One chat completion. `task` and `context` let deterministic fakes answer meaningfully; real
-    backends ignore them. `json_schema` asks for structured output matching that JSON schema."""
+    """One chat completion. `task` names what is asked (which agent, which step); real backends ignore it,
+    and fakes answer only from the messages (prompt text and images), routed by it. `json_schema` asks for
+    structured output matching that JSON schema."""
 
     messages: tuple[ChatMessage, ...]
     task: str = ""
@@ -42,7 +43,6 @@ class ChatRequest:
     temperature: float | None = None
     max_tokens: int | None = None
     top_p: float | None = None  # None: the server's default
-    context: Mapping[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -5,7 +5,7 @@ A cassette is a JSONL file (one `{"key", "request", "reply"}` entry a line; new 
 name ends in `.json`, one JSON object `{key: entry}` rewritten through a temporary name and a rename.
 The key is `stable_hash` of the canonical request: the messages with every image replaced by the SHA-256 of
 its JPEG bytes, the reply schema and its name, temperature, max_tokens, and the model of the recorded backend
-(the `inner` backend, or `config.inner.model` when replaying without one). `task` and `context` are not part
+(the `inner` backend, or `config.inner.model` when replaying without one). `task` is not part
 of it: a real model sees only the messages. Modes: `strict` raises `ReplayMissError` on a miss (and
 `complete_batch` propagates it, because a stale cassette should fail the run, not reject every item);
 `record` answers hits from the cassette and sends misses to `inner`, appending their replies; `fallthrough`

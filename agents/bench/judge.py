@@ -108,7 +108,7 @@ async def judge_description(
             ChatMessage(role="user", content=(user_message(reference, prediction),)),
         ),
         task="bench_d_judge", temperature=settings.temperature, top_p=settings.top_p,
-        max_tokens=settings.max_tokens, context={"reference": reference, "prediction": prediction},
+        max_tokens=settings.max_tokens,
     )
     replies: list[ChatReply] = []
     problem = ""

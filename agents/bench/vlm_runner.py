@@ -61,7 +61,7 @@ def build_request(item: BenchItem, jpegs: tuple[bytes, ...], settings: VlmSettin
     content = (*(ImagePart(jpeg=jpeg) for jpeg in jpegs), som_prompt(item, settings.mode))
     return ChatRequest(
         messages=(ChatMessage(role="user", content=content),), task=task,
-        temperature=settings.temperature, max_tokens=settings.max_tokens, context={"item_id": item.item_id},
+        temperature=settings.temperature, max_tokens=settings.max_tokens,
     )
 
 

@@ -54,10 +54,10 @@ def test_ids_are_stable_across_runs_and_batches(clips) -> None:
 
 def test_malformed_replies_are_repaired_or_rejected(clips) -> None:
     def script(request, attempt):
-        caption = request.context["caption"]
-        if caption == clips[0].caption:
+        prompt = request.messages[1].content[-1]  # the caption reaches the model only inside the prompt
+        if f'"{clips[0].caption}"' in prompt:
             return '{"subject": ["ball"], "others": [' if attempt == 0 else '{"subject": ["ball"], "others": []}'
-        if caption == clips[1].caption:
+        if f'"{clips[1].caption}"' in prompt:
             return "no idea"
         return '{"subject": ["kite"], "others": []}'
 

@@ -25,12 +25,15 @@ def test_chain_on_a_span_of_a_real_clip(media_dir) -> None:
         clip_id=clip_id(path, 1.0, 4.0), video_uri=path, caption="a dog runs after a ball", start_s=1.0, end_s=4.0
     )
     fake = FakeChatBackend()
+    # The fake reads only synthetic scenes from pixels; it cannot see a dog in a real clip, so the region
+    # captioner here is scripted to name what the outlines hold.
+    captioner = ScriptedChatBackend(lambda request, attempt: '{"caption": "A dog and a ball inside the outline."}')
 
     async def chain():
         analyzed = await Analyzer(fake).run([clip])
         annotated = await Annotator(fake, num_frames=4).run(analyzed.records)
         segmented = await Segmentor(FakeGrounder(), FakeSegmenter(), num_frames=4, seed=0).run(annotated.records)
-        reviewed = await Reviewer(fake, fake, num_frames=2).run(segmented.records)
+        reviewed = await Reviewer(captioner, fake, num_frames=2).run(segmented.records)
         return await Refiner(fake).run(reviewed.records)
 
     result = asyncio.run(chain())

@@ -108,14 +108,18 @@ def test_reviewer_quality_reflects_the_injected_judge_disagreement(tmp_path) -> 
     wrong = _mislabelled(correct)
     assert len(correct) >= 30
 
-    honest = _decisions(Reviewer(FakeChatBackend(), FakeChatBackend()), correct, wrong)
-    assert honest == {"precision": 1.0, "recall": 1.0, "error_rate": 0.0}
+    # The fake captioner reads the outlined shape from pixels, judging from the frame where the object is
+    # least hidden among the three it is shown; a shape hidden behind another on every frame can still read
+    # as a different one. Colours it reads reliably, so no wrong masklet (another colour) is accepted.
+    honest = _decisions(Reviewer(FakeChatBackend(), FakeChatBackend(), num_frames=3), correct, wrong)
+    print(f"reviewer vs ground truth, honest judge, n={2 * len(correct)}: {honest}")
+    assert honest["precision"] == 1.0 and honest["recall"] >= 0.95
 
     rate = 0.3
     noisy_judge = FakeChatBackend(FakeChatConfig(disagree_rate=rate, seed=4))
-    noisy = _decisions(Reviewer(FakeChatBackend(), noisy_judge), correct, wrong)
+    noisy = _decisions(Reviewer(FakeChatBackend(), noisy_judge, num_frames=3), correct, wrong)
     print(f"reviewer vs ground truth, judge disagree_rate={rate}, n={2 * len(correct)}: {noisy}")
-    # Flipped verdicts are the only errors: about `rate` of all decisions, hurting both precision and recall.
-    assert abs(noisy["error_rate"] - rate) <= 0.1
-    assert noisy["precision"] < 1.0 and noisy["recall"] < 1.0
-    assert noisy["recall"] == pytest.approx(1 - rate, abs=0.15)
+    # Flipped verdicts add about `rate` of all decisions to the honest errors, hurting precision and recall.
+    assert abs(noisy["error_rate"] - honest["error_rate"] - rate) <= 0.1
+    assert noisy["precision"] < 1.0 and noisy["recall"] < honest["recall"]
+    assert noisy["recall"] == pytest.approx(honest["recall"] * (1 - rate), abs=0.15)
