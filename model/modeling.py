@@ -91,6 +91,12 @@ class VideoReferForCausalLM(VideoReferPreTrainedModel):
     # ------------------------------------------------------------ transformers plumbing
 
     @classmethod
+    def can_generate(cls) -> bool:
+        """True, so `save_pretrained` writes a `generation_config.json` as for any transformers LLM (the pipeline
+        decodes with the folder's file, `model.generation`)."""
+        return True
+
+    @classmethod
     def from_pretrained(cls, *args: Any, **kwargs: Any) -> VideoReferForCausalLM:
         """transformers' loader, then the vision tower frozen again (loading assigns fresh parameters)."""
         model = super().from_pretrained(*args, **kwargs)

@@ -89,7 +89,8 @@ def test_per_item_exceptions_become_rejects_and_others_go_on() -> None:
 
     outcomes = _run(ScriptedChatBackend(script), _calls(3))
     assert outcomes[0].value is not None
-    assert outcomes[1].reject.reason == RejectReason.BACKEND_ERROR and "429" in outcomes[1].reject.message
+    # A transient failure that outlived the backend's retries stays pending (the stage retries it), never final.
+    assert outcomes[1].reject.reason == RejectReason.BACKEND_TRANSIENT and "429" in outcomes[1].reject.message
     assert outcomes[2].reject.reason == RejectReason.BACKEND_ERROR and outcomes[2].reject.item_id == "item2"
 
 
