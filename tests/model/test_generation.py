@@ -83,3 +83,11 @@ def test_generation_is_bounded_by_max_new_tokens(tiny_model_dir) -> None:
     config = decoding_config(pipeline.generation_config, pipeline.processor, max_new_tokens=3)
     assert pipeline.model.generate(**batch, generation_config=config).shape[1] <= 3
     assert torch.is_tensor(batch["video_frame_index"])
+
+
+def test_save_pretrained_alone_writes_a_generation_config(tiny_model_dir, tmp_path) -> None:
+    from model.modeling import VideoReferForCausalLM
+
+    model = VideoReferForCausalLM.from_pretrained(tiny_model_dir)
+    model.save_pretrained(str(tmp_path / "plain"))
+    assert (tmp_path / "plain" / "generation_config.json").is_file()
