@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from engine.errors import ConfigError
 
@@ -96,11 +96,32 @@ class FakeGrounderConfig(_Strict):
 
 
 class GroundingDinoConfig(_Strict):
+    """transformers' Grounding DINO from `model` (a local folder, or a hub id where a hub is reachable).
+
+    There is no default model: a config names its weights, or asks for a tiny randomly initialised model with
+    `random_weights: true` (tests and demos only: its boxes are meaningless). Neither, or both, is a
+    validation error (a `ConfigError` once the engine config is parsed), raised before any model work.
+    """
+
     kind: Literal["grounding_dino"] = "grounding_dino"
-    model: str = "IDEA-Research/grounding-dino-tiny"
+    model: str | None = None
+    random_weights: bool = False
     device: str = "cpu"
     box_threshold: float = 0.35
     text_threshold: float = 0.25
+
+    @model_validator(mode="after")
+    def _weights_named(self) -> GroundingDinoConfig:
+        if self.model and self.random_weights:
+            raise ValueError("grounding_dino: give either `model` or `random_weights: true`, not both")
+        if not self.model and not self.random_weights:
+            raise ValueError(
+                "grounding_dino has no model. Get the weights on a machine with the Hugging Face hub, e.g. "
+                "`hf download IDEA-Research/grounding-dino-tiny --local-dir models/grounding-dino-tiny` "
+                "(or IDEA-Research/grounding-dino-base), and set `model: models/grounding-dino-tiny`; or set "
+                "`random_weights: true` for a tiny random model (tests and demos only: its boxes are meaningless)"
+            )
+        return self
 
 
 GrounderConfig = Annotated[FakeGrounderConfig | GroundingDinoConfig, Field(discriminator="kind")]
@@ -113,12 +134,35 @@ class FakeSegmenterConfig(_Strict):
 
 
 class Sam2Config(_Strict):
+    """The `sam2` package's video predictor: `config_name` (a config inside the package) + `checkpoint` (a .pt file).
+
+    There is no default checkpoint: a config names its weights, or asks for random weights with
+    `random_weights: true` (tests and demos only: the masks are meaningless). Neither, or both, is a
+    validation error (a `ConfigError` once the engine config is parsed), raised before any model work.
+    """
+
     kind: Literal["sam2"] = "sam2"
     config_name: str = "configs/sam2.1/sam2.1_hiera_t.yaml"
-    checkpoint: str | None = None  # None builds random weights (tests only)
+    checkpoint: str | None = None
+    random_weights: bool = False  # build the model without weights: must be asked for explicitly
     device: str = "cpu"
     image_size: int | None = None  # override of the model's input size (512 makes CPU tests fast)
     max_frames: int = 64  # frames of the clip SAM 2 propagates through (uniformly sampled)
+
+    @model_validator(mode="after")
+    def _weights_named(self) -> Sam2Config:
+        if self.checkpoint and self.random_weights:
+            raise ValueError("sam2: give either `checkpoint` or `random_weights: true`, not both")
+        if not self.checkpoint and not self.random_weights:
+            raise ValueError(
+                "sam2 has no checkpoint. Get a SAM 2.1 checkpoint from facebookresearch/sam2 (its "
+                "checkpoints/download_ckpts.sh, or `hf download facebook/sam2.1-hiera-large sam2.1_hiera_large.pt "
+                "--local-dir checkpoints`) and set `checkpoint: checkpoints/sam2.1_hiera_large.pt` with the matching "
+                "`config_name: configs/sam2.1/sam2.1_hiera_l.yaml` (tiny: sam2.1_hiera_tiny.pt with "
+                "sam2.1_hiera_t.yaml); or set `random_weights: true` for random weights (tests and demos only: "
+                "its masks are meaningless)"
+            )
+        return self
 
 
 SegmenterConfig = Annotated[FakeSegmenterConfig | Sam2Config, Field(discriminator="kind")]
@@ -194,32 +238,51 @@ def _pick(dump: dict[str, Any], dotted: str) -> Any:
     return value
 
 
-def profile(name: str) -> EngineConfig:
-    """The built-in starting points: `offline` (fakes), `local` (transformers), `server` (vLLM URLs)."""
+def profile(name: str, *, random_weights: bool = False) -> EngineConfig:
+    """The built-in starting points: `offline` (fakes), `local` (transformers), `server` (vLLM URLs).
+
+    `local` and `server` name no weights for Grounding DINO and SAM 2, so on their own they fail validation
+    (a `ConfigError` saying how to get the weights) unless `random_weights=True` asks for random weights
+    (tests and demos only). A config file based on them (`base_profile: local`) names the weights instead, as
+    configs/local.yaml and configs/server.yaml do.
+    """
+    data = _profile_data(name, random_weights=random_weights)
+    try:
+        return EngineConfig.model_validate(data)
+    except ValidationError as exc:
+        problems = "\n".join(
+            f"  {'.'.join(str(part) for part in error['loc'])}: {error['msg']}" for error in exc.errors()
+        )
+        raise ConfigError(f"profile {name!r} is not usable as it is:\n{problems}") from exc
+
+
+def _profile_data(name: str, *, random_weights: bool = False) -> dict[str, Any]:
+    """The profile `name` as a plain mapping, not yet validated (config files are merged into it first)."""
     if name == "offline":
-        return EngineConfig(profile="offline")
+        return EngineConfig(profile="offline").model_dump(mode="json")
     if name == "local":
         text = LocalChatConfig(model="Qwen/Qwen2-0.5B-Instruct")
         vision = LocalChatConfig(model="Qwen/Qwen2-VL-2B-Instruct", modality="vision")
-        return EngineConfig(
-            profile="local",
-            agents=AgentsConfig(
-                analyzer=text, annotator=vision, region_captioner=vision, judge=text, refiner=text,
-                grounder=GroundingDinoConfig(), segmenter=Sam2Config(),
-            ),
-        )
-    if name == "server":
+        agents = AgentsConfig(analyzer=text, annotator=vision, region_captioner=vision, judge=text, refiner=text)
+        device = "cpu"
+    elif name == "server":
         llm = OpenAIChatConfig(base_url="http://127.0.0.1:8001/v1", model="Qwen/Qwen2-7B-Instruct")
         vlm = OpenAIChatConfig(base_url="http://127.0.0.1:8002/v1", model="OpenGVLab/InternVL2-26B")
-        return EngineConfig(
-            profile="server",
-            agents=AgentsConfig(
-                analyzer=llm, annotator=vlm, region_captioner=vlm, judge=llm,
-                refiner=OpenAIChatConfig(base_url="https://api.openai.com/v1", model="gpt-4o"),
-                grounder=GroundingDinoConfig(device="cuda"), segmenter=Sam2Config(device="cuda"),
-            ),
+        agents = AgentsConfig(
+            analyzer=llm, annotator=vlm, region_captioner=vlm, judge=llm,
+            refiner=OpenAIChatConfig(base_url="https://api.openai.com/v1", model="gpt-4o"),
         )
-    raise ConfigError(f"unknown profile {name!r}; expected offline, local or server")
+        device = "cuda"
+    else:
+        raise ConfigError(f"unknown profile {name!r}; expected offline, local or server")
+    data = EngineConfig(profile=name, agents=agents).model_dump(mode="json")
+    # The model backends are built unvalidated: they name no weights, which validation then reports.
+    vision_backends = {
+        "grounder": GroundingDinoConfig.model_construct(device=device, random_weights=random_weights),
+        "segmenter": Sam2Config.model_construct(device=device, random_weights=random_weights),
+    }
+    data["agents"].update({key: value.model_dump(mode="json") for key, value in vision_backends.items()})
+    return data
 
 
 def load_config(path: str | Path | None) -> EngineConfig:
@@ -242,7 +305,7 @@ def parse_config(data: dict[str, Any], *, source: str = "<dict>") -> EngineConfi
     base = data.pop("base_profile", None)
     try:
         if base is not None:
-            merged = _deep_merge(profile(base).model_dump(mode="json"), data)
+            merged = _deep_merge(_profile_data(base), data)
             return EngineConfig.model_validate(merged)
         return EngineConfig.model_validate(data)
     except ValidationError as exc:

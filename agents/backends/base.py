@@ -1,7 +1,8 @@
 """The two narrow protocols every backend implements, and the request/reply records they exchange.
 
 `ChatBackend`: text + images in, text (optionally JSON matching a schema) out; async, batched.
-`Grounder` / `Segmenter`: a noun -> a box on one frame; a box on a key frame -> a masklet through the clip.
+`Grounder` / `Segmenter`: a noun -> a box on one frame; a box on a key frame -> a masklet through the clip
+(`segment_many`: all objects of one clip at once, one box each, on frames read once).
 Concrete backends (fake, replay, OpenAI-compatible, local transformers, Grounding DINO, SAM 2) live in
 sibling modules and are built by `agents.backends.factory` from the config's `kind`.
 """
@@ -87,9 +88,35 @@ class Grounder(Protocol):
     def ground(self, *, video_uri: str, frame_index: int, frame: np.ndarray, noun: str) -> Detection | None: ...
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SegmentPrompt:
+    """One object of a `Segmenter.segment_many` call: its box (pixels) on its key frame (absolute index)."""
+
+    key_frame: int
+    box: tuple[float, float, float, float]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SegmenterStats:
+    """What a segmenter has done so far (`segmenter.stats`), for benchmarks: calls, objects, frames, model states."""
+
+    calls: int = 0  # segment / segment_many calls
+    objects: int = 0  # prompts (objects) segmented
+    frame_reads: int = 0  # times the segmenter read video frames itself (0 when the caller passed them in)
+    frames_read: int = 0  # frames those reads returned
+    states_started: int = 0  # model inference states started (SAM 2's init_state: one per call, not per object)
+    propagations: int = 0  # runs through the clip (forward then backward, all objects of the call together)
+
+
 @runtime_checkable
 class Segmenter(Protocol):
-    """A box on `key_frame` -> masks on every frame of `frame_indices` (absolute), propagated both ways."""
+    """A box on `key_frame` -> masks on every frame of `frame_indices` (absolute), propagated both ways.
+
+    `segment_many` does the same for several objects of one video at once and returns one masklet per prompt,
+    in order, each as `segment` would return it for that object alone. `frames` (absolute index -> RGB uint8
+    frame) are frames the caller has already decoded; the segmenter decodes only those it needs and lacks.
+    An exception fails the whole call (every prompt of it).
+    """
 
     kind: str
     model: str
@@ -102,3 +129,12 @@ class Segmenter(Protocol):
         key_frame: int,
         box: tuple[float, float, float, float],
     ) -> Masklet: ...
+
+    def segment_many(
+        self,
+        *,
+        video_uri: str,
+        frame_indices: Sequence[int],
+        prompts: Sequence[SegmentPrompt],
+        frames: Mapping[int, np.ndarray] | None = None,
+    ) -> list[Masklet]: ...

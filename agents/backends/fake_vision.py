@@ -7,17 +7,21 @@ centre derived from a hash of the noun. `FakeSegmenter` returns, on every reques
 of the synthetic object whose key-frame box best matches the prompt box; without a sidecar (or with no
 matching object) it returns the prompt box filled on every requested frame. Masks are COCO RLE keyed by
 absolute frame index, as the real SAM 2 segmenter returns them, so the segmentor agent runs unchanged.
+`FakeSegmenter.segment_many` answers every prompt of a clip in one call, each exactly as `segment` would, and
+counts its calls in `stats` like the real segmenter (it never decodes frames: it reads the sidecar).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import os
-from collections.abc import Sequence
+import threading
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from agents.backends.base import Detection
+from agents.backends.base import Detection, SegmenterStats, SegmentPrompt
 from engine.config import FakeGrounderConfig, FakeSegmenterConfig
 from engine.ids import stable_hash
 from engine.masks import encode_rle
@@ -57,6 +61,13 @@ class FakeSegmenter:
 
     def __init__(self, config: FakeSegmenterConfig | None = None) -> None:
         self.config = config or FakeSegmenterConfig()
+        self._stats = SegmenterStats()
+        self._stats_lock = threading.Lock()
+
+    @property
+    def stats(self) -> SegmenterStats:
+        """Calls and objects so far (frames are never decoded, no model state is ever started)."""
+        return self._stats
 
     def segment(
         self,
@@ -65,6 +76,29 @@ class FakeSegmenter:
         frame_indices: Sequence[int],
         key_frame: int,
         box: tuple[float, float, float, float],
+    ) -> Masklet:
+        self._count(objects=1)
+        return self._segment_one(video_uri, frame_indices, key_frame, box)
+
+    def segment_many(
+        self,
+        *,
+        video_uri: str,
+        frame_indices: Sequence[int],
+        prompts: Sequence[SegmentPrompt],
+        frames: Mapping[int, np.ndarray] | None = None,
+    ) -> list[Masklet]:
+        """One masklet per prompt, in order, each as `segment` returns it (`frames` are not needed)."""
+        self._count(objects=len(prompts))
+        return [self._segment_one(video_uri, frame_indices, p.key_frame, p.box) for p in prompts]
+
+    def _count(self, *, objects: int) -> None:
+        with self._stats_lock:
+            stats = self._stats
+            self._stats = dataclasses.replace(stats, calls=stats.calls + 1, objects=stats.objects + objects)
+
+    def _segment_one(
+        self, video_uri: str, frame_indices: Sequence[int], key_frame: int, box: tuple[float, float, float, float]
     ) -> Masklet:
         indices = sorted({int(i) for i in (*frame_indices, key_frame)})
         truth = _ground_truth(video_uri)

@@ -1,8 +1,9 @@
 """The open-vocabulary grounder: transformers' Grounding DINO finds the best box for a noun on one frame.
 
 The model and processor load on first use from `config.model` (a hub id on machines with a hub, or a local
-directory such as the tiny random model of `agents.backends.tiny_models` in tests) through
-`AutoModelForZeroShotObjectDetection` / `AutoProcessor`. The noun is lower-cased and ended with a period, the
+directory) through `AutoModelForZeroShotObjectDetection` / `AutoProcessor`. With `config.random_weights` (asked
+for explicitly: tests and demos) the tiny random model of `agents.backends.tiny_models` is built into a
+temporary folder and loaded from there; its boxes are meaningless. The noun is lower-cased and ended with a period, the
 text prompt format Grounding DINO was trained on. Detections below `box_threshold` (box score) or
 `text_threshold` (token score) are dropped; the best remaining one is returned with its box clipped to the
 frame, or None when nothing passes. A model that cannot be loaded is a `ConfigError`.
@@ -10,7 +11,10 @@ frame, or None when nothing passes. A model that cannot be loaded is a `ConfigEr
 
 from __future__ import annotations
 
+import logging
+import tempfile
 import threading
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -18,6 +22,9 @@ import numpy as np
 from agents.backends.base import Detection
 from engine.config import GroundingDinoConfig
 from engine.errors import ConfigError
+
+log = logging.getLogger(__name__)
+RANDOM_WEIGHTS_MODEL = "grounding-dino-tiny-random"
 
 
 class GroundingDinoGrounder:
@@ -27,10 +34,11 @@ class GroundingDinoGrounder:
 
     def __init__(self, config: GroundingDinoConfig) -> None:
         self.config = config
-        self.model = config.model
+        self.model = config.model or RANDOM_WEIGHTS_MODEL
         self._lock = threading.Lock()
         self._detector: Any = None
         self._processor: Any = None
+        self._random_folder: tempfile.TemporaryDirectory[str] | None = None
 
     def __repr__(self) -> str:
         return f"GroundingDinoGrounder(model={self.model!r}, device={self.config.device!r})"
@@ -76,13 +84,24 @@ class GroundingDinoGrounder:
                 return
             from transformers import AutoModelForZeroShotObjectDetection, AutoProcessor
 
+            source = self.config.model or self._random_model()
             try:
-                processor = AutoProcessor.from_pretrained(self.config.model)
-                detector = AutoModelForZeroShotObjectDetection.from_pretrained(self.config.model)
+                processor = AutoProcessor.from_pretrained(source)
+                detector = AutoModelForZeroShotObjectDetection.from_pretrained(source)
             except (OSError, ValueError, KeyError) as exc:
-                raise ConfigError(f"grounding_dino cannot load {self.config.model!r}: {exc}") from exc
+                raise ConfigError(f"grounding_dino cannot load {source!r}: {exc}") from exc
             self._detector = detector.to(self.config.device).eval()
             self._processor = processor
+
+    def _random_model(self) -> str:
+        """The folder of a freshly built tiny random Grounding DINO (config.random_weights), kept while this lives."""
+        if not self.config.random_weights:
+            raise ConfigError("grounding_dino: no model and random_weights not asked for")
+        from agents.backends.tiny_models import build_tiny_grounding_dino
+
+        log.warning("grounding_dino built with RANDOM weights (random_weights: true): its boxes are meaningless")
+        self._random_folder = tempfile.TemporaryDirectory(prefix="grounding-dino-random-")
+        return str(build_tiny_grounding_dino(Path(self._random_folder.name) / "model"))
 
 
 def prompt_for(noun: str) -> str:

@@ -88,6 +88,10 @@ class _ScriptedSegmenter:
         masks = {i: present if n < self.frames else empty for n, i in enumerate(indices)}
         return Masklet(masks=masks, key_frame=key_frame)
 
+    def segment_many(self, *, video_uri, frame_indices, prompts, frames=None) -> list[Masklet]:
+        return [self.segment(video_uri=video_uri, frame_indices=frame_indices, key_frame=p.key_frame, box=p.box)
+                for p in prompts]
+
 
 @pytest.mark.parametrize(
     ("segmenter", "reason"),
@@ -130,3 +134,108 @@ def test_bad_settings_fail_fast() -> None:
         Segmentor(FakeGrounder(), FakeSegmenter(), key_frame="last")
     with pytest.raises(ConfigError):
         Segmentor(FakeGrounder(), FakeSegmenter(), num_frames=0)
+
+
+class _CountingSegmenter(FakeSegmenter):
+    """The fake segmenter, recording each segment_many call's prompts and whether frames were passed in."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls: list[tuple[str, int, bool]] = []
+
+    def segment_many(self, *, video_uri, frame_indices, prompts, frames=None) -> list[Masklet]:
+        self.calls.append((video_uri, len(prompts), frames is not None and set(frame_indices) <= set(frames)))
+        return super().segment_many(video_uri=video_uri, frame_indices=frame_indices, prompts=prompts, frames=frames)
+
+
+def test_objects_of_a_clip_are_segmented_together_on_one_frame_read(cases, monkeypatch) -> None:
+    import agents.frames
+
+    reads: list[str] = []
+    real_read = agents.frames.read_frames
+    monkeypatch.setattr(agents.frames, "read_frames", lambda uri, wanted: reads.append(uri) or real_read(uri, wanted))
+    multi = [case.clip for case in cases if len(case.synthetic.ground_truth.objects) > 1][:2]
+    records = _records(multi)
+    interleaved = records[::2] + records[1::2]  # a clip's objects need not be adjacent
+    segmenter = _CountingSegmenter()
+    agent = Segmentor(FakeGrounder(), segmenter, num_frames=6, seed=3)
+    result = asyncio.run(agent.run(interleaved))
+    assert [r.object_id for r in result.records] == [r.object_id for r in interleaved]  # input order kept
+    assert sorted(reads) == sorted(clip.video_uri for clip in multi)  # one frame read per clip
+    assert sorted(segmenter.calls) == sorted(
+        (clip.video_uri, sum(r.clip_id == clip.clip_id for r in records), True) for clip in multi
+    )
+    assert agent.stats.clips == 2 and agent.stats.frame_reads == 2 and agent.stats.objects == len(records)
+    assert segmenter.stats.calls == 2 and segmenter.stats.objects == len(records)
+    alone = [asyncio.run(_segmentor(seed=3).run([record])).records[0] for record in interleaved]
+    assert [r.masklet for r in result.records] == [r.masklet for r in alone]
+
+
+def test_a_clip_keeps_each_objects_own_reject_reason(cases) -> None:
+    case = next(c for c in cases if len(c.synthetic.ground_truth.objects) > 1)
+    records = _records([case.clip])
+    mixed = [replace(records[0], noun="elephant"), *records[1:]]  # no box for the first object
+    broken = Segmentor(FakeGrounder(), _ScriptedSegmenter(area=500, frames=6, error=RuntimeError("CUDA error")),
+                       num_frames=6)
+    result = asyncio.run(broken.run(mixed))
+    assert result.records == ()
+    reasons = [RejectReason.NO_BOX] + [RejectReason.BACKEND_ERROR] * (len(mixed) - 1)
+    assert [r.reason for r in result.rejects] == reasons
+    assert [r.item_id for r in result.rejects] == [r.object_id for r in mixed]
+    fine = asyncio.run(_segmentor().run(mixed))
+    assert [r.object_id for r in fine.records] == [r.object_id for r in mixed[1:]]
+    assert [r.reason for r in fine.rejects] == [RejectReason.NO_BOX]
+
+
+def test_a_clip_with_three_objects_starts_one_sam2_state_and_reads_its_frames_once(tmp_path, monkeypatch) -> None:
+    """Fault: every object used to read the clip twice and start its own SAM 2 state. Through the real sam2 package
+    (random weights, 256 px): one frame read and one inference state for the clip, and each object's masks are
+    those it gets when it is segmented alone (each tracked from its own key frame)."""
+    pytest.importorskip("sam2")
+    from sam2.sam2_video_predictor import SAM2VideoPredictor
+
+    import agents.backends.sam2_segmenter as sam2_module
+    import agents.frames
+    import agents.segmentor as segmentor_module
+    import engine.video
+    from agents.backends.sam2_segmenter import Sam2Segmenter
+    from engine.config import Sam2Config
+    from engine.synthetic import make_clip
+    from engine.types import Clip
+
+    synthetic = make_clip(tmp_path / "three.mp4", seed=11, num_frames=12, width=128, height=96, num_objects=3)
+    truth = synthetic.ground_truth
+    clip = Clip(clip_id="clip-with-three-objects", video_uri=str(synthetic.path), caption=truth.caption,
+                fps=truth.fps, width=truth.width, height=truth.height, num_frames=truth.num_frames)
+    records = _records([clip])
+    assert len(records) == 3
+    counts = {"reads": 0, "states": 0}
+    real_read, real_init = engine.video.read_frames, SAM2VideoPredictor.init_state
+
+    def counting_read(*args, **kwargs):
+        counts["reads"] += 1
+        return real_read(*args, **kwargs)
+
+    def counting_init(self, *args, **kwargs):
+        counts["states"] += 1
+        return real_init(self, *args, **kwargs)
+
+    for module in (engine.video, agents.frames, segmentor_module, sam2_module):
+        monkeypatch.setattr(module, "read_frames", counting_read, raising=False)
+    monkeypatch.setattr(SAM2VideoPredictor, "init_state", counting_init)
+    segmenter = Sam2Segmenter(Sam2Config(device="cpu", image_size=256, random_weights=True))
+
+    def segmentor(seed: int) -> Segmentor:
+        return Segmentor(FakeGrounder(), segmenter, num_frames=8, seed=seed, min_mask_area_px=0, min_mask_frames=1)
+
+    sampled = sorted(set(sample_clip_frames(clip, 8)))
+    def distinct_keys(seed: int) -> bool:
+        return len({segmentor(seed).choose_key_frame(r.object_id, sampled) for r in records}) == 3
+
+    seed = next(n for n in range(100) if distinct_keys(n))  # every object tracked from a key frame of its own
+    together = asyncio.run(segmentor(seed).run(records))
+    assert counts == {"reads": 1, "states": 1}
+    assert together.rejects == () and len({r.masklet.key_frame for r in together.records}) == 3
+    alone = [asyncio.run(segmentor(seed).run([record])) for record in records]
+    assert [r.masklet for r in together.records] == [result.records[0].masklet for result in alone]
+    assert counts == {"reads": 4, "states": 4}

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from engine.config import (
     EngineConfig,
     FakeChatConfig,
+    GroundingDinoConfig,
     OpenAIChatConfig,
     Sam2Config,
     load_config,
@@ -22,9 +25,56 @@ def test_default_is_the_offline_profile_with_fakes() -> None:
     assert isinstance(config.agents.analyzer, FakeChatConfig)
 
 
+CONFIGS = Path(__file__).resolve().parents[2] / "configs"
+
+
 @pytest.mark.parametrize("name", ["offline", "local", "server"])
 def test_profiles_build(name: str) -> None:
-    assert profile(name).profile == name
+    assert profile(name, random_weights=name != "offline").profile == name
+
+
+@pytest.mark.parametrize("name", ["local", "server"])
+def test_model_profiles_without_weights_fail_validation_saying_how_to_get_them(name: str) -> None:
+    """Fault: SAM 2 and Grounding DINO silently defaulted to random weights (or a hub download) in these profiles."""
+    with pytest.raises(ConfigError) as raised:
+        profile(name)
+    message = str(raised.value)
+    assert "agents.segmenter" in message and "agents.grounder" in message
+    assert "sam2.1_hiera" in message and "IDEA-Research/grounding-dino-tiny" in message  # where the weights are
+    assert "random_weights: true" in message  # and how to ask for random weights instead
+    with pytest.raises(ConfigError, match="sam2 has no checkpoint"):
+        parse_config({"base_profile": name, "agents": {"grounder": {"model": "models/grounding-dino-tiny"}}})
+    with pytest.raises(ConfigError, match="grounding_dino has no model"):
+        parse_config({"base_profile": name, "agents": {"segmenter": {"checkpoint": "checkpoints/sam2.1_hiera_t.pt"}}})
+
+
+@pytest.mark.parametrize("name", ["local", "server"])
+def test_random_weights_pass_only_when_asked_for(name: str) -> None:
+    asked = profile(name, random_weights=True)
+    assert asked.agents.segmenter.random_weights and asked.agents.segmenter.checkpoint is None
+    assert asked.agents.grounder.random_weights and asked.agents.grounder.model is None
+    flagged = {"grounder": {"random_weights": True}, "segmenter": {"random_weights": True}}
+    from_file = parse_config({"base_profile": name, "agents": flagged})
+    assert from_file.agents == asked.agents
+
+
+def test_weights_and_random_weights_exclude_each_other() -> None:
+    with pytest.raises(ValueError, match="not both"):
+        Sam2Config(checkpoint="checkpoints/sam2.1_hiera_tiny.pt", random_weights=True)
+    with pytest.raises(ValueError, match="not both"):
+        GroundingDinoConfig(model="models/grounding-dino-tiny", random_weights=True)
+    with pytest.raises(ValueError, match="random_weights"):
+        Sam2Config()
+    with pytest.raises(ValueError, match="random_weights"):
+        GroundingDinoConfig()
+    assert GroundingDinoConfig(model="IDEA-Research/grounding-dino-tiny").model == "IDEA-Research/grounding-dino-tiny"
+
+
+@pytest.mark.parametrize("name", ["local.yaml", "server.yaml", "offline.yaml", "demo.yaml"])
+def test_shipped_configs_name_their_weights(name: str) -> None:
+    config = load_config(CONFIGS / name)
+    for backend in (config.agents.grounder, config.agents.segmenter):
+        assert not getattr(backend, "random_weights", False)
 
 
 def test_unknown_profile_is_a_config_error() -> None:
@@ -38,7 +88,7 @@ def test_yaml_selects_backends_by_kind(tmp_path) -> None:
         "base_profile: offline\n"
         "agents:\n"
         "  refiner: {kind: openai, base_url: 'http://127.0.0.1:9/v1', model: gpt-4o}\n"
-        "  segmenter: {kind: sam2, image_size: 512}\n"
+        "  segmenter: {kind: sam2, image_size: 512, random_weights: true}\n"
     )
     config = load_config(path)
     assert isinstance(config.agents.refiner, OpenAIChatConfig)

@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from agents.backends.base import SegmentPrompt
 from agents.backends.fake_vision import FakeGrounder, FakeSegmenter, filled_box_mask, hashed_central_box
 from engine.masks import decode_rle
 from engine.synthetic import make_clip
@@ -70,3 +71,15 @@ def test_segmenter_fills_the_box_when_it_matches_no_object(clip) -> None:
 def test_filled_box_mask_covers_pixel_centres_inside_the_box() -> None:
     mask = filled_box_mask((1.0, 2.0, 4.0, 3.0), width=6, height=5)
     assert mask.sum() == 3 and mask[2, 1:4].all()
+
+
+def test_segment_many_answers_each_prompt_as_segment_does(clip) -> None:
+    truth = clip.ground_truth
+    prompts = [SegmentPrompt(key_frame=k, box=obj.boxes[k]) for k, obj in zip((2, 5), truth.objects, strict=True)]
+    prompts.append(SegmentPrompt(key_frame=1, box=(0.0, 0.0, 4.0, 4.0)))  # matches no object: the filled box
+    segmenter = FakeSegmenter()
+    many = segmenter.segment_many(video_uri=str(clip.path), frame_indices=[0, 3, 6], prompts=prompts)
+    alone = [FakeSegmenter().segment(video_uri=str(clip.path), frame_indices=[0, 3, 6], key_frame=p.key_frame,
+                                     box=p.box) for p in prompts]
+    assert many == alone
+    assert segmenter.stats.calls == 1 and segmenter.stats.objects == 3 and segmenter.stats.states_started == 0

@@ -49,3 +49,12 @@ def test_missing_model_is_a_config_error(tmp_path: Path, frame: np.ndarray) -> N
 
 def test_prompt_format() -> None:
     assert prompt_for("  The Red  Ball. ") == "the red ball."
+
+
+def test_random_weights_build_a_tiny_model_only_when_asked_for(frame: np.ndarray) -> None:
+    with pytest.raises(ValueError, match="random_weights"):
+        GroundingDinoConfig()  # no model and no explicit random weights: refused at validation
+    grounder = GroundingDinoGrounder(GroundingDinoConfig(random_weights=True, box_threshold=0.0, text_threshold=0.0))
+    assert grounder.model == "grounding-dino-tiny-random"
+    detection = grounder.ground(video_uri="unused.mp4", frame_index=0, frame=frame, noun="dog")
+    assert detection is not None and 0 <= detection.box[0] < detection.box[2] <= 72
