@@ -9,8 +9,6 @@ environment variable named by `api_key_env`.
 
 from __future__ import annotations
 
-import hashlib
-import json
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -175,9 +173,10 @@ class SamplingConfig(_Strict):
     num_frames: int = 16  # frames the annotator / reviewer / exported sample see
     mask_frames: int = 16  # frames of a masklet kept in a detailed / QA sample
     image_size: int = 384  # exported frames are resized to this square for the vision tower
+    patch_size: int = 14  # the vision tower's patch (SigLIP so400m): masks are checked on image_size // patch_size
     multi_frame_ratio: float = 0.5  # fraction of detailed/QA samples exported in multi-frame mode
 
-    @field_validator("num_frames", "mask_frames", "image_size")
+    @field_validator("num_frames", "mask_frames", "image_size", "patch_size")
     @classmethod
     def _positive(cls, value: int) -> int:
         if value <= 0:
@@ -196,7 +195,8 @@ class AgentsConfig(_Strict):
 
 
 class EngineConfig(_Strict):
-    """Everything that decides what the engine produces. Its per-stage hashes drive resume."""
+    """Everything that decides what the engine produces. Which settings each stage's hash covers is declared
+    by the stage itself (flows.pipeline.stages), so resume re-runs exactly the stages a change touches."""
 
     profile: Literal["offline", "local", "server", "custom"] = "offline"
     seed: int = 0
@@ -208,34 +208,6 @@ class EngineConfig(_Strict):
     concurrency: int = 32  # items in flight inside one stage task
     sampling: SamplingConfig = SamplingConfig()
     agents: AgentsConfig = AgentsConfig()
-
-    def stage_hash(self, stage: str) -> str:
-        """Hash of exactly the settings that `stage`'s output depends on."""
-        dump = self.model_dump(mode="json")
-        keys = STAGE_CONFIG_KEYS.get(stage, ("seed", "sampling", "agents"))
-        picked = {key: _pick(dump, key) for key in keys}
-        return hashlib.sha256(json.dumps(picked, sort_keys=True).encode()).hexdigest()[:12]
-
-
-# What each stage reads from the config; a change elsewhere does not re-run it.
-STAGE_CONFIG_KEYS: dict[str, tuple[str, ...]] = {
-    "ingest": ("shard_size",),
-    "analyze": ("agents.analyzer",),
-    "annotate": ("agents.annotator", "sampling.num_frames", "seed"),
-    "segment": ("agents.grounder", "agents.segmenter", "key_frame", "seed", "min_mask_area_px", "min_mask_frames"),
-    "review": ("agents.region_captioner", "agents.judge", "sampling.num_frames"),
-    "refine": ("agents.refiner",),
-    "short_captions": ("agents.analyzer", "agents.grounder", "agents.segmenter", "seed"),
-    "generate_qa": ("agents.annotator", "agents.refiner", "seed"),
-    "export": ("sampling", "seed"),
-}
-
-
-def _pick(dump: dict[str, Any], dotted: str) -> Any:
-    value: Any = dump
-    for part in dotted.split("."):
-        value = value[part]
-    return value
 
 
 def profile(name: str, *, random_weights: bool = False) -> EngineConfig:
