@@ -51,6 +51,7 @@ def _masks_from_box(
     num_frames: int,
     sam2_config: str | None,
     sam2_checkpoint: str | None,
+    sam2_random_weights: bool,
     sam2_image_size: int | None,
     device: str,
 ) -> list[dict[int, Any]]:
@@ -65,6 +66,8 @@ def _masks_from_box(
         options["config_name"] = sam2_config
     if sam2_checkpoint:
         options["checkpoint"] = sam2_checkpoint
+    if sam2_random_weights:
+        options["random_weights"] = True
     if sam2_image_size:
         options["image_size"] = sam2_image_size
     masklet = Sam2Segmenter(Sam2Config(**options)).segment(
@@ -107,8 +110,9 @@ def register(app: typer.Typer) -> None:
             None, "--dtype", help="float32, bfloat16 or float16 (default: stored dtype on CUDA, float32 on CPU)."
         ),
         sam2_config: str | None = typer.Option(None, "--sam2-config", help="SAM 2 model config name."),
-        sam2_checkpoint: str | None = typer.Option(
-            None, "--sam2-checkpoint", help="SAM 2 weights file (none: random weights, for tests only)."
+        sam2_checkpoint: str | None = typer.Option(None, "--sam2-checkpoint", help="SAM 2 weights file."),
+        sam2_random_weights: bool = typer.Option(
+            False, "--sam2-random-weights", help="SAM 2 with random weights instead (tests and demos only)."
         ),
         sam2_image_size: int | None = typer.Option(None, "--sam2-image-size", help="SAM 2 input size override."),
     ) -> None:
@@ -133,7 +137,8 @@ def register(app: typer.Typer) -> None:
             elif box is not None:
                 objects = _masks_from_box(
                     video, box, frame, mode=mode, num_frames=frames_to_use, sam2_config=sam2_config,
-                    sam2_checkpoint=sam2_checkpoint, sam2_image_size=sam2_image_size, device=device,
+                    sam2_checkpoint=sam2_checkpoint, sam2_random_weights=sam2_random_weights,
+                    sam2_image_size=sam2_image_size, device=device,
                 )
             else:
                 objects = []

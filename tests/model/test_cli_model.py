@@ -86,7 +86,7 @@ def test_infer_with_a_box_builds_the_masklet_with_sam2_first(tiny_model_dir, cli
         app,
         ["infer", "--model", str(tiny_model_dir), "--video", str(clip.path), "--question", "What is <region>?",
          "--box", f"{x0},{y0},{x1},{y1}", "--frame", "4", "--mode", "multi", "--max-new-tokens", "2",
-         "--sam2-image-size", "256"],
+         "--sam2-image-size", "256", "--sam2-random-weights"],
     )
     assert result.exit_code == 0, result.output
 
