@@ -105,6 +105,33 @@ def sample_video(
     return frames, list(indices)
 
 
+def mask_size(mask: Any) -> tuple[int, int] | None:
+    """(height, width) of a mask given as an array, an `RleMask`, a COCO RLE or `{"segmentation": RLE}`."""
+    from engine.types import RleMask
+
+    if isinstance(mask, np.ndarray | torch.Tensor):
+        return (int(mask.shape[-2]), int(mask.shape[-1]))
+    if isinstance(mask, RleMask):
+        return (mask.height, mask.width)
+    if isinstance(mask, Mapping):
+        inner = mask.get("segmentation", mask)
+        if isinstance(inner, Mapping) and isinstance(inner.get("size"), Sequence) and len(inner["size"]) == 2:
+            return (int(inner["size"][0]), int(inner["size"][1]))
+    return None
+
+
+def check_mask_sizes(objects: Sequence[Mapping[int, Any]], frame_size: tuple[int, int]) -> None:
+    """Every mask must have the video's frame size: a mask of another size would be stretched onto the frame."""
+    for number, obj in enumerate(objects):
+        for frame, mask in obj.items():
+            size = mask_size(mask)
+            if size is not None and size != frame_size:
+                raise InvalidSampleError(
+                    f"object {number}: the mask on frame {frame} is {size[0]}x{size[1]}, the video's frames are "
+                    f"{frame_size[0]}x{frame_size[1]}", reason=RejectReason.MALFORMED_SAMPLE,
+                )
+
+
 def read_image(path: str | Path) -> np.ndarray:
     """One image file as RGB uint8 `[1, h, w, 3]` (Pillow, as the release's `process_image`)."""
     from PIL import Image
@@ -185,6 +212,8 @@ class VideoReferPipeline:
         objects = [{int(k): v for k, v in obj.items()} for obj in masks]
         frames_to_use = int(num_frames) if num_frames is not None else self.processor.num_frames
         read = self.read_input(video, objects, num_frames=frames_to_use, start_s=start_s, end_s=end_s)
+        if read.frames is not None:
+            check_mask_sizes(objects, tuple(read.frames.shape[1:3]))
         prompt = self.processor.build_prompt(question, len(objects), modality=read.modality)
         item = self.processor.encode(
             frames=read.frames,

@@ -73,8 +73,10 @@ class BenchJob:
 
     @property
     def runner_name(self) -> str:
+        """Our model: its folder name and a digest of its files (every training run's folder is called `model`,
+        so the path alone cannot tell two models apart); a VLM: the served model name."""
         if self.model_dir is not None:
-            return str(self.model_dir.resolve())
+            return f"{self.model_dir.resolve().name}@{model_fingerprint(self.model_dir)[:16]}"
         return str(self.server_model)
 
 
@@ -86,6 +88,25 @@ class BenchResult:
     skipped: int
     rejected: int
     headline: str
+
+
+def model_fingerprint(model_dir: str | Path, *, sample_bytes: int = 8 * 2**20) -> str:
+    """A digest of a saved model folder: its configs in full, and each weight file's name, size, first and last
+    `sample_bytes` (two folders of different weights differ there; hashing 16 GB of weights would take minutes)."""
+    import hashlib
+
+    folder = Path(model_dir)
+    digest = hashlib.sha256()
+    for path in sorted(p for p in folder.iterdir() if p.is_file()):
+        digest.update(path.name.encode() + b"\0")
+        size = path.stat().st_size
+        digest.update(str(size).encode() + b"\0")
+        with path.open("rb") as handle:
+            if path.suffix in (".safetensors", ".bin", ".pt") and size > 2 * sample_bytes:
+                digest.update(handle.read(sample_bytes))
+                handle.seek(size - sample_bytes)
+            digest.update(handle.read())
+    return digest.hexdigest()
 
 
 def check_job(job: BenchJob) -> None:
@@ -126,6 +147,7 @@ def run_bench(job: BenchJob, *, load_model: Callable[[str, str | None], Any] | N
     run: dict[str, Any] = {
         "protocol": protocol.name, "data": str(job.data), "data_root": str(bench.data_root),
         "runner": identity["runner"], "model": job.runner_name, "mode": job.mode,
+        "model_dir": str(job.model_dir.resolve()) if job.model_dir is not None else None,
         "frames": identity["num_frames"], "prompt": identity["prompt"], "max_new_tokens": identity.get(
             "max_new_tokens"), "predicted_now": summary.predicted, "resumed": summary.skipped,
         "entries": len(entry_ids),

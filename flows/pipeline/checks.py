@@ -76,7 +76,12 @@ def stage_status(root: layout.RootLike, config_path: str | None = None) -> list[
     """One row per stage: done / stale / todo shard counts and the stored item figures of done shards."""
     from flows.pipeline.runner import stored_report
 
+    from engine.errors import ConfigError
+    from storage.root import DATASET_JSON
+
     droot = layout.open_root(root)
+    if not droot.exists(DATASET_JSON):
+        raise ConfigError(f"{root} is not a dataset root (no {DATASET_JSON}); run `videorefer ingest` or `demo` first")
     config = layout.resolve_config(droot, config_path)
     shards = layout.shards(droot)
     rows = []

@@ -147,7 +147,8 @@ def test_bench_q_with_our_tiny_model_counts_every_entry(app: typer.Typer, bench_
     assert result.exit_code == 0, result.output
     assert "resumed 2" in result.output and "could not run 2" in result.output
     report = json.loads((out / "q-multi.report.json").read_text())
-    assert report["model"] == str(model_dir.resolve()) and report["run"]["runner"] == "model"
+    assert report["model"].startswith("tiny-ckpt@") and report["run"]["runner"] == "model"
+    assert report["run"]["model_dir"] == str(model_dir.resolve())
     assert report["run"]["protocol"] == "release" and report["run"]["frames"] == 8
     assert report["score"]["overall"]["total"] == len(entries)  # every entry is in the denominator
     assert sorted(f["id"] for f in report["score"]["failed"]) == ["2", "3"]
@@ -161,6 +162,23 @@ def test_bench_q_with_our_tiny_model_counts_every_entry(app: typer.Typer, bench_
                                         "--data", str(data), "--data-root", str(bench_dir)])
     assert rescored.exit_code == 0, rescored.output
     assert f"all num: {len(entries)}\nright num: {report['score']['overall']['correct']}" in rescored.output
+
+
+def test_two_models_in_folders_of_the_same_name_never_share_predictions(app: typer.Typer, bench_dir: Path,
+                                                                        tmp_path: Path) -> None:
+    """Every training run's folder is called `model`: the predictions key on the weights, not the folder name."""
+    from model.inference import save_tiny_model
+
+    first = save_tiny_model(tmp_path / "run-a" / "model", seed=1)
+    second = save_tiny_model(tmp_path / "run-b" / "model", seed=2)
+    out = tmp_path / "out"
+    base = ["bench", "q", "--data", str(bench_dir / "VideoRefer-Bench-Q.json"), "--out", str(out), "--limit", "1",
+            "--max-new-tokens", "2"]
+    assert CliRunner().invoke(app, [*base, "--model", str(first)]).exit_code == 0
+    mixed = CliRunner().invoke(app, [*base, "--model", str(second)])
+    assert mixed.exit_code == 2 and "another run" in mixed.output  # refused, not "resumed 1"
+    again = CliRunner().invoke(app, [*base, "--model", str(first)])
+    assert again.exit_code == 0 and "resumed 1" in again.output
 
 
 @pytest.mark.gpu

@@ -219,3 +219,19 @@ def test_tied_merges_remove_surplus_region_slots_and_close_the_sequence(pipeline
     ])
     out = pipeline.model(**both)
     assert torch.isfinite(out.loss) and out.logits.shape[1] == both["input_ids"].shape[1]
+
+
+def test_masks_of_another_size_than_the_video_are_refused(pipeline: VideoReferPipeline, clip) -> None:
+    from engine.masks import encode_rle
+
+    small = np.ones((10, 10), dtype=bool)
+    for mask in (small, encode_rle(small), {"segmentation": encode_rle(small)}):
+        with pytest.raises(InvalidSampleError, match="10x10"):
+            pipeline.prepare(video=str(clip.path), masks=[{0: mask}], question="<region>?")
+
+
+def test_a_folder_that_is_no_model_fails_at_once(tmp_path) -> None:
+    from engine.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="not a saved VideoRefer folder"):
+        VideoReferPipeline.from_pretrained(tmp_path / "runs" / "nope")
