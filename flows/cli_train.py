@@ -22,6 +22,7 @@ def register(app: typer.Typer) -> None:
         max_steps: int | None = typer.Option(None, "--max-steps", min=1, help="Stop after this many steps."),
         nproc: int = typer.Option(1, "--nproc", min=1, help="Processes (GPUs) on this node."),
         resume: bool = typer.Option(False, "--resume", help="Continue from the last checkpoint under --out."),
+        overwrite: bool = typer.Option(False, "--overwrite", help="Remove an earlier run in --out and start over."),
         init_from: Path | None = typer.Option(
             None, "--init-from", help="Previous stage's --out (or a save_pretrained directory)."
         ),
@@ -44,8 +45,12 @@ def register(app: typer.Typer) -> None:
             overrides = dict(item.split("=", 1) for item in override if "=" in item)
             if len(overrides) != len(override):
                 raise ConfigError("--set expects FIELD=VALUE")
+            if not overwrite:  # fail before torchrun starts when --out already holds a run
+                from model.training.loop import check_out
+
+                check_out(out, resume=resume, overwrite=False)
             command = torchrun_command(recipe=recipe, data=data, out=out, nproc=nproc, max_steps=max_steps,
-                                       resume=resume, init_from=init_from, overrides=overrides)
+                                       resume=resume, init_from=init_from, overrides=overrides, overwrite=overwrite)
         except ConfigError as error:
             typer.echo(f"config error: {error}", err=True)
             raise typer.Exit(2) from error

@@ -33,12 +33,17 @@ def train_stage(
     init_from: str | None = None,
     resume: bool = False,
     overrides: dict[str, str] | None = None,
+    overwrite: bool = False,
 ) -> dict[str, Any]:
-    """Train one stage (`recipe`) from the shard globs `data` into `out`; returns the last logged step."""
+    """Train one stage (`recipe`) from the shard globs `data` into `out`; returns the last logged step.
+
+    An `out` that already holds a run needs `resume` (continue it) or `overwrite` (start over).
+    """
     logger = get_run_logger()
     retrying = (flow_run.get_run_count() or 1) > 1
     command = torchrun_command(recipe=recipe, data=data, out=out, nproc=nproc, max_steps=max_steps,
-                               resume=resume or retrying, init_from=init_from, overrides=overrides)
+                               resume=resume or retrying, init_from=init_from, overrides=overrides,
+                               overwrite=overwrite and not retrying)
     logger.info("launching: %s", " ".join(command))
     code = run_streaming(command, on_line=lambda line: logger.info(line.rstrip()))
     if code != 0:

@@ -26,6 +26,7 @@ def loop_arguments(
     resume: bool = False,
     init_from: str | Path | None = None,
     overrides: Mapping[str, str] | None = None,
+    overwrite: bool = False,
 ) -> list[str]:
     """The command-line arguments of `python -m model.training.loop` for these settings."""
     if not data:
@@ -37,6 +38,8 @@ def loop_arguments(
         arguments += ["--init-from", str(init_from)]
     if resume:
         arguments.append("--resume")
+    if overwrite:
+        arguments.append("--overwrite")
     for key, value in (overrides or {}).items():
         arguments += ["--set", f"{key}={value}"]
     return arguments
@@ -55,6 +58,7 @@ def torchrun_command(
     nnodes: int = 1,
     rdzv_endpoint: str | None = None,
     python: str | None = None,
+    overwrite: bool = False,
 ) -> list[str]:
     """`python -m torch.distributed.run ... -m model.training.loop ...` for one node (or `nnodes` with rendezvous)."""
     if nproc < 1:
@@ -70,7 +74,7 @@ def torchrun_command(
     command += ["-m", "model.training.loop"]
     command += loop_arguments(
         recipe=recipe, data=data, out=out, max_steps=max_steps, resume=resume, init_from=init_from,
-        overrides=overrides,
+        overrides=overrides, overwrite=overwrite,
     )
     return command
 

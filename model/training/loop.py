@@ -194,6 +194,14 @@ def total_steps(recipe: TrainingRecipe) -> int:
     return max(1, math.ceil(recipe.epochs * samples / recipe.global_batch))
 
 
+def _apply_schedule(optimizer: Any, scheduler: Any, step: int) -> None:
+    """Set every parameter group's learning rate from the current schedule at `step`."""
+    for group, base, factor in zip(optimizer.param_groups, scheduler.base_lrs, scheduler.lr_lambdas, strict=True):
+        group["lr"] = base * factor(step)
+    scheduler.last_epoch = step
+    scheduler._last_lr = [group["lr"] for group in optimizer.param_groups]
+
+
 # ---------------------------------------------------------------- logging
 
 
@@ -262,8 +270,39 @@ def _all_reduce(value: torch.Tensor, runtime: Runtime) -> torch.Tensor:
     return value
 
 
-def train(recipe: TrainingRecipe, out: Path, *, resume: bool = False) -> dict[str, Any]:
-    """Run one stage to its last step and return a summary; every process of the torchrun group calls this."""
+# What a run leaves in its `--out` folder (another run there must resume it or start over explicitly).
+RUN_OUTPUTS = ("log.jsonl", "recipe.json", "checkpoints", FINAL_DIR)
+
+
+def check_out(out: Path, *, resume: bool, overwrite: bool) -> None:
+    """Refuse to mix two runs in one `--out`: a folder holding a run needs `--resume` or `--overwrite`.
+
+    With `overwrite` the earlier run's outputs are removed first (main process only).
+    """
+    found = [name for name in RUN_OUTPUTS if (out / name).exists()] + [p.name for p in out.glob("rejects-rank-*")]
+    if not found or resume:
+        return
+    if not overwrite:
+        raise ConfigError(
+            f"{out} already holds a training run ({', '.join(sorted(found))}); pass --resume to continue it or "
+            "--overwrite to start over"
+        )
+    if int(os.environ.get("RANK", "0")) == 0:
+        import shutil
+
+        for name in found:
+            target = out / name
+            shutil.rmtree(target) if target.is_dir() else target.unlink()
+
+
+def train(recipe: TrainingRecipe, out: Path, *, resume: bool = False, overwrite: bool = False) -> dict[str, Any]:
+    """Run one stage to its last step and return a summary; every process of the torchrun group calls this.
+
+    The warmup + cosine schedule always spans the current `total_steps(recipe)`: a run resumed with a larger
+    `max_steps` continues from the checkpoint's step on the schedule stretched to the new end (its learning rate is
+    set from that schedule at the resumed step; the optimizer's stored one belongs to the old end).
+    """
+    check_out(out, resume=resume, overwrite=overwrite)
     out.mkdir(parents=True, exist_ok=True)
     runtime = setup_runtime(recipe)
     torch.manual_seed(recipe.seed)
@@ -292,6 +331,7 @@ def train(recipe: TrainingRecipe, out: Path, *, resume: bool = False) -> dict[st
                                                  world_size=runtime.world_size)
         scheduler.load_state_dict({**scheduler.state_dict(), **restored.scheduler})
         start_step, loader_state = restored.step, LoaderState.from_json(restored.loader)
+        _apply_schedule(optimizer, scheduler, start_step)
     elif runtime.is_main:
         checkpointing.write_json_atomic(out / "recipe.json", recipe.to_json())
 
@@ -420,6 +460,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--max-steps", type=int, default=None)
     parser.add_argument("--init-from", default=None, help="previous stage's output (or save_pretrained) directory")
     parser.add_argument("--resume", action="store_true", help="continue from the last checkpoint under --out")
+    parser.add_argument("--overwrite", action="store_true", help="remove an earlier run in --out and start over")
     parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
                         help="override a recipe field (Python literal values), e.g. --set micro_batch=1")
     return parser.parse_args(argv)
@@ -447,7 +488,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     try:
         recipe = recipe_from_args(args)
-        summary = train(recipe, args.out, resume=args.resume)
+        summary = train(recipe, args.out, resume=args.resume, overwrite=args.overwrite)
     except ConfigError as error:
         print(f"config error: {error}", file=sys.stderr, flush=True)
         return 2

@@ -186,3 +186,30 @@ def test_a_failing_trainer_fails_the_command(shards: str, tmp_path: Path, monkey
     monkeypatch.setattr(launch, "torchrun_command", lambda **_: [sys.executable, "-c", "raise SystemExit(3)"])
     result = CliRunner().invoke(app, ["train", "--recipe", "tiny_stage3", "--data", shards, "--out", str(tmp_path)])
     assert result.exit_code == 3 and "exit code 3" in result.output
+
+
+def test_an_existing_out_is_refused_unless_resume_or_overwrite(shards: str, tiny_model: Path, tmp_path: Path) -> None:
+    settings = {"max_steps": 2, "checkpoint_every": 2, "num_workers": 0, "global_batch": 2, "micro_batch": 1}
+    out = tmp_path / "run"
+    _train_here("tiny_stage3", shards, out, init_from=tiny_model, **settings)
+    argv = ["--recipe", "tiny_stage3", "--data", shards, "--out", str(out), "--init-from", str(tiny_model),
+            *_settings(settings)]
+    assert loop.main(argv) == 2  # a config error: the log and checkpoints of the first run are kept
+    assert len(_log(out)) == 2
+    assert loop.main([*argv, "--overwrite"]) == 0 and len(_log(out)) == 2
+
+
+def test_resuming_with_more_steps_stretches_the_schedule_to_the_new_end(shards: str, tiny_model: Path,
+                                                                        tmp_path: Path) -> None:
+    """Documented rule: the warmup + cosine schedule always spans the run's current `max_steps`; a resume with a
+    larger one continues on the stretched schedule from the checkpoint's step (the LR is never 0 before the end)."""
+    settings = {"checkpoint_every": 2, "num_workers": 0, "global_batch": 2, "micro_batch": 1, "log_every": 1}
+    out = tmp_path / "run"
+    _train_here("tiny_stage3", shards, out, init_from=tiny_model, max_steps=4, **settings)
+    log = _train_here("tiny_stage3", shards, out, init_from=tiny_model, resume=True, max_steps=8, **settings)
+    assert [entry["step"] for entry in log] == list(range(1, 9))
+    peak = log[0]["lr"] / loop.lr_factor(0, total_steps=4, warmup_ratio=0.03)
+    for entry in log[4:]:
+        expected = peak * loop.lr_factor(entry["step"] - 1, total_steps=8, warmup_ratio=0.03)
+        assert entry["lr"] == pytest.approx(expected, rel=1e-6)
+    assert log[-2]["lr"] > 0
