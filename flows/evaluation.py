@@ -19,15 +19,23 @@ from agents.bench.job import BenchJob, run_bench
 
 
 def find_checkpoints(model_dir: str | Path) -> list[Path]:
-    """`model_dir` itself when it is a checkpoint, else its checkpoint sub-folders in name order."""
+    """The checkpoints to evaluate under `model_dir`, in name order: `model_dir` itself when it is one (a folder
+    with `config.json`), else its sub-folders that are, else the `<run>/model` folders `train-stage` writes
+    (a runs folder). Nothing to evaluate is a `ConfigError`, never a run that "completes" having done nothing."""
+    from engine.errors import ConfigError
+
     root = Path(model_dir)
     if (root / "config.json").is_file():
         return [root]
     if not root.is_dir():
-        from engine.errors import ConfigError
-
         raise ConfigError(f"model_dir is not a directory: {root}")
-    return sorted(child for child in root.iterdir() if (child / "config.json").is_file())
+    found = sorted(child for child in root.iterdir() if (child / "config.json").is_file())
+    if not found:
+        found = sorted(child / "model" for child in root.iterdir() if (child / "model" / "config.json").is_file())
+    if not found:
+        raise ConfigError(f"no model to evaluate under {root}: no config.json in it, in its sub-folders, or in "
+                          "their model/ folders (what train-stage writes)")
+    return found
 
 
 @task(name="bench", task_run_name="{kind}-{mode}-{checkpoint_name}")
@@ -77,13 +85,14 @@ def evaluate_checkpoint(
     for checkpoint in find_checkpoints(model_dir):
         for kind, path, root in benches:
             for mode in modes or ["single", "multi"]:
+                name = checkpoint.parent.name if checkpoint.name == "model" else checkpoint.name
                 results.append(bench_task(
-                    kind=kind, mode=mode, checkpoint_name=checkpoint.name, checkpoint=str(checkpoint), data=path,
-                    data_root=root, out=str(Path(out) / checkpoint.name), judge_url=judge_url,
+                    kind=kind, mode=mode, checkpoint_name=name, checkpoint=str(checkpoint), data=path,
+                    data_root=root, out=str(Path(out) / name), judge_url=judge_url,
                     judge_model=judge_model, judge_prompt=judge_prompt, protocol=protocol, limit=limit,
                     max_new_tokens=max_new_tokens,
                 ))
-                print(f"{checkpoint.name}: {results[-1]['headline']}")
+                print(f"{name}: {results[-1]['headline']}")
     return results
 
 

@@ -22,6 +22,14 @@ def test_find_checkpoints(tmp_path: Path) -> None:
     assert find_checkpoints(tmp_path / "step-100") == [tmp_path / "step-100"]
     with pytest.raises(ConfigError):
         find_checkpoints(tmp_path / "absent")
+    runs = tmp_path / "runs"
+    for run in ("s25", "s3"):  # what train-stage writes: <out>/model/
+        (runs / run / "model").mkdir(parents=True)
+        (runs / run / "model" / "config.json").write_text("{}")
+    assert find_checkpoints(runs) == [runs / "s25" / "model", runs / "s3" / "model"]
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ConfigError, match="no model to evaluate"):
+        find_checkpoints(tmp_path / "empty")
 
 
 def test_flow_evaluates_each_checkpoint_and_resumes(tmp_path: Path, prefect_server: str) -> None:
