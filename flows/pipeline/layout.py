@@ -24,7 +24,14 @@ INGEST_STAGE = "ingest"
 
 
 def open_root(root: RootLike) -> DatasetRoot:
-    return root if isinstance(root, DatasetRoot) else DatasetRoot(root)
+    """The dataset root at `root`; an empty one (an unset deployment variable) is a `ConfigError`."""
+    if isinstance(root, DatasetRoot):
+        return root
+    if not str(root).strip():
+        from engine.errors import ConfigError
+
+        raise ConfigError("the dataset root is empty (for a deployment: set VIDEOREFER_ROOT before `prefect deploy`)")
+    return DatasetRoot(root)
 
 
 def ensure_dataset(root: DatasetRoot, config: EngineConfig, *, name: str | None = None) -> None:

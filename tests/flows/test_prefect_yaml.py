@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -82,6 +83,10 @@ def test_prefect_yaml_names_every_engine_flow_with_identity_parameters() -> None
         assert f"engine-{stage}" in deployments
     build = deployments["engine-build"]
     assert build["schedules"] and set(build["parameters"]) == {"root", "manifest", "config_path"}
+    assert all(schedule["active"] is False for d in deployments.values() for schedule in d.get("schedules", []))
+    header = (REPO / "prefect.yaml").read_text().split("\nname:")[0]
+    used = set(re.findall(r"\$(VIDEOREFER_[A-Z0-9_]+)", (REPO / "prefect.yaml").read_text()))
+    assert used and all(f"export {name}=" in header for name in used)  # every variable is documented
     assert {d["work_pool"]["name"] for d in deployments.values()} == {"videorefer-cpu", "videorefer-gpu"}
 
 

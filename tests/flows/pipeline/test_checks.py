@@ -24,3 +24,11 @@ def test_status_counts_todo_shards_of_an_ingested_root(corpus) -> None:
     ingest(root, manifest, config)
     rows = {row["stage"]: row for row in stage_status(root)}
     assert rows["analyze"]["todo"] == len(layout.shards(layout.open_root(root))) and rows["analyze"]["done"] == 0
+
+
+def test_an_empty_root_is_refused() -> None:
+    from flows.pipeline import layout
+
+    for empty in ("", "  "):
+        with pytest.raises(ConfigError, match="dataset root is empty"):
+            layout.open_root(empty)
