@@ -38,8 +38,21 @@ def fast_prefect() -> Iterator[None]:
         yield
 
 
+EPHEMERAL_NOTICE = (
+    "starting Prefect's local API for this command (tens of seconds on a busy machine); to skip it, keep "
+    "`prefect server start` running and set PREFECT_API_URL=http://127.0.0.1:4200/api"
+)
+
+
 def run_flow(flow_obj: Any, *, runner: str = "local", **params: Any) -> Any:
-    """Call an engine flow with `params` on the chosen task runner (`local` threads or `ray`)."""
+    """Call an engine flow with `params` on the chosen task runner (`local` threads or `ray`).
+
+    Without `PREFECT_API_URL` the flow starts Prefect's ephemeral API first: say so on stderr, with the fast path.
+    """
+    if not os.environ.get("PREFECT_API_URL"):
+        import sys
+
+        print(EPHEMERAL_NOTICE, file=sys.stderr, flush=True)
     with fast_prefect():
         if runner != "local":
             from flows.engine_flows import task_runner
