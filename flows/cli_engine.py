@@ -46,6 +46,9 @@ def register(app: typer.Typer) -> None:
                                 runner=runner)
             _print_report(report)
             _print_outputs(root)
+            index = root / "reports" / "index.html"
+            typer.echo(f"data report: {index.resolve()}" if index.is_file() else
+                       "data report: not written (see the warning above; `videorefer report --root` retries)")
 
     @app.command()
     def ingest(

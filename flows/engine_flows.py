@@ -234,7 +234,12 @@ def finish_run(
     data["failures"] = [{"stage": s, "shard_id": sh, "error": f"{type(e).__name__}: {e}"} for s, sh, e in failures]
     droot.write_json(f"{layout.run_reports_dir()}/runs/{run.run_id}.json", data)
     droot.write_json(f"{layout.run_reports_dir()}/latest-run.json", data)
-    _artifact(run, failures, name=name)
+    report = None
+    if name == "build":  # the static data report (reports/index.html); a failure to write it is logged, not raised
+        from flows.reporting import write_report_safely
+
+        report = write_report_safely(droot)
+    _artifact(run, failures, name=name, report=report)
     if failures:
         unreachable = [f for f in failures if isinstance(f[2], BackendUnavailableError)]
         stage, shard, exc = (unreachable or list(failures))[0]
@@ -255,13 +260,17 @@ def _run_suffix() -> str:
         return uuid.uuid4().hex[:8]
 
 
-def _artifact(run: RunReport, failures: Sequence[tuple[str, str, BaseException]], *, name: str) -> None:
+def _artifact(
+    run: RunReport, failures: Sequence[tuple[str, str, BaseException]], *, name: str, report: str | None = None
+) -> None:
     try:
         from prefect.artifacts import create_markdown_artifact
 
         failed = "".join(f"\n- **failed** {s} / {sh}: {type(e).__name__}: {e}" for s, sh, e in failures)
+        link = Path(report).as_uri() if report and Path(report).is_absolute() else report
+        data_report = f"\nData report: [{report}]({link})\n" if report else ""
         create_markdown_artifact(
-            markdown=f"## {name}: {run.run_id}\n\n{run.to_markdown()}\n{failed}\n",
+            markdown=f"## {name}: {run.run_id}\n\n{run.to_markdown()}\n{failed}\n{data_report}",
             key="engine-run-figures",
             description=f"Data engine figures of {run.run_id}",
         )

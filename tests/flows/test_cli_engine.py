@@ -38,6 +38,7 @@ def test_demo_is_deterministic_and_its_shards_read_with_plain_webdataset(prefect
     first, second = tmp_path / "a", tmp_path / "b"
     result = _invoke("demo", "--root", str(first), "--clips", "2")
     assert "WebDataset shards" in result.output and str(first / "export" / "wds") in result.output
+    assert f"data report: {(first / 'reports' / 'index.html').resolve()}" in result.output
     _invoke("demo", "--root", str(second), "--clips", "2")
     samples = _samples(first)
     assert {s["json"]["task"] for s in samples.values()} == {"detailed", "short", "qa"}
