@@ -125,10 +125,37 @@ class GroundingDinoConfig(_Strict):
 GrounderConfig = Annotated[FakeGrounderConfig | GroundingDinoConfig, Field(discriminator="kind")]
 
 
+class MaskDegradation(_Strict):
+    """A deliberate, labelled damage to the fake segmenter's masks, so audits can see J&F fall; off by default.
+
+    Applied to every mask in this order: moved `shift_px` pixels right and down (what leaves the frame is lost),
+    eroded by a disk of radius `erode_px`, dilated by a disk of radius `dilate_px`. A degraded segmenter names
+    itself in provenance (`fake-segmenter+degraded(shift_px=4,...)`), and the setting is part of the segment
+    stage's hash, so changing it re-runs segment and what follows.
+    """
+
+    shift_px: int = 0
+    erode_px: int = 0
+    dilate_px: int = 0
+
+    @field_validator("shift_px", "erode_px", "dilate_px")
+    @classmethod
+    def _not_negative(cls, value: int) -> int:
+        if value < 0:
+            raise ValueError("must be >= 0")
+        return value
+
+    @property
+    def active(self) -> bool:
+        return bool(self.shift_px or self.erode_px or self.dilate_px)
+
+
 class FakeSegmenterConfig(_Strict):
-    """Ground-truth masks of synthetic clips when present, else the box filled on every frame."""
+    """Ground-truth masks of synthetic clips when present, else the box filled on every frame; `degrade` damages
+    them on purpose (`MaskDegradation`, default off)."""
 
     kind: Literal["fake"] = "fake"
+    degrade: MaskDegradation = MaskDegradation()
 
 
 class Sam2Config(_Strict):

@@ -20,6 +20,7 @@ app = typer.Typer(
 
 for _module in (cli_engine, cli_model, cli_train, cli_bench):
     _module.register(app)
+__import__("flows.cli_audit", fromlist=["register"]).register(app)  # `videorefer audit` (flows/cli_audit.py)
 __import__("flows.cli_report", fromlist=["register"]).register(app)  # `report`: the static data report
 
 

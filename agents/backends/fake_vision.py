@@ -9,6 +9,9 @@ matching object) it returns the prompt box filled on every requested frame. Mask
 absolute frame index, as the real SAM 2 segmenter returns them, so the segmentor agent runs unchanged.
 `FakeSegmenter.segment_many` answers every prompt of a clip in one call, each exactly as `segment` would, and
 counts its calls in `stats` like the real segmenter (it never decodes frames: it reads the sidecar).
+`FakeSegmenterConfig.degrade` (`engine.config.MaskDegradation`: shift, erode, dilate; off by default) damages
+every mask it returns on purpose, so that mask audits (J&F) can be seen to fall; a degraded segmenter says so in
+its model name, which provenance records.
 """
 
 from __future__ import annotations
@@ -22,9 +25,9 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 
 from agents.backends.base import Detection, SegmenterStats, SegmentPrompt
-from engine.config import FakeGrounderConfig, FakeSegmenterConfig
+from engine.config import FakeGrounderConfig, FakeSegmenterConfig, MaskDegradation
 from engine.ids import stable_hash
-from engine.masks import encode_rle
+from engine.masks import decode_rle, encode_rle
 from engine.synthetic import SyntheticGroundTruth, SyntheticObject, load_ground_truth, sidecar_path
 from engine.types import Masklet, RleMask
 from engine.video import probe
@@ -61,6 +64,7 @@ class FakeSegmenter:
 
     def __init__(self, config: FakeSegmenterConfig | None = None) -> None:
         self.config = config or FakeSegmenterConfig()
+        self.model = degraded_model_name(type(self).model, self.config.degrade)
         self._stats = SegmenterStats()
         self._stats_lock = threading.Lock()
 
@@ -106,14 +110,47 @@ class FakeSegmenter:
             obj = _object_at_box(truth, key_frame, box)
             if obj is not None:
                 empty = _rle(np.zeros((truth.height, truth.width), dtype=bool))
-                masks = {i: obj.masks.get(i, empty) for i in indices}
+                masks = {i: self._degraded(obj.masks.get(i, empty)) for i in indices}
                 return Masklet(masks=masks, key_frame=key_frame, box=tuple(box), score=1.0)
             height, width = truth.height, truth.width
         else:
             info = probe(video_uri)
             height, width = info.height, info.width
-        filled = _rle(filled_box_mask(box, width=width, height=height))
+        filled = self._degraded(_rle(filled_box_mask(box, width=width, height=height)))
         return Masklet(masks=dict.fromkeys(indices, filled), key_frame=key_frame, box=tuple(box), score=0.5)
+
+
+    def _degraded(self, mask: RleMask) -> RleMask:
+        degrade = self.config.degrade
+        return _rle(degrade_mask(decode_rle(mask), degrade)) if degrade.active else mask
+
+
+def degraded_model_name(model: str, degrade: MaskDegradation) -> str:
+    """`model`, labelled with the damage done when `degrade` is active: `fake-segmenter+degraded(shift_px=4)`."""
+    if not degrade.active:
+        return model
+    settings = ",".join(f"{name}={value}" for name, value in degrade.model_dump().items() if value)
+    return f"{model}+degraded({settings})"
+
+
+def degrade_mask(mask: np.ndarray, degrade: MaskDegradation) -> np.ndarray:
+    """A boolean mask moved `shift_px` right and down (pixels leaving the frame are lost), then eroded and
+    dilated by disks of radius `erode_px` and `dilate_px` (see `engine.config.MaskDegradation`)."""
+    out = np.asarray(mask, dtype=bool)
+    shift = degrade.shift_px
+    if shift:
+        moved = np.zeros_like(out)
+        if shift < out.shape[0] and shift < out.shape[1]:
+            moved[shift:, shift:] = out[:-shift, :-shift]
+        out = moved
+    if degrade.erode_px or degrade.dilate_px:
+        import cv2  # lazily: only a degraded fake needs morphology
+
+        for radius, operation in ((degrade.erode_px, cv2.erode), (degrade.dilate_px, cv2.dilate)):
+            if radius:
+                kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * radius + 1, 2 * radius + 1))
+                out = operation(out.astype(np.uint8), kernel, borderValue=0).astype(bool)
+    return out
 
 
 def hashed_central_box(noun: str, *, width: int, height: int) -> tuple[float, float, float, float]:
