@@ -2,14 +2,15 @@
 
 Engine commands (demo, ingest, build, stage, export, import-700k, validate, status) live in
 `flows.cli_engine`; `infer` and `model info` in `flows.cli_model`; `train` in `flows.cli_train`;
-`bench` in `flows.cli_bench`. Heavy imports happen inside the commands, so `--help` stays fast.
+`bench` in `flows.cli_bench`; `report` in `flows.cli_report`; `audit` in `flows.cli_audit`. Heavy imports happen
+inside the commands, so `--help` stays fast.
 """
 
 from __future__ import annotations
 
 import typer
 
-from flows import cli_bench, cli_engine, cli_model, cli_train
+from flows import cli_audit, cli_bench, cli_engine, cli_model, cli_report, cli_train
 
 app = typer.Typer(
     name="videorefer",
@@ -18,10 +19,8 @@ app = typer.Typer(
     add_completion=False,
 )
 
-for _module in (cli_engine, cli_model, cli_train, cli_bench):
+for _module in (cli_engine, cli_model, cli_train, cli_bench, cli_report, cli_audit):
     _module.register(app)
-__import__("flows.cli_audit", fromlist=["register"]).register(app)  # `videorefer audit` (flows/cli_audit.py)
-__import__("flows.cli_report", fromlist=["register"]).register(app)  # `report`: the static data report
 
 
 def main() -> None:

@@ -42,6 +42,7 @@ from engine.errors import BackendUnavailableError, ConfigError, TransientBackend
 from flows.pipeline import layout
 from flows.pipeline.backends import close_worker_pool
 from flows.pipeline.ingest import ingest as ingest_manifest
+from flows.pipeline.preflight import check_run
 from flows.pipeline.reports import RunReport, StageReport
 from flows.pipeline.runner import run_stage
 from flows.pipeline.stages import (
@@ -304,6 +305,7 @@ def run_stages(
     for stage in stages:
         check_stage(stage)
     config = layout.resolve_config(root, config_path)
+    check_run(config, stages, manifest=manifest)  # a backend that is down, a missing manifest: one line, at once
     layout.ensure_dataset(layout.open_root(root), config)
     reports: list[StageReport] = []
     if manifest:

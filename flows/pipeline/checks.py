@@ -74,9 +74,8 @@ def recorded_grid(path: str | Path) -> int:
 
 def stage_status(root: layout.RootLike, config_path: str | None = None) -> list[dict[str, Any]]:
     """One row per stage: done / stale / todo shard counts and the stored item figures of done shards."""
-    from flows.pipeline.runner import stored_report
-
     from engine.errors import ConfigError
+    from flows.pipeline.runner import stored_report
     from storage.root import DATASET_JSON
 
     droot = layout.open_root(root)

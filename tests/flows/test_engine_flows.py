@@ -83,9 +83,11 @@ def test_an_unreachable_backend_fails_the_run_with_a_clear_message(prefect_serve
     analyzer = {"kind": "openai", "base_url": "http://127.0.0.1:9/v1", "model": "m", "max_retries": 0,
                 "timeout_s": 2.0}
     config = write_config(tmp_path / "down.yaml", agents={"analyzer": analyzer})
-    with pytest.raises(BackendUnavailableError, match="stage 'analyze' on shard-00000.: a backend is unreachable"):
+    # Checked before any stage starts: one line naming the role, the backend and the URL; nothing is ingested.
+    with pytest.raises(BackendUnavailableError, match=r"the analyzer backend \(openai, model m\) at http://127"):
         run_flow(engine_flows.build, root=str(root), manifest=str(manifest), config_path=str(config))
     assert not (root / "stages" / "analyze").exists() or not list((root / "stages" / "analyze").glob("*.done.json"))
+    assert not (root / "shards").exists() or not list((root / "shards").iterdir())
 
 
 def test_prefect_retries_only_transient_backend_errors() -> None:
