@@ -3,8 +3,9 @@
 Synthetic clips go to `<root>/videos/synthetic/` (captions from the generator, ground truth in sidecars that
 the fake grounder/segmenter use) and `<root>/videos/qa/` (the QA path: the ground-truth masks become the given
 objects with referring expressions, as MeViS-style sources would supply). Each video of `--videos` is added
-with the caption of its sidecar `<name>.txt`, or a generic caption. The manifest lists paths relative to the
-root, so the same arguments on a new root give the same clips, ids and samples.
+with the caption of its sidecar `<name>.txt`; a video without one stops the demo with a message naming it (the
+engine's analyzer works from captions: a placeholder would make every clip about the same objects). The manifest
+lists paths relative to the root, so the same arguments on a new root give the same clips, ids and samples.
 """
 
 from __future__ import annotations
@@ -14,7 +15,6 @@ from pathlib import Path
 from typing import Any
 
 VIDEO_SUFFIXES = (".mp4", ".mkv", ".mov", ".avi", ".webm", ".m4v")
-GENERIC_CAPTION = "a person walks with a dog in the scene"
 DEMO_CLIP_SIZE = {"width": 160, "height": 120, "num_frames": 24, "fps": 12.0}
 
 
@@ -26,14 +26,14 @@ def prepare_demo(root: str | Path, *, clips: int = 8, qa_clips: int | None = Non
     root = Path(root)
     size = {**DEMO_CLIP_SIZE, **(clip_kwargs or {})}
     qa_clips = max(1, clips // 4) if qa_clips is None else qa_clips
+    user_rows = user_video_rows(videos) if videos is not None else []  # before any work: uncaptioned videos stop
     rows: list[dict[str, Any]] = []
     for clip in make_corpus(root / "videos" / "synthetic", clips, seed=seed, **size):
         rows.append({"video": _relative(clip.path, root), "caption": clip.ground_truth.caption, "source": "synthetic"})
     if qa_clips:
         for clip in make_corpus(root / "videos" / "qa", qa_clips, seed=seed + 10_000, **size):
             rows.append(_qa_row(clip, root))
-    if videos is not None:
-        rows.extend(user_video_rows(videos))
+    rows.extend(user_rows)
     manifest = root / "manifest.jsonl"
     temp = manifest.with_suffix(".jsonl.tmp")
     temp.write_text("".join(json.dumps(row, sort_keys=True) + "\n" for row in rows), encoding="utf-8")
@@ -42,13 +42,26 @@ def prepare_demo(root: str | Path, *, clips: int = 8, qa_clips: int | None = Non
 
 
 def user_video_rows(videos: str | Path) -> list[dict[str, Any]]:
-    """One manifest row per video file of a folder, captioned by its `.txt` sidecar or a generic caption."""
+    """One manifest row per video file of a folder, captioned by its `.txt` sidecar.
+
+    Videos without a caption are a `ConfigError` naming them (never a silent placeholder caption).
+    """
+    from engine.errors import ConfigError
+
     folder = Path(videos)
-    rows = []
+    rows, uncaptioned = [], []
     for path in sorted(p for p in folder.iterdir() if p.suffix.lower() in VIDEO_SUFFIXES):
         sidecar = path.with_suffix(".txt")
         caption = sidecar.read_text(encoding="utf-8").strip() if sidecar.is_file() else ""
-        rows.append({"video": str(path.resolve()), "caption": caption or GENERIC_CAPTION, "source": "user"})
+        if not caption:
+            uncaptioned.append(path.name)
+        rows.append({"video": str(path.resolve()), "caption": caption, "source": "user"})
+    if uncaptioned:
+        raise ConfigError(
+            f"{len(uncaptioned)} video(s) of {folder} have no caption ({', '.join(uncaptioned[:5])}"
+            f"{', ...' if len(uncaptioned) > 5 else ''}): write one sentence into <name>.txt next to each, or ingest "
+            "them with a manifest that has a caption column (`videorefer ingest --manifest`)"
+        )
     return rows
 
 

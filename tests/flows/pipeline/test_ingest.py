@@ -105,8 +105,9 @@ def test_clip_ids_come_from_content_not_paths(tmp_path: Path) -> None:
     assert len(qa) == 1 and all(o.masklet.masks for o in qa[0].given_objects)
 
 
-def test_demo_adds_user_videos_with_their_sidecar_caption_or_a_generic_one(tmp_path: Path) -> None:
-    from flows.demo import GENERIC_CAPTION, user_video_rows
+def test_demo_adds_user_videos_with_their_sidecar_caption_and_stops_on_uncaptioned_ones(tmp_path: Path) -> None:
+    from engine.errors import ConfigError
+    from flows.demo import user_video_rows
 
     source = make_inputs(tmp_path / "src", clips=2, qa_clips=0).parent / "videos" / "synthetic"
     videos = tmp_path / "videos"
@@ -116,7 +117,10 @@ def test_demo_adds_user_videos_with_their_sidecar_caption_or_a_generic_one(tmp_p
     shutil.copy(second, videos / "b.mp4")
     (videos / "a.txt").write_text("a red ball bounces\n")
     (videos / "notes.md").write_text("not a video")
+    with pytest.raises(ConfigError, match=r"no caption \(b.mp4\)"):
+        user_video_rows(videos)
+    (videos / "b.txt").write_text("a green box slides\n")
     rows = user_video_rows(videos)
     assert [(Path(r["video"]).name, r["caption"]) for r in rows] == [
-        ("a.mp4", "a red ball bounces"), ("b.mp4", GENERIC_CAPTION),
+        ("a.mp4", "a red ball bounces"), ("b.mp4", "a green box slides"),
     ]
