@@ -17,7 +17,27 @@ app = typer.Typer(
     help="VideoRefer suite: data engine, shard export, model, training and VideoRefer-Bench.",
     no_args_is_help=True,
     add_completion=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
 )
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            typer.echo(f"videorefer {version('videorefer-suite')}")
+        except PackageNotFoundError:
+            typer.echo("videorefer (not installed as a package)")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    show_version: bool = typer.Option(False, "--version", callback=_print_version, is_eager=True,
+                                      help="Print the version and exit."),
+) -> None:
+    """VideoRefer suite: data engine, shard export, model, training and VideoRefer-Bench."""
 
 for _module in (cli_engine, cli_model, cli_train, cli_bench, cli_report, cli_audit):
     _module.register(app)
