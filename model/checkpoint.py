@@ -243,6 +243,28 @@ def convert_release(
     return save_model_folder(model, processor, output_dir, generation_config=generation)
 
 
+def model_card(config: Any, name: str) -> str:
+    """A model card (`README.md`) for a saved folder: what it is made of and how to run it."""
+    vision, text = config.vision_config, config.text_config
+    return (
+        f"# {name}\n\nA VideoRefer model (SigLIP vision tower + STC connector + Qwen2 LLM + object encoder), saved by "
+        "the VideoRefer suite.\n\n"
+        f"- vision: SigLIP, {vision.image_size} px, patch {vision.patch_size}, width {vision.hidden_size}, "
+        f"{vision.num_hidden_layers} layers (base: google/siglip-so400m-patch14-384 at the 7b preset)\n"
+        f"- LLM: Qwen2, hidden {text.hidden_size}, {text.num_hidden_layers} layers, vocabulary {text.vocab_size} "
+        f"(base: Qwen/Qwen2-7B-Instruct at the 7b preset); `<region>` = id {config.region_token_id}\n"
+        f"- frames: {config.num_frames}; object tokens per object: up to {config.region_tokens_per_object}\n"
+        "- stage and data: see `../recipe.json` and `../log.jsonl` when this folder was written by "
+        "`videorefer train` (`<out>/model`)\n"
+        "- decoding: `generation_config.json` (the pipeline applies the release's `mm_infer` defaults on top)\n\n"
+        "## Run\n\n```bash\nvideorefer infer --model THIS_FOLDER --video clip.mp4 --masks masks.json "
+        "--question \"What is <region> doing?\"\n```\n\n"
+        "```python\nfrom model.inference import VideoReferPipeline\npipeline = "
+        "VideoReferPipeline.from_pretrained(\"THIS_FOLDER\")\nanswer = pipeline.ask(video=\"clip.mp4\", "
+        "masks=[{0: mask}], question=\"What is <region> doing?\")\n```\n"
+    )
+
+
 def stored_dtype(state: Mapping[str, torch.Tensor]) -> torch.dtype:
     """The floating dtype most of a checkpoint's parameters are stored in (fp16 for the released VideoRefer-7B)."""
     from collections import Counter
@@ -273,6 +295,10 @@ def save_model_folder(
         model.save_pretrained(str(staging), state_dict=state_dict)
         processor.save_pretrained(staging)
         save_generation_config(generation_config or default_generation_config(processor), staging)
+        if not (directory / "README.md").is_file():
+            (staging / "README.md").write_text(model_card(model.config, directory.name), encoding="utf-8")
+        for path in staging.iterdir():  # safetensors writes 0600: a model folder is shared, make it readable
+            path.chmod(0o644)
         directory.mkdir(exist_ok=True)
         for path in staging.iterdir():
             path.replace(directory / path.name)

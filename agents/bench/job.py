@@ -97,7 +97,7 @@ def model_fingerprint(model_dir: str | Path, *, sample_bytes: int = 8 * 2**20) -
 
     folder = Path(model_dir)
     digest = hashlib.sha256()
-    for path in sorted(p for p in folder.iterdir() if p.is_file()):
+    for path in sorted(p for p in folder.iterdir() if p.is_file() and p.name != "README.md"):  # card: not weights
         digest.update(path.name.encode() + b"\0")
         size = path.stat().st_size
         digest.update(str(size).encode() + b"\0")

@@ -164,3 +164,9 @@ def test_convert_keeps_the_stored_fp16_and_copies_the_release_generation_config(
                               dtype=torch.bfloat16)
     with safe_open(str(as_bf16 / "model.safetensors"), "pt") as stored:
         assert {stored.get_tensor(name).dtype for name in stored.keys()} == {torch.bfloat16}  # noqa: SIM118
+
+
+def test_saved_folders_have_a_model_card_and_readable_files(tiny_model_dir) -> None:
+    card = (tiny_model_dir / "README.md").read_text()
+    assert "VideoRefer model" in card and "videorefer infer --model" in card and "Qwen2" in card
+    assert all(path.stat().st_mode & 0o044 == 0o044 for path in tiny_model_dir.iterdir())  # group/other can read
