@@ -62,6 +62,7 @@ from flows.pipeline.stages import (
     needs_gpu,
     stage_tags,
 )
+from flows.runtime import run_name
 
 # Stage tasks in flight at once on the default runner: a fixed bound, so memory does not grow with the number of
 # shards (each task holds one shard's records), and no more threads than cores compete for the GIL on CPU-bound
@@ -322,7 +323,7 @@ def run_stages(
 # ---------------------------------------------------------------- flows (parameters: identity only)
 
 
-@flow(name="ingest", task_runner=default_runner())
+@flow(name="ingest", task_runner=default_runner(), flow_run_name=run_name("ingest", "root"))
 def ingest(root: str, manifest: str, config_path: str | None = None) -> dict[str, Any]:
     """Probe the manifest's new rows, write their clips, pin them into new shards."""
     return run_stages(root, [], config_path, name="ingest", manifest=manifest).to_json()
@@ -336,7 +337,8 @@ def _stage_flow(stage: Stage) -> Any:
 
     run.__name__ = run.__qualname__ = stage.name
     run.__doc__ = f"{stage.summary[0].upper()}{stage.summary[1:]}, over the selected shards."
-    return flow(name=stage.name, task_runner=default_runner())(run)
+    named = run_name(f"stage-{stage.name}", "root")
+    return flow(name=stage.name, task_runner=default_runner(), flow_run_name=named)(run)
 
 
 # One flow per registry stage; module-level names too, so prefect.yaml entrypoints (`flows/engine_flows.py:refine`)
@@ -347,7 +349,7 @@ review, refine, short_captions = STAGE_FLOWS[REVIEW], STAGE_FLOWS[REFINE], STAGE
 generate_qa, export = STAGE_FLOWS[GENERATE_QA], STAGE_FLOWS[EXPORT]
 
 
-@flow(name="build", task_runner=default_runner())
+@flow(name="build", task_runner=default_runner(), flow_run_name=run_name("build", "root"))
 def build(
     root: str,
     manifest: str | None = None,
@@ -367,7 +369,7 @@ def import_700k_task(root: str, json_path: str, video_root: str, shard_id: str, 
     return import_700k_shard(root, json_path, video_root, shard_id, config)
 
 
-@flow(name="import_700k", task_runner=default_runner())
+@flow(name="import_700k", task_runner=default_runner(), flow_run_name=run_name("import-700k", "root"))
 def import_700k(root: str, json_path: str, video_root: str, config_path: str | None = None) -> dict:
     """Shard the released VideoRefer-700K JSON (no engine run): validate, read frames, write WebDataset tars."""
     from flows.pipeline.importing import plan_import

@@ -16,6 +16,7 @@ from typing import Any
 from prefect import flow, task
 
 from agents.bench.job import BenchJob, run_bench
+from flows.runtime import run_name
 
 
 def find_checkpoints(model_dir: str | Path) -> list[Path]:
@@ -58,7 +59,7 @@ def bench_task(
             "rejected": result.rejected}
 
 
-@flow(name="evaluate-checkpoint", log_prints=True)
+@flow(name="evaluate-checkpoint", log_prints=True, flow_run_name=run_name("evaluate", "model_dir"))
 def evaluate_checkpoint(
     model_dir: str,
     out: str,

@@ -44,6 +44,23 @@ EPHEMERAL_NOTICE = (
 )
 
 
+def run_name(kind: str, *keys: str) -> Any:
+    """A `flow_run_name` callable: `<kind>-<last path part of each parameter in keys>-<UTC time>`, e.g.
+    `build-demo_out-20261201T231500` or `stage-refine-demo_out-...`, so a run list says what each run did."""
+
+    def name() -> str:
+        import time
+        from pathlib import PurePath
+
+        from prefect.runtime import flow_run
+
+        parameters = flow_run.parameters or {}
+        parts = [PurePath(str(parameters.get(key) or "")).name or str(parameters.get(key) or "") for key in keys]
+        return "-".join([kind, *(part for part in parts if part), time.strftime("%Y%m%dT%H%M%S", time.gmtime())])
+
+    return name
+
+
 def run_flow(flow_obj: Any, *, runner: str = "local", **params: Any) -> Any:
     """Call an engine flow with `params` on the chosen task runner (`local` threads or `ray`).
 

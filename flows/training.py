@@ -16,6 +16,7 @@ from typing import Any
 from prefect import flow, get_run_logger
 from prefect.runtime import flow_run
 
+from flows.runtime import run_name
 from model.training.launch import run_streaming, torchrun_command
 
 
@@ -23,7 +24,7 @@ class TrainingFailed(RuntimeError):
     """The torchrun subprocess exited with a non-zero code."""
 
 
-@flow(name="train_stage", retries=0, log_prints=False)
+@flow(name="train_stage", retries=0, log_prints=False, flow_run_name=run_name("train", "recipe", "out"))
 def train_stage(
     recipe: str,
     data: list[str],
