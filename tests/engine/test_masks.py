@@ -116,3 +116,67 @@ def test_resize_to_grid_positivity_matches_torch_bilinear(grid: int) -> None:
         )
         assert np.array_equal(ours, theirs)
         assert grid_occupancy(mask, grid) == int(theirs.sum())
+
+
+def _torch_bilinear(torch, array: np.ndarray, grid_h: int, grid_w: int) -> np.ndarray:
+    source = torch.from_numpy(np.asarray(array, dtype=np.float32))[None, None]
+    resized = torch.nn.functional.interpolate(source, size=(grid_h, grid_w), mode="bilinear", align_corners=False)
+    return resized[0, 0].double().numpy()
+
+
+def _torch_rounds_centres_once(torch) -> bool:
+    # PyTorch's no-SIMD "DEFAULT" CPU kernel rounds its source centres twice (no fused multiply-add), unlike its
+    # AVX2/AVX-512 kernels (and ours); on that build only the values, not which cells are exactly 0, can agree.
+    return torch.backends.cpu.get_cpu_capability() != "DEFAULT"
+
+
+@pytest.mark.parametrize(
+    ("height", "width", "grid_h", "grid_w"),
+    [
+        (1, 50, 27, 27),  # 1 x N mask
+        (50, 1, 27, 27),  # N x 1 mask
+        (1, 1, 5, 3),
+        (90, 160, 27, 27),  # downsampling
+        (720, 1280, 27, 27),
+        (405, 99, 27, 13),  # odd size ratios: centres land near whole pixels
+        (8, 5, 27, 27),  # grid larger than the mask (upsampling)
+        (10, 100, 500, 700),  # upsampling at an odd ratio: 100 -> 700 puts centres within float32 of pixels
+        (27, 27, 27, 27),  # same size
+        (33, 7, 1, 1),
+        (7, 33, 40, 1),
+    ],
+)
+def test_resize_to_grid_equals_torch_bilinear(height: int, width: int, grid_h: int, grid_w: int) -> None:
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(height * 1000 + width)
+    for density in (0.5, 0.03):
+        mask = rng.random((height, width)) < density
+        expected = _torch_bilinear(torch, mask, grid_h, grid_w)
+        for given in (mask, mask.astype(np.uint8), mask.astype(np.float32)):
+            ours = resize_to_grid(given, grid_h, grid_w)
+            assert ours.shape == (grid_h, grid_w) and ours.dtype == np.float64
+            np.testing.assert_allclose(ours, expected, rtol=1e-5, atol=1e-7)
+            if _torch_rounds_centres_once(torch):
+                assert np.array_equal(ours > 0, expected > 0)
+    values = rng.integers(0, 256, (height, width), dtype=np.uint8)  # not only 0/1 masks
+    np.testing.assert_allclose(resize_to_grid(values, grid_h, grid_w), _torch_bilinear(torch, values, grid_h, grid_w),
+                               rtol=1e-5, atol=1e-3)
+
+
+@pytest.mark.parametrize("size", [1, 2, 26, 27, 99, 100, 384, 1000])
+def test_resize_to_grid_of_an_identity_is_torchs_row_weights(size: int) -> None:
+    # storage.samples reads the grid support of a mask size off resize_to_grid(np.eye(size), grid, size).
+    torch = pytest.importorskip("torch")
+    if not _torch_rounds_centres_once(torch):
+        pytest.skip("this PyTorch CPU build rounds bilinear source centres twice")
+    for grid in (1, 13, 27, 700):
+        ours = resize_to_grid(np.eye(size), grid, size)
+        assert np.array_equal(ours.astype(np.float32), _torch_bilinear(torch, np.eye(size), grid, size))
+
+
+def test_resize_to_grid_rejects_what_is_not_a_mask_or_a_grid() -> None:
+    for bad in (np.zeros((2, 3, 4)), np.zeros(5), np.zeros((0, 4))):
+        with pytest.raises(ValueError):
+            resize_to_grid(bad, 27)
+    with pytest.raises(ValueError):
+        resize_to_grid(np.ones((4, 4)), 0)
