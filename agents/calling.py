@@ -29,6 +29,9 @@ from engine.types import Provenance, Reject
 
 ReplyT = TypeVar("ReplyT", bound=BaseModel)
 
+# A reply that is an exception came from the backend: outside the taxonomy it is the backend's error.
+_BACKEND = RejectReason.BACKEND_ERROR
+
 REPAIR_INSTRUCTION = (
     "Your previous reply could not be used: {error}\n"
     "Reply again with only one JSON object that matches the requested schema, and nothing else."
@@ -93,7 +96,9 @@ async def call_structured(
     to_repair: list[tuple[int, ChatRequest, str]] = []
     for index, (call, reply) in enumerate(zip(calls, first, strict=True)):
         if isinstance(reply, BaseException):
-            outcomes[index] = _rejected(reject_for(reply, stage=stage, item_id=call.item_id, clip_id=call.clip_id))
+            outcomes[index] = _rejected(
+                reject_for(reply, stage=stage, item_id=call.item_id, clip_id=call.clip_id, untyped=_BACKEND)
+            )
             continue
         spent[index].append(reply)
         try:
@@ -109,7 +114,7 @@ async def call_structured(
             call = calls[index]
             if isinstance(reply, BaseException):
                 outcomes[index] = _rejected(
-                    reject_for(reply, stage=stage, item_id=call.item_id, clip_id=call.clip_id)
+                    reject_for(reply, stage=stage, item_id=call.item_id, clip_id=call.clip_id, untyped=_BACKEND)
                 )
                 continue
             spent[index].append(reply)

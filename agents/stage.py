@@ -1,9 +1,10 @@
 """What every agent's `run` returns, and how one failed item becomes a `Reject` instead of a crash.
 
 `StageResult` pairs the records an agent produced with the items it rejected. `reject_for` sorts an
-exception raised while processing one item: item-level errors become rejects with their reason code,
-while errors that mean the whole run is broken (an unreachable backend, a bad config, a strict replay
-miss) are re-raised so the run fails instead of marking thousands of items failed.
+exception raised while processing one item: item-level errors become rejects with their reason code (typed
+errors carry their own; an untyped data error such as a `ValueError` on a garbage mask is `item_error`, any
+other untyped error `backend_error`), while errors that mean the whole run is broken (an unreachable backend,
+a bad config, a strict replay miss) are re-raised so the run fails instead of marking thousands of items failed.
 """
 
 from __future__ import annotations
@@ -22,6 +23,10 @@ ItemT = TypeVar("ItemT")
 # Errors that say "the run is misconfigured or the backend is gone", never "this item is bad".
 RUN_FATAL_ERRORS: tuple[type[BaseException], ...] = (BackendUnavailableError, ConfigError, ReplayMissError)
 
+# Untyped errors that, raised while one item is processed, come from that item's data (a mask of the wrong size,
+# garbage RLE, a frame index of -1, a NaN span), not from a broken backend.
+DATA_ERRORS: tuple[type[BaseException], ...] = (ValueError, LookupError, TypeError, ArithmeticError)
+
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class StageResult(Generic[RecordT]):
@@ -39,13 +44,24 @@ class StageResult(Generic[RecordT]):
         )
 
 
-def reject_for(exc: BaseException, *, stage: str, item_id: str, clip_id: str) -> Reject:
-    """The reject of one item whose processing raised `exc`; re-raises errors that must fail the run."""
+def reject_for(
+    exc: BaseException, *, stage: str, item_id: str, clip_id: str, untyped: RejectReason | None = None
+) -> Reject:
+    """The reject of one item whose processing raised `exc`; re-raises errors that must fail the run.
+
+    `untyped` is the reason of an error outside the taxonomy; by default a data error (`DATA_ERRORS`) is
+    `item_error` and anything else `backend_error` (a backend's own reply errors pass `backend_error`).
+    """
     if isinstance(exc, RUN_FATAL_ERRORS):
         raise exc
     # An unexpected error on one item (a backend bug, an odd input) is still that item's failure; the
     # stage's reject-fraction check fails the run when it happens to many items.
-    reason = exc.reason if isinstance(exc, VideoReferError) else RejectReason.BACKEND_ERROR
+    if isinstance(exc, VideoReferError):
+        reason = exc.reason
+    elif untyped is not None:
+        reason = untyped
+    else:
+        reason = RejectReason.ITEM_ERROR if isinstance(exc, DATA_ERRORS) else RejectReason.BACKEND_ERROR
     message = f"{type(exc).__name__}: {exc}"
     return Reject(stage=stage, item_id=item_id, clip_id=clip_id, reason=reason, message=message[:2000])
 

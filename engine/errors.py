@@ -32,6 +32,7 @@ class RejectReason(StrEnum):
     REGION_COUNT_MISMATCH = "region_count_mismatch"
     MALFORMED_SAMPLE = "malformed_sample"
     TOO_MANY_FRAMES = "too_many_frames"  # a sample needs more frames than a shard can name (00.jpg .. 99.jpg)
+    ITEM_ERROR = "item_error"  # processing this item's data raised an untyped error (the message names it)
     BACKEND_ERROR = "backend_error"
     BACKEND_TRANSIENT = "backend_transient"  # not final: the stage keeps it pending and a retry redoes the item
 

@@ -114,9 +114,11 @@ def is_transient(task: Any, task_run: Any, state: Any) -> bool:
     persist_result=False,
 )
 def stage_task(root: str, stage: str, shard_id: str, config: EngineConfig, force: bool = False) -> StageReport:
-    """One stage over one shard (skipped when already done for this config)."""
+    """One stage over one shard (skipped when already done for this config); logs the shard's figures."""
     try:
-        return run_stage(root, stage, shard_id, config, force=force)
+        report = run_stage(root, stage, shard_id, config, force=force)
+        _shard_logger().info(shard_log_line(report))
+        return report
     except BackendUnavailableError as exc:
         raise BackendUnavailableError(
             f"stage {stage!r} on {shard_id}: a backend is unreachable, the run stops here (nothing was marked "
@@ -124,10 +126,30 @@ def stage_task(root: str, stage: str, shard_id: str, config: EngineConfig, force
         ) from exc
 
 
+def shard_log_line(report: StageReport) -> str:
+    """The one log line of a (stage, shard): items in / out / rejected (by reason) and seconds."""
+    reasons = ", ".join(f"{reason} {count}" for reason, count in sorted(report.rejects.items()))
+    skipped = " (done before: skipped)" if report.skipped else ""
+    return (f"{report.stage} {report.shard_id}: {report.items_in} in, {report.items_out} out, {report.rejected} "
+            f"rejected{f' ({reasons})' if reasons else ''}, {report.seconds:.2f} s{skipped}")
+
+
+def _shard_logger() -> Any:
+    """The task run's logger (its lines reach the Prefect UI), or the module's outside a run."""
+    try:
+        from prefect.logging import get_run_logger
+
+        return get_run_logger()
+    except Exception:  # noqa: BLE001 - MissingContextError: called as a plain function
+        return logging.getLogger(__name__)
+
+
 @task(name="ingest", cache_policy=NO_CACHE, persist_result=False)
 def ingest_task(root: str, manifest: str, config: EngineConfig) -> StageReport:
     """Probe the manifest's new rows and pin them into new shards."""
-    return ingest_manifest(root, manifest, config).report
+    report = ingest_manifest(root, manifest, config).report
+    _shard_logger().info(shard_log_line(report))
+    return report
 
 
 def backend_tags(stage: str, config: EngineConfig) -> set[str]:
@@ -366,7 +388,9 @@ def build(
 def import_700k_task(root: str, json_path: str, video_root: str, shard_id: str, config: EngineConfig) -> StageReport:
     from flows.pipeline.importing import import_700k_shard
 
-    return import_700k_shard(root, json_path, video_root, shard_id, config)
+    report = import_700k_shard(root, json_path, video_root, shard_id, config)
+    _shard_logger().info(shard_log_line(report))
+    return report
 
 
 @flow(name="import_700k", task_runner=default_runner(), flow_run_name=run_name("import-700k", "root"))

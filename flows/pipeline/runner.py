@@ -7,7 +7,9 @@ through the agent clip by clip in a bounded in-flight window (`config.concurrenc
 `FrameCache` wraps the task, so each clip is decoded once however many agents and objects read it. Output is
 written in the safe order: rejects, records, then the done marker carrying the stage's chained hash, last.
 
-Failures by kind: an item-level error is a final reject with its reason; a transient backend failure that
+Failures by kind: an item-level error is a final reject with its reason, also when it escapes the agent (a
+`ValueError` on a garbage mask): the clip's items are then retried one by one so only the bad ones are rejected
+(`item_error` when the error is untyped) and the good ones beside them come through; a transient backend failure that
 outlived the backend's own retries (`backend_transient`) is NOT final: the records and final rejects so far are
 kept as a partial result (no done marker), and the task raises `TransientBackendError`, so Prefect retries it and
 a re-run only redoes the items that failed transiently. A backend that stays down (`BackendUnavailableError`)
@@ -25,6 +27,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from agents.frames import frame_cache
+from agents.stage import RUN_FATAL_ERRORS, StageResult, reject_for
 from engine.config import EngineConfig
 from engine.errors import BackendUnavailableError, ConfigError, RejectReason, TransientBackendError
 from engine.types import Clip, ClipQA, ObjectRecord, Reject
@@ -232,6 +235,27 @@ async def _run_agent(
         except BackendUnavailableError as exc:
             stopped.append(exc)
             return None
+        except RUN_FATAL_ERRORS:
+            raise
+        except Exception as exc:  # noqa: BLE001 - the safety net: one bad item must not lose the shard
+            return await isolate(group, exc)
+
+    async def isolate(group: Sequence[Any], error: Exception) -> StageResult[Any]:
+        """An error escaped the agent for a clip's items: each item alone, so only the bad ones are rejected."""
+        if len(group) == 1:
+            return StageResult(records=(), rejects=(item_reject(stage, group[0], error),))
+        results = []
+        for item in group:
+            try:
+                results.append(await agent.run([item]))
+            except BackendUnavailableError as exc:
+                stopped.append(exc)
+                break
+            except RUN_FATAL_ERRORS:
+                raise
+            except Exception as exc:  # noqa: BLE001 - this item's own failure
+                results.append(StageResult(records=(), rejects=(item_reject(stage, item, exc),)))
+        return StageResult.merge(*results)
 
     try:
         agent = stage.build(stage.settings(config), backends)
@@ -244,6 +268,12 @@ async def _run_agent(
     records = [record for result in done for record in result.records]
     rejects = [reject for result in done for reject in result.rejects]
     return records, rejects, (stopped[0] if stopped else None)
+
+
+def item_reject(stage: Stage, item: Any, error: BaseException) -> Reject:
+    """The reject of one input item whose processing raised `error` outside the agent's own handling (its
+    reason from the taxonomy; an untyped data error is `item_error`); run-fatal errors re-raise."""
+    return reject_for(error, stage=stage.name, item_id=input_id(stage, item), clip_id=item.clip_id)
 
 
 async def stream_groups(

@@ -85,13 +85,16 @@ def test_per_item_exceptions_become_rejects_and_others_go_on() -> None:
             return TransientBackendError("429 after retries")
         if text.endswith("2"):
             return RuntimeError("backend bug")
+        if text.endswith("3"):
+            return ValueError("the backend's own parsing failed")  # untyped, but from the backend
         return GOOD
 
-    outcomes = _run(ScriptedChatBackend(script), _calls(3))
+    outcomes = _run(ScriptedChatBackend(script), _calls(4))
     assert outcomes[0].value is not None
     # A transient failure that outlived the backend's retries stays pending (the stage retries it), never final.
     assert outcomes[1].reject.reason == RejectReason.BACKEND_TRANSIENT and "429" in outcomes[1].reject.message
     assert outcomes[2].reject.reason == RejectReason.BACKEND_ERROR and outcomes[2].reject.item_id == "item2"
+    assert outcomes[3].reject.reason == RejectReason.BACKEND_ERROR
 
 
 @pytest.mark.parametrize("error", [BackendUnavailableError("down"), ConfigError("bad"), ReplayMissError("miss")])

@@ -42,7 +42,9 @@ def test_item_errors_become_rejects_with_their_reason() -> None:
     cases = [
         (VideoNotFoundError("gone"), RejectReason.VIDEO_NOT_FOUND),
         (NoMaskError("none", reason=RejectReason.NO_BOX), RejectReason.NO_BOX),
-        (ValueError("odd input"), RejectReason.BACKEND_ERROR),
+        (ValueError("odd input"), RejectReason.ITEM_ERROR),  # an untyped data error is the item's, not the backend's
+        (IndexError("frame -1"), RejectReason.ITEM_ERROR),
+        (RuntimeError("CUDA out of memory"), RejectReason.BACKEND_ERROR),
     ]
     for error, reason in cases:
         reject = reject_for(error, stage="segment", item_id="o1", clip_id="c1")
