@@ -63,6 +63,10 @@ class OpenAIChatConfig(_Strict):
     # HTTP transport: `pooled` is a lean keep-alive HTTP/1.1 pool for high request rates to plain-http servers
     # (vLLM); `httpx` is the OpenAI client's own; `auto` picks pooled for http:// without a proxy, else httpx.
     transport: Literal["auto", "pooled", "httpx"] = "auto"
+    # Request path: `lean` writes each request straight onto the pooled connections (plain http://, a few dozen
+    # Python calls a request); `sdk` goes through the OpenAI SDK (https, proxies) over `transport`; `auto` picks
+    # lean wherever the transport would be pooled, else sdk. Both share retries, bound, accounting and parsing.
+    client: Literal["auto", "lean", "sdk"] = "auto"
 
 
 class LocalChatConfig(_Strict):
@@ -211,6 +215,40 @@ class SamplingConfig(_Strict):
         return value
 
 
+class LimitsConfig(_Strict):
+    """Bounds on what the engine accepts from outside; an item above one becomes a reject with its reason.
+
+    `max_video_bytes` bounds a video file (or a frame folder's images together), read to the end to hash it;
+    `max_decoded_pixels` bounds width x height x frames decoded at once (the most frames a stage reads of one
+    clip), checked from the stream header at ingest, before anything is decoded: the default holds 16 frames of
+    4096 x 4096 or 64 frames of 4K; `max_text_chars` bounds a caption, an object's name or expression and a
+    700K conversation turn.
+    """
+
+    max_video_bytes: int = 32 * 1024**3
+    max_decoded_pixels: int = 2**29
+    max_text_chars: int = 20_000
+
+    @field_validator("max_video_bytes", "max_decoded_pixels", "max_text_chars")
+    @classmethod
+    def _positive(cls, value: int) -> int:
+        if value <= 0:
+            raise ValueError("must be positive")
+        return value
+
+
+class PathsConfig(_Strict):
+    """Where the local videos a manifest or a 700K JSON names may lie.
+
+    A path is resolved (`..` and symlinks followed) and must fall inside an allowed root: the manifest's folder
+    and the dataset root (for a 700K import: its `--videos` folder), plus `allowed_roots`. Anything else is a
+    `path_not_allowed` reject, before the file is opened, unless `allow_outside: true` says so explicitly.
+    """
+
+    allowed_roots: tuple[str, ...] = ()
+    allow_outside: bool = False
+
+
 class AgentsConfig(_Strict):
     analyzer: ChatBackendConfig = FakeChatConfig()
     annotator: ChatBackendConfig = FakeChatConfig()
@@ -235,6 +273,8 @@ class EngineConfig(_Strict):
     concurrency: int = 32  # items in flight inside one stage task
     sampling: SamplingConfig = SamplingConfig()
     agents: AgentsConfig = AgentsConfig()
+    limits: LimitsConfig = LimitsConfig()
+    paths: PathsConfig = PathsConfig()
 
 
 def profile(name: str, *, random_weights: bool = False) -> EngineConfig:

@@ -35,6 +35,15 @@ class RejectReason(StrEnum):
     ITEM_ERROR = "item_error"  # processing this item's data raised an untyped error (the message names it)
     BACKEND_ERROR = "backend_error"
     BACKEND_TRANSIENT = "backend_transient"  # not final: the stage keeps it pending and a retry redoes the item
+    # Bad input caught at the edge (ingest, 700K import, bench files, --masks), with the data's own reason:
+    INVALID_MASK = "invalid_mask"  # RLE counts that do not cover height x width, a polygon outside the image, ...
+    MASK_SIZE_MISMATCH = "mask_size_mismatch"  # a mask whose size is not the video's frame size
+    FRAME_OUT_OF_RANGE = "frame_out_of_range"  # a mask on a frame the video does not have
+    BAD_SPAN = "bad_span"  # start/end not finite, reversed, or past the video's end
+    DUPLICATE_ROW = "duplicate_row"  # a manifest row naming a clip an earlier row of the same manifest names
+    TEXT_TOO_LONG = "text_too_long"  # a caption or text above `limits.max_text_chars`
+    PATH_NOT_ALLOWED = "path_not_allowed"  # a video path outside the allowed roots (`paths` in the config)
+    NOT_A_REGULAR_FILE = "not_a_regular_file"  # a FIFO, device or socket given as a video
 
 
 class VideoReferError(Exception):
@@ -99,6 +108,18 @@ class VideoTooLargeError(BadVideoError):
     reason = RejectReason.VIDEO_TOO_LARGE
 
 
+class NotARegularFileError(BadVideoError):
+    """A FIFO, device or socket named as a video: never opened (a FIFO blocks in open, /dev/zero never ends)."""
+
+    reason = RejectReason.NOT_A_REGULAR_FILE
+
+
+class PathNotAllowedError(VideoReferError):
+    """A path that resolves outside the allowed roots (`..`, an absolute path, a symlink leaving the root)."""
+
+    reason = RejectReason.PATH_NOT_ALLOWED
+
+
 class NoMaskError(VideoReferError):
     """Grounding or segmentation found nothing usable for an object."""
 
@@ -117,3 +138,11 @@ class InvalidSampleError(VideoReferError):
     def __init__(self, message: str, *, reason: RejectReason = RejectReason.MALFORMED_SAMPLE) -> None:
         super().__init__(message)
         self.reason = reason
+
+
+class InvalidMaskError(InvalidSampleError, ValueError):
+    """A mask from outside that cannot be decoded faithfully: bad RLE counts, a polygon outside the image, a size
+    other than the frame's, a frame outside the video. A `ValueError` too, so callers catching that still do."""
+
+    def __init__(self, message: str, *, reason: RejectReason = RejectReason.INVALID_MASK) -> None:
+        super().__init__(message, reason=reason)

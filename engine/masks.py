@@ -2,19 +2,28 @@
 
 Interchangeable with pycocotools (which does the run-length coding): `encode_rle` returns
 `{"size": [h, w], "counts": str}` and `decode_rle` accepts that, bytes counts, uncompressed RLE
-(list counts) and polygons (with the image size given).
+(list counts) and polygons (with the image size given). pycocotools trusts its input: counts that sum to less
+than height x width leave uninitialised memory in the decoded mask, and more overrun it. So every RLE is
+checked before pycocotools sees it (`check_rle`: a positive size, counts that are valid and cover exactly
+height x width) and every polygon before it is rasterised (inside the image); a bad mask raises
+`engine.errors.InvalidMaskError` (a `ValueError` with a reject reason). `validated_mask` is the one entry for
+masks from outside: it converts every accepted form and also checks the size against the frame's.
 """
 
 from __future__ import annotations
 
 import functools
+import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 from pycocotools import mask as coco_mask
 
+from engine.errors import InvalidMaskError, RejectReason
 from engine.types import RleMask
+
+MAX_MASK_SIDE = 8192  # as engine.video.MAX_SIDE: a mask larger than any acceptable frame is refused before decoding
 
 
 def encode_rle(mask: np.ndarray) -> dict[str, Any]:
@@ -34,13 +43,121 @@ def decode_rle(rle: Mapping[str, Any] | RleMask) -> np.ndarray:
 def _to_compressed(rle: Mapping[str, Any] | RleMask) -> dict[str, Any]:
     if isinstance(rle, RleMask):
         rle = rle.to_coco()
-    height, width = (int(v) for v in rle["size"])
+    height, width = check_rle(rle)
     counts = rle["counts"]
     if isinstance(counts, list):  # uncompressed RLE
-        return coco_mask.frPyObjects({"size": [height, width], "counts": counts}, height, width)
+        return coco_mask.frPyObjects({"size": [height, width], "counts": [int(c) for c in counts]}, height, width)
     if isinstance(counts, str):
         counts = counts.encode("ascii")
     return {"size": [height, width], "counts": counts}
+
+
+def check_rle(rle: Mapping[str, Any] | RleMask, *, max_side: int = MAX_MASK_SIDE) -> tuple[int, int]:
+    """The (height, width) of a COCO RLE whose counts decode faithfully; `InvalidMaskError` otherwise.
+
+    Checks what pycocotools does not: the size is two positive integers (at most `max_side`), the counts are
+    non-negative run lengths (a list of integers, or the compressed string's valid characters) and they add up
+    to exactly height x width.
+    """
+    if isinstance(rle, RleMask):
+        rle = rle.to_coco()
+    if not isinstance(rle, Mapping) or "size" not in rle or "counts" not in rle:
+        raise InvalidMaskError("an RLE mask needs `size` and `counts`")
+    height, width = _size(rle["size"], max_side)
+    counts = rle["counts"]
+    if isinstance(counts, list):
+        if not all(isinstance(c, int) and not isinstance(c, bool) for c in counts):
+            raise InvalidMaskError("uncompressed RLE counts must be integers")
+        negative, total = any(c < 0 for c in counts), sum(counts)
+    elif isinstance(counts, str | bytes):
+        runs = string_counts(counts)
+        negative, total = bool(runs.size and runs.min() < 0), int(runs.sum())
+    else:
+        raise InvalidMaskError(f"RLE counts must be a list or a string, not {type(counts).__name__}")
+    if negative:
+        raise InvalidMaskError("RLE counts hold a negative run length")
+    if total != height * width:
+        raise InvalidMaskError(
+            f"RLE counts cover {total} pixels, a {height}x{width} mask has {height * width}"
+        )
+    return height, width
+
+
+def _size(size: Any, max_side: int) -> tuple[int, int]:
+    if not isinstance(size, Sequence) or isinstance(size, str) or len(size) != 2:
+        raise InvalidMaskError(f"RLE size must be [height, width], got {size!r}")
+    if not all(isinstance(v, int) and not isinstance(v, bool) for v in size):
+        raise InvalidMaskError(f"RLE size must be two integers, got {size!r}")
+    height, width = int(size[0]), int(size[1])
+    if height <= 0 or width <= 0 or max(height, width) > max_side:
+        raise InvalidMaskError(f"RLE size {height}x{width} is not between 1 and {max_side} pixels per side")
+    return height, width
+
+
+_MAX_CHARS_PER_COUNT = 7  # 35 bits: any run of a mask up to MAX_MASK_SIDE squared needs at most 6 characters
+
+
+def string_counts(counts: str | bytes) -> np.ndarray:
+    """The run lengths of COCO's compressed counts string (pycocotools' `rleFrString`, vectorised), as int64.
+
+    Each count is 5-bit groups in characters offset by 48, bit 0x20 marking that more groups follow and bit
+    0x10 of the last group the sign; from the third count on, a count is stored as the difference to the count
+    two before it. Characters outside that alphabet, a count cut off mid-way or one of more than 35 bits raise
+    `InvalidMaskError`.
+    """
+    try:
+        data = counts.encode("ascii") if isinstance(counts, str) else bytes(counts)
+    except UnicodeEncodeError as exc:
+        raise InvalidMaskError("compressed RLE counts hold characters outside COCO's alphabet") from exc
+    if not data:
+        return np.zeros(0, dtype=np.int64)
+    chars = np.frombuffer(data, dtype=np.uint8).astype(np.int64) - 48
+    if chars.min() < 0 or chars.max() > 63:
+        raise InvalidMaskError("compressed RLE counts hold characters outside COCO's alphabet")
+    more = (chars & 0x20) != 0
+    if more[-1]:
+        raise InvalidMaskError("compressed RLE counts end in the middle of a count")
+    ends = np.flatnonzero(~more)
+    starts = np.concatenate(([0], ends[:-1] + 1))
+    lengths = ends - starts + 1
+    if lengths.max() > _MAX_CHARS_PER_COUNT:
+        raise InvalidMaskError("compressed RLE counts hold an absurdly large count")
+    shift = 5 * (np.arange(chars.size) - np.repeat(starts, lengths))
+    values = np.add.reduceat((chars & 0x1F) << shift, starts)
+    negative = (chars[ends] & 0x10) != 0
+    values[negative] |= np.left_shift(np.int64(-1), 5 * lengths[negative])
+    runs = values.copy()
+    runs[1::2] = np.cumsum(values[1::2])  # count j (j > 2) is stored as count j - 2 plus a difference
+    runs[2::2] = np.cumsum(values[2::2])
+    return runs
+
+
+def validated_mask(
+    value: Any, *, height: int | None = None, width: int | None = None, max_side: int = MAX_MASK_SIDE
+) -> RleMask:
+    """A mask from outside (compressed or uncompressed RLE, `{"segmentation": ...}`, polygons, `RleMask`) as an
+    `RleMask`, or `InvalidMaskError` with its reason.
+
+    RLE counts must cover exactly height x width, polygons must lie inside the image (they need `height` and
+    `width`), and with `height`/`width` given (the video's frame size) an RLE of another size is a
+    `mask_size_mismatch`.
+    """
+    if isinstance(value, Mapping) and "segmentation" in value:
+        value = value["segmentation"]
+    if isinstance(value, RleMask | Mapping):
+        mask_h, mask_w = check_rle(value, max_side=max_side)
+        if height is not None and width is not None and (mask_h, mask_w) != (int(height), int(width)):
+            raise InvalidMaskError(
+                f"mask is {mask_h}x{mask_w}, the frames are {int(height)}x{int(width)} (height x width)",
+                reason=RejectReason.MASK_SIZE_MISMATCH,
+            )
+        return to_rle_mask(value)
+    if isinstance(value, list) and value:
+        if height is None or width is None:
+            raise InvalidMaskError("a polygon mask needs the image's height and width")
+        rings = value if all(isinstance(ring, list) for ring in value) else [value]
+        return _polygons_to_rle(rings, int(height), int(width))
+    raise InvalidMaskError(f"a mask must be an RLE mapping or a list of polygons, not {type(value).__name__}")
 
 
 MaskLike = Mapping[str, Any] | RleMask | np.ndarray
@@ -88,11 +205,30 @@ def to_rle_mask(
 def _polygons_to_rle(polygons: Sequence[Sequence[float]], height: int | None, width: int | None) -> RleMask:
     if height is None or width is None:
         raise ValueError("polygons need the image height and width")
-    rings = [[float(v) for v in ring] for ring in polygons if len(ring) >= 6]
+    _size([height, width], MAX_MASK_SIDE)
+    rings = [_ring(ring, height, width) for ring in polygons if len(ring) >= 6]
     if not rings:
         return RleMask.from_coco(encode_rle(np.zeros((height, width), dtype=bool)))
     merged = coco_mask.merge(coco_mask.frPyObjects(rings, height, width))
     return RleMask(height=int(height), width=int(width), counts=merged["counts"].decode("ascii"))
+
+
+def _ring(ring: Sequence[float], height: int, width: int) -> list[float]:
+    """One polygon ring as floats, checked: pairs of finite coordinates inside the image (edges included)."""
+    try:
+        values = [float(v) for v in ring]
+    except (TypeError, ValueError) as exc:
+        raise InvalidMaskError(f"polygon coordinates must be numbers: {exc}") from exc
+    if len(values) % 2:
+        raise InvalidMaskError(f"a polygon ring has an odd number of coordinates ({len(values)})")
+    xs, ys = values[0::2], values[1::2]
+    if not all(math.isfinite(v) for v in values):
+        raise InvalidMaskError("polygon coordinates must be finite")
+    if min(xs) < 0 or max(xs) > width or min(ys) < 0 or max(ys) > height:
+        raise InvalidMaskError(
+            f"polygon spans x {min(xs):g}..{max(xs):g}, y {min(ys):g}..{max(ys):g}: outside the {width}x{height} image"
+        )
+    return values
 
 
 def _as_array(mask: MaskLike) -> np.ndarray:

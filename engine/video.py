@@ -33,6 +33,7 @@ import os
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from stat import S_ISREG
 from typing import Any, Literal
 
 import numpy as np
@@ -40,6 +41,7 @@ import numpy as np
 from engine.errors import (
     BadVideoError,
     EmptyVideoError,
+    NotARegularFileError,
     TruncatedVideoError,
     VideoNotFoundError,
     VideoTooLargeError,
@@ -51,6 +53,7 @@ __all__ = [
     "MAX_SIDE",
     "VideoInfo",
     "check_video_limits",
+    "check_pixel_budget",
     "list_frame_files",
     "n_uniform_frames",
     "probe",
@@ -59,6 +62,7 @@ __all__ = [
     "span_frame_range",
     "span_to_frames",
     "uniform_indices",
+    "video_bytes",
 ]
 
 FRAME_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp")
@@ -165,13 +169,19 @@ def span_to_frames(info: VideoInfo, start_s: float | None, end_s: float | None) 
 # ------------------------------------------------------------------------------------------ probing
 
 
-def probe(path: str | os.PathLike[str], *, fps: float | None = None) -> VideoInfo:
+def probe(path: str | os.PathLike[str], *, fps: float | None = None, max_bytes: int | None = None) -> VideoInfo:
     """Size, frame count, rate and duration of a video file or a folder of frames, without decoding.
 
-    `fps` overrides the rate of a frame folder (default 30); it is ignored for video files.
+    `fps` overrides the rate of a frame folder (default 30); it is ignored for video files. Only regular files
+    and folders are opened (a FIFO, device or socket raises NotARegularFileError); with `max_bytes`, a larger
+    file (or folder of frames) raises VideoTooLargeError before it is opened.
     Raises VideoNotFoundError, EmptyVideoError, BadVideoError, TruncatedVideoError or VideoTooLargeError.
     """
     path = _existing(path)
+    if max_bytes is not None:
+        size = video_bytes(path)
+        if size > max_bytes:
+            raise VideoTooLargeError(f"{path} holds {size} bytes, above the limit of {max_bytes}")
     if path.is_dir():
         info = _probe_folder(path, fps)
     else:
@@ -195,6 +205,28 @@ def check_video_limits(info: VideoInfo) -> None:
         )
 
 
+def check_pixel_budget(info: VideoInfo, frames: int, budget: int) -> None:
+    """Refuse a video when `frames` of its frames decoded at once (width x height x frames) exceed `budget`.
+
+    A side limit alone lets a tiny file of huge frames through (a 17 KB 8192x8192 clip took 2.2 GB to build);
+    the header's size is enough to know, so this runs before anything is decoded.
+    """
+    pixels = info.width * info.height * max(1, frames)
+    if pixels > budget:
+        raise VideoTooLargeError(
+            f"video of {info.width}x{info.height} pixels needs {pixels} pixels for {frames} frames decoded at once, "
+            f"above the budget of {budget} (limits.max_decoded_pixels)"
+        )
+
+
+def video_bytes(path: str | os.PathLike[str]) -> int:
+    """The size of a video file, or of a frame folder's images together (without opening any of them)."""
+    path = Path(path)
+    if path.is_dir():
+        return sum(p.stat().st_size for p in list_frame_files(path))
+    return path.stat().st_size
+
+
 def list_frame_files(folder: str | os.PathLike[str]) -> list[Path]:
     """The frame images of a folder (by extension, case-insensitive), sorted by file name."""
     return sorted(
@@ -215,6 +247,8 @@ def _existing(path: str | os.PathLike[str]) -> Path:
         if not os.access(path, os.R_OK | os.X_OK):
             raise VideoNotFoundError(f"cannot read frame folder {path}")
         return path
+    if not S_ISREG(stat.st_mode):  # opening a FIFO blocks, a device such as /dev/zero never ends
+        raise NotARegularFileError(f"not a regular file or a frame folder: {path}")
     if not os.access(path, os.R_OK):
         raise VideoNotFoundError(f"cannot read video {path}")
     if stat.st_size == 0:

@@ -6,23 +6,34 @@ shard is written after its membership is pinned, so a killed ingest re-run with 
 the missing shards. Clip ids come from content (the bytes of a local video, the URI of a remote one, and the
 span), so the same videos give the same clips on any machine and under any path. A video that cannot be
 found or decoded becomes a reject with its reason; the run goes on.
+
+Every row is checked at this edge, with the data's own reason: its path against the allowed roots (the
+manifest's folder, the dataset root and `paths.allowed_roots`) before anything opens it; only regular files and
+frame folders are read, at most `limits.max_video_bytes`; the pixel budget (`limits.max_decoded_pixels`, width x
+height x frames decoded at once) from the stream header before decoding; the span against the video's length;
+given masks against the video's frame size and frame count; a row naming the clip of an earlier row is a
+`duplicate_row` reject (saying whether its caption differs). Every new row ends as a clip or a reject:
+`items_in = items_out + rejected`.
 """
 
 from __future__ import annotations
 
 import hashlib
+import os
+import stat
 import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from engine import ids
 from engine.config import EngineConfig
-from engine.errors import RejectReason, VideoReferError
+from engine.errors import NotARegularFileError, RejectReason, VideoReferError, VideoTooLargeError
 from engine.types import Clip, Reject
 from flows.pipeline import layout
-from flows.pipeline.manifest import ManifestRow, is_url, read_manifest
+from flows.pipeline.manifest import ManifestPolicy, ManifestRow, is_url, read_manifest
 from flows.pipeline.reports import StageReport, count_reasons
 from flows.pipeline.stages import INGEST, chained_hash
 
@@ -36,15 +47,71 @@ class IngestResult:
     all_shards: tuple[str, ...]
 
 
-def source_id(uri: str) -> str:
-    """What a clip id is derived from: the URI of a remote video, the content hash of a local one."""
+def source_id(uri: str, *, max_bytes: int | None = None) -> str:
+    """What a clip id is derived from: the URI of a remote video, the content hash of a local one.
+
+    Only a regular file, or a folder's frame images (names and bytes, in order), is read; anything else (a FIFO,
+    a device) raises `NotARegularFileError` without being opened, and more than `max_bytes` `VideoTooLargeError`.
+    """
     if is_url(uri):
         return uri
+    path = Path(uri)
+    if stat.S_ISDIR(os.stat(path).st_mode):
+        from engine.video import list_frame_files
+
+        files = list_frame_files(path)
+        digest = hashlib.sha256(b"frame-folder\0")
+        total = sum(f.stat().st_size for f in files)
+        _check_bytes(path, total, max_bytes)
+        for file in files:
+            digest.update(file.name.encode("utf-8", "surrogateescape") + b"\0")
+            _hash_file(file, digest, max_bytes)
+        return "sha256:" + digest.hexdigest()[:32]
     digest = hashlib.sha256()
-    with open(uri, "rb") as handle:
+    _hash_file(path, digest, max_bytes)
+    return "sha256:" + digest.hexdigest()[:32]
+
+
+def _hash_file(path: Path, digest: Any, max_bytes: int | None) -> None:
+    # O_NONBLOCK: opening a FIFO does not wait for a writer; fstat then refuses it (and devices) before any read.
+    descriptor = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    with open(descriptor, "rb", closefd=True) as handle:
+        info = os.fstat(descriptor)
+        if not stat.S_ISREG(info.st_mode):
+            raise NotARegularFileError(f"not a regular file or a frame folder: {path}")
+        _check_bytes(path, info.st_size, max_bytes)
         for block in iter(lambda: handle.read(1 << 20), b""):
             digest.update(block)
-    return "sha256:" + digest.hexdigest()[:32]
+
+
+def _check_bytes(path: Path, size: int, max_bytes: int | None) -> None:
+    if max_bytes is not None and size > max_bytes:
+        raise VideoTooLargeError(f"{path} holds {size} bytes, above limits.max_video_bytes ({max_bytes})")
+
+
+def manifest_policy(droot: layout.DatasetRoot, manifest: str | Path, config: EngineConfig) -> ManifestPolicy:
+    """The rows' limits: paths inside the manifest's folder, the (local) dataset root or `paths.allowed_roots`."""
+    roots = [Path(manifest).resolve().parent]
+    if droot.is_local:
+        roots.append(Path(droot.full_path("")))
+    roots.extend(Path(root) for root in config.paths.allowed_roots)
+    return ManifestPolicy(
+        allowed_roots=tuple(roots), allow_outside=config.paths.allow_outside,
+        max_text_chars=config.limits.max_text_chars,
+    )
+
+
+def frames_decoded_at_once(config: EngineConfig, row: ManifestRow | None = None) -> int:
+    """The most frames of one clip a stage decodes together: sampled frames, mask frames, SAM 2's frames, and
+    for given objects the sampled frames plus every annotated frame (export stores them side by side)."""
+    frames = max(config.sampling.num_frames, config.sampling.mask_frames)
+    segmenter = config.agents.segmenter
+    if getattr(segmenter, "kind", "") == "sam2":
+        frames = max(frames, int(segmenter.max_frames))
+    if row is not None and row.given_objects:
+        annotated = {frame for obj in row.given_objects for frame in obj.masklet.masks}
+        frames = max(frames, config.sampling.num_frames + len(annotated))
+    return frames
 
 
 def ingest(root: layout.RootLike, manifest: str | Path, config: EngineConfig, *, workers: int = 4) -> IngestResult:
@@ -52,18 +119,27 @@ def ingest(root: layout.RootLike, manifest: str | Path, config: EngineConfig, *,
     started = time.perf_counter()
     droot = layout.open_root(root)
     layout.ensure_dataset(droot, config)
-    rows = read_manifest(manifest)
+    rows = read_manifest(manifest, manifest_policy(droot, manifest, config))
     known_clips = layout.ingested_clip_ids(droot)
     known_rejects = layout.ingest_rejected_ids(droot)
 
-    identified = _identify(rows, workers=workers)
+    identified = _identify(rows, workers=workers, max_bytes=config.limits.max_video_bytes)
     new: list[tuple[str, ManifestRow]] = []
     rejects: list[Reject] = []
-    seen: set[str] = set()
+    first_row: dict[str, ManifestRow] = {}
+    considered = 0
     for cid, row, reject in identified:
-        if cid in seen or cid in known_clips or cid in known_rejects:
+        earlier = first_row.get(cid)
+        if earlier is not None:  # the same clip (bytes and span) as an earlier row: counted, never dropped silently
+            duplicate = _duplicate_reject(cid, row, earlier)
+            if duplicate.clip_id not in known_rejects:
+                considered += 1
+                rejects.append(duplicate)
             continue
-        seen.add(cid)
+        first_row[cid] = row
+        if cid in known_clips or cid in known_rejects:
+            continue
+        considered += 1
         if reject is not None:
             rejects.append(reject)
         else:
@@ -71,7 +147,7 @@ def ingest(root: layout.RootLike, manifest: str | Path, config: EngineConfig, *,
 
     clips: dict[str, Clip] = {}
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-        for cid, _row, outcome in pool.map(lambda item: (*item, _probe(*item)), new):
+        for cid, _row, outcome in pool.map(lambda item: (*item, _probe(*item, config)), new):
             if isinstance(outcome, Clip):
                 clips[cid] = outcome
             else:
@@ -97,7 +173,7 @@ def ingest(root: layout.RootLike, manifest: str | Path, config: EngineConfig, *,
         stage=INGEST,
         shard_id="manifest",
         config_hash=chained_hash(config, INGEST),
-        items_in=len(seen),
+        items_in=considered,
         items_out=len(clips),
         rejects=count_reasons(rejects),
         seconds=time.perf_counter() - started,
@@ -106,13 +182,18 @@ def ingest(root: layout.RootLike, manifest: str | Path, config: EngineConfig, *,
     return IngestResult(report=report, new_shards=tuple(new_shards), all_shards=tuple(layout.shards(droot)))
 
 
-def _identify(rows: Sequence[ManifestRow], *, workers: int) -> list[tuple[str, ManifestRow, Reject | None]]:
+def _identify(
+    rows: Sequence[ManifestRow], *, workers: int, max_bytes: int | None = None
+) -> list[tuple[str, ManifestRow, Reject | None]]:
     def one(row: ManifestRow) -> tuple[str, ManifestRow, Reject | None]:
         if row.problem:
             cid = ids.clip_id(f"row:{row.video_uri}:{row.row}", row.start_s, row.end_s)
-            return cid, row, _reject(cid, RejectReason.MALFORMED_SAMPLE, f"manifest row {row.row}: {row.problem}")
+            return cid, row, _reject(cid, row.problem_reason, f"manifest row {row.row}: {row.problem}")
         try:
-            source = f"id:{row.source_id}" if row.source_id else source_id(row.video_uri)
+            source = f"id:{row.source_id}" if row.source_id else source_id(row.video_uri, max_bytes=max_bytes)
+        except VideoReferError as exc:
+            cid = ids.clip_id(row.video_uri, row.start_s, row.end_s)
+            return cid, row, _reject(cid, exc.reason, f"{row.video_uri}: {exc}")
         except OSError as exc:
             cid = ids.clip_id(row.video_uri, row.start_s, row.end_s)
             return cid, row, _reject(cid, RejectReason.VIDEO_NOT_FOUND, f"{row.video_uri}: {exc.strerror or exc}")
@@ -122,19 +203,32 @@ def _identify(rows: Sequence[ManifestRow], *, workers: int) -> list[tuple[str, M
         return list(pool.map(one, rows))
 
 
-def _probe(cid: str, row: ManifestRow) -> Clip | Reject:
-    from engine.video import probe
+def _duplicate_reject(cid: str, row: ManifestRow, earlier: ManifestRow) -> Reject:
+    # Its own id (from the clip and the row), so the kept clip is not marked rejected and a re-run skips it.
+    duplicate_id = ids.clip_id(f"duplicate:{cid}:row{row.row}", None, None)
+    same = row.caption == earlier.caption and row.given_objects == earlier.given_objects
+    detail = "the same caption" if same else f"a different caption {row.caption[:80]!r} (kept: row {earlier.row}'s)"
+    message = f"manifest row {row.row} names the clip of row {earlier.row} (same video and span) with {detail}"
+    return Reject(stage=INGEST, item_id=duplicate_id, clip_id=duplicate_id, reason=RejectReason.DUPLICATE_ROW,
+                  message=message)
+
+
+def _probe(cid: str, row: ManifestRow, config: EngineConfig) -> Clip | Reject:
+    from engine.video import check_pixel_budget, probe
 
     try:
-        info = probe(row.video_uri)
+        info = probe(row.video_uri, max_bytes=config.limits.max_video_bytes)
+        check_pixel_budget(info, frames_decoded_at_once(config, row), config.limits.max_decoded_pixels)
     except VideoReferError as exc:
         return _reject(cid, exc.reason, f"{row.video_uri}: {exc}")
     except Exception as exc:  # a decoder library error we did not classify is still a bad video, not a crash
         return _reject(cid, RejectReason.BAD_VIDEO, f"{row.video_uri}: {type(exc).__name__}: {exc}")
     if info.num_frames <= 0:
         return _reject(cid, RejectReason.EMPTY_VIDEO, f"{row.video_uri}: no frames")
-    if row.start_s is not None and row.end_s is not None and row.end_s <= row.start_s:
-        return _reject(cid, RejectReason.MALFORMED_SAMPLE, f"manifest row {row.row}: end <= start")
+    problem = _span_problem(row, info) or _given_problem(row, info)
+    if problem is not None:
+        reason, message = problem
+        return _reject(cid, reason, f"manifest row {row.row}: {message}")
     return Clip(
         clip_id=cid,
         video_uri=row.video_uri,
@@ -148,6 +242,40 @@ def _probe(cid: str, row: ManifestRow) -> Clip | Reject:
         source=row.source,
         given_objects=row.given_objects,
     )
+
+
+def _span_problem(row: ManifestRow, info: Any) -> tuple[RejectReason, str] | None:
+    """A span that holds no frame of the video, or ends past its end (beyond a frame's rounding), is bad data."""
+    from engine.video import span_to_frames
+
+    if row.start_s is None and row.end_s is None:
+        return None
+    if row.start_s is not None and row.end_s is not None and row.end_s <= row.start_s:
+        return RejectReason.BAD_SPAN, f"end {row.end_s:g} s is not after start {row.start_s:g} s"
+    tolerance = 1.0 / info.fps if info.fps > 0 else 0.0
+    if row.end_s is not None and row.end_s > info.duration_s + tolerance:
+        return RejectReason.BAD_SPAN, f"span ends at {row.end_s:g} s, past the video's end ({info.duration_s:.3f} s)"
+    try:
+        span_to_frames(info, row.start_s, row.end_s)
+    except ValueError as exc:
+        return RejectReason.BAD_SPAN, str(exc)
+    return None
+
+
+def _given_problem(row: ManifestRow, info: Any) -> tuple[RejectReason, str] | None:
+    """Given masks must have the video's frame size and lie on its frames (not only match each other)."""
+    for obj in row.given_objects:
+        for frame, mask in sorted(obj.masklet.masks.items()):
+            if not 0 <= frame < info.num_frames:
+                return RejectReason.FRAME_OUT_OF_RANGE, (
+                    f"object {obj.name!r} has a mask on frame {frame}; the video has frames 0..{info.num_frames - 1}"
+                )
+            if (mask.height, mask.width) != (info.height, info.width):
+                return RejectReason.MASK_SIZE_MISMATCH, (
+                    f"object {obj.name!r}: the mask on frame {frame} is {mask.width}x{mask.height}, "
+                    f"the video's frames are {info.width}x{info.height}"
+                )
+    return None
 
 
 def _reject(cid: str, reason: RejectReason, message: str) -> Reject:

@@ -6,19 +6,24 @@ the source video, e.g. a Panda-70M id; without it a local video is identified by
 Rows for the QA path also carry `objects`: a list of `{name, expression, category?, masks: {frame: COCO RLE}}`
 (a JSON string in CSV/Parquet).
 A manifest without a video column is a config error (fail fast); a row that lacks a video or whose objects
-are malformed is kept with its `problem` set, so ingest turns it into a reject and carries on.
+are malformed is kept with its `problem` (and `problem_reason`) set, so ingest turns it into a reject and carries
+on. Rows are checked here for what needs no video (`ManifestPolicy`): a local path must resolve inside the
+allowed roots (`path_not_allowed`, never opened), a span must be finite and ordered (`bad_span`), texts no longer
+than `max_text_chars` (`text_too_long`), and every given mask a faithful RLE or polygon (`invalid_mask`, frames
+below 0: `frame_out_of_range`); ingest checks the rest against the probed video.
 """
 
 from __future__ import annotations
 
 import csv
 import json
-from collections.abc import Iterator, Mapping
+import math
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from engine.errors import ConfigError
+from engine.errors import ConfigError, InvalidMaskError, PathNotAllowedError, RejectReason
 from engine.types import GivenObject, Masklet, RleMask
 
 _VIDEO_KEYS = ("video", "video_uri", "video_path", "path", "url")
@@ -40,22 +45,41 @@ class ManifestRow:
     source_id: str = ""
     given_objects: tuple[GivenObject, ...] = ()
     problem: str = ""  # non-empty when the row cannot become a clip
+    problem_reason: RejectReason = RejectReason.MALFORMED_SAMPLE
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ManifestPolicy:
+    """What a row may name and hold: local videos inside the manifest's folder or `allowed_roots` (unless
+    `allow_outside`), texts of at most `max_text_chars` characters (None: unbounded)."""
+
+    allowed_roots: tuple[Path, ...] = ()
+    allow_outside: bool = False
+    max_text_chars: int | None = None
+
+
+class _RowProblem(ValueError):
+    def __init__(self, message: str, reason: RejectReason) -> None:
+        super().__init__(message)
+        self.reason = reason
 
 
 def is_url(uri: str) -> bool:
     return "://" in uri and not uri.startswith("file://")
 
 
-def read_manifest(path: str | Path) -> list[ManifestRow]:
-    """All rows of a manifest file, in file order."""
+def read_manifest(path: str | Path, policy: ManifestPolicy | None = None) -> list[ManifestRow]:
+    """All rows of a manifest file, in file order (`policy`: by default paths inside the manifest's folder)."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"manifest not found: {path}")
     raw = list(_raw_rows(path))
-    if raw and not any(key in raw[0] for key in _VIDEO_KEYS):
+    if raw and not any(isinstance(item, Mapping) and key in item for item in raw[:1] for key in _VIDEO_KEYS):
         raise ConfigError(f"manifest {path} has no video column (one of {', '.join(_VIDEO_KEYS)})")
     base = path.resolve().parent
-    return [_normalise(index, item, base) for index, item in enumerate(raw)]
+    policy = policy or ManifestPolicy()
+    roots = (base, *policy.allowed_roots)
+    return [_normalise(index, item, base, roots, policy) for index, item in enumerate(raw)]
 
 
 def _raw_rows(path: Path) -> Iterator[Mapping[str, Any]]:
@@ -92,74 +116,129 @@ def _first(item: Mapping[str, Any], keys: tuple[str, ...]) -> Any:
     return None
 
 
-def _normalise(index: int, item: Mapping[str, Any], base: Path) -> ManifestRow:
+def _normalise(
+    index: int, item: Any, base: Path, roots: Sequence[Path], policy: ManifestPolicy
+) -> ManifestRow:
+    if not isinstance(item, Mapping):
+        return ManifestRow(row=index, video_uri="", caption="", problem="row is not a mapping of columns")
     video = str(_first(item, _VIDEO_KEYS) or "").strip()
     caption = str(_first(item, _CAPTION_KEYS) or "").strip()
     source = str(item.get("source") or "")
     source_id = str(item.get("source_id") or "").strip()
-    problem = "" if video else "row has no video"
+    problems: list[tuple[str, RejectReason]] = [] if video else [("row has no video", RejectReason.MALFORMED_SAMPLE)]
     if video and not is_url(video):
-        local = Path(video.removeprefix("file://"))
-        video = str(local if local.is_absolute() else (base / local).resolve())
+        from engine.paths import resolve_allowed
+
+        local = video.removeprefix("file://")
+        try:
+            video = str(resolve_allowed(local, roots, base=base, allow_outside=policy.allow_outside))
+        except PathNotAllowedError as exc:
+            video = str(Path(local) if Path(local).is_absolute() else base / local)
+            problems.append((str(exc), exc.reason))
+    start_s = end_s = None
     try:
         start_s = _seconds(_first(item, _START_KEYS))
         end_s = _seconds(_first(item, _END_KEYS))
+        if start_s is not None and end_s is not None and end_s <= start_s:
+            raise ValueError(f"end {end_s:g} s is not after start {start_s:g} s")
     except ValueError as exc:
         start_s = end_s = None
-        problem = problem or f"bad span: {exc}"
+        problems.append((f"bad span: {exc}", RejectReason.BAD_SPAN))
+    limit = policy.max_text_chars
+    if limit is not None and len(caption) > limit:
+        problems.append((f"caption of {len(caption)} characters, above {limit}", RejectReason.TEXT_TOO_LONG))
     given: tuple[GivenObject, ...] = ()
     objects = item.get("objects")
     if objects not in (None, "", []):
         try:
-            given = _given_objects(objects)
-        except (ValueError, TypeError, KeyError) as exc:
-            problem = problem or f"malformed objects: {exc}"
-    if not caption and not given and not problem:
-        problem = "row has neither a caption nor objects"
+            given = _given_objects(objects, limit)
+        except _RowProblem as exc:
+            problems.append((f"malformed objects: {exc}", exc.reason))
+        except InvalidMaskError as exc:
+            problems.append((f"malformed objects: {exc}", exc.reason))
+        except (ValueError, TypeError, KeyError, AttributeError) as exc:
+            problems.append((f"malformed objects: {exc}", RejectReason.MALFORMED_SAMPLE))
+    if not caption and not given and not problems:
+        problems.append(("row has neither a caption nor objects", RejectReason.MALFORMED_SAMPLE))
+    problem, reason = problems[0] if problems else ("", RejectReason.MALFORMED_SAMPLE)
     return ManifestRow(
         row=index, video_uri=video, caption=caption, start_s=start_s, end_s=end_s, source=source, source_id=source_id,
-        given_objects=given, problem=problem,
+        given_objects=given, problem=problem, problem_reason=reason,
     )
 
 
 def _seconds(value: Any) -> float | None:
     if value is None:
         return None
-    seconds = float(value)
+    if isinstance(value, bool):
+        raise ValueError(f"time {value!r} is not a number of seconds")
+    try:
+        seconds = float(value)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"time {value!r} is not a number of seconds") from exc
+    if not math.isfinite(seconds):
+        raise ValueError(f"time {value!r} is not finite")
     if seconds < 0:
         raise ValueError(f"negative time {seconds}")
     return seconds
 
 
-def _given_objects(objects: Any) -> tuple[GivenObject, ...]:
+def _given_objects(objects: Any, max_chars: int | None) -> tuple[GivenObject, ...]:
     if isinstance(objects, str):
         objects = json.loads(objects)
+    if not isinstance(objects, list):
+        raise ValueError("objects must be a list")
     given = []
     for obj in objects:
-        masks = {int(frame): _rle(rle) for frame, rle in dict(obj["masks"]).items() if rle is not None}
+        if not isinstance(obj, Mapping) or not isinstance(obj.get("masks"), Mapping):
+            raise ValueError("an object must be a mapping with `masks: {frame: mask}`")
+        masks = {_frame(frame): _rle(rle) for frame, rle in obj["masks"].items() if rle is not None}
         if not masks:
             raise ValueError(f"object {obj.get('name')!r} has no masks")
+        sizes = {(m.height, m.width) for m in masks.values()}
+        if len(sizes) > 1:
+            raise _RowProblem(
+                f"object {obj.get('name')!r} has masks of sizes {sorted(sizes)}", RejectReason.MASK_SIZE_MISMATCH
+            )
         name = str(obj["name"]).strip()
         if not name:
             raise ValueError("object without a name")
+        expression = str(obj.get("expression") or name)
+        category = str(obj.get("category") or name)
+        longest = max(len(name), len(expression), len(category))
+        if max_chars is not None and longest > max_chars:
+            raise _RowProblem(
+                f"object {name[:40]!r}: a text of {longest} characters, above {max_chars}", RejectReason.TEXT_TOO_LONG
+            )
         given.append(
             GivenObject(
                 name=name,
-                expression=str(obj.get("expression") or name),
-                category=str(obj.get("category") or name),
+                expression=expression,
+                category=category,
                 masklet=Masklet(masks=masks, key_frame=min(masks)),
             )
         )
     return tuple(given)
 
 
+def _frame(value: Any) -> int:
+    try:
+        if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+            raise ValueError
+        frame = int(value)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"frame {value!r} is not an integer") from exc
+    if frame < 0:
+        raise _RowProblem(f"mask on frame {value!r}: frames are 0, 1, 2, ...", RejectReason.FRAME_OUT_OF_RANGE)
+    return frame
+
+
 def _rle(value: Any) -> RleMask:
+    """A given mask (COCO RLE, compressed or not, or `{"segmentation": RLE}`), checked to decode faithfully."""
+    from engine.masks import validated_mask
+
     if isinstance(value, Mapping) and "segmentation" in value:
         value = value["segmentation"]
     if not isinstance(value, Mapping):
         raise ValueError("a mask must be a COCO RLE mapping")
-    try:
-        from engine.masks import to_rle_mask  # accepts uncompressed RLE and polygons as well
-    except ImportError:  # pragma: no cover - older engine.masks
-        return RleMask.from_coco(value)
-    return to_rle_mask(value)
+    return validated_mask(value)

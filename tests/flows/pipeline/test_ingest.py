@@ -64,7 +64,7 @@ def test_bad_videos_and_rows_become_rejects_and_the_rest_is_ingested(tmp_path: P
     assert result.report.items_out == 2
     assert result.report.rejects == {
         RejectReason.BAD_VIDEO: 1, RejectReason.EMPTY_VIDEO: 1, RejectReason.VIDEO_NOT_FOUND: 1,
-        RejectReason.MALFORMED_SAMPLE: 2,
+        RejectReason.MALFORMED_SAMPLE: 1, RejectReason.BAD_SPAN: 1,
     }
     droot = layout.open_root(root)
     assert len(layout.ingest_rejects(droot)) == 5
