@@ -339,6 +339,10 @@ def run_stages(
         stage_reports, failures = collect(submitted)
     finally:
         close_worker_pool()  # the warm models of this run (loaded once per worker process)
+    if EXPORT in stages:  # the export's one 700K JSON, merged from its shards' parts once every task has finished
+        from flows.pipeline.export import finalize_export
+
+        finalize_export(root)
     return finish_run(root, config, [*reports, *stage_reports], failures, started=started, name=name)
 
 

@@ -65,7 +65,11 @@ def recorded_grid(path: str | Path) -> int:
     tar = Path(str(path))
     stats = tar.with_name(STATS_NAME)
     if stats.is_file():
-        splits = json.loads(stats.read_text()).get("splits", {})
+        recorded = json.loads(stats.read_text())
+        for figures in (recorded.get("writers") or {}).values():  # per writer: the export's one tar per shard
+            if tar.name in (figures.get("tars") or ()) and figures.get("grid"):
+                return int(figures["grid"])
+        splits = recorded.get("splits", {})
         for split, figures in sorted(splits.items(), key=lambda item: -len(item[0])):
             if tar.name.startswith(f"{split}-") and figures.get("grid"):
                 return int(figures["grid"])

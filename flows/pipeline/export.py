@@ -3,8 +3,21 @@
 Detailed samples come from the refine table, short ones from short_captions, QA ones from generate_qa. Each
 sample's frames are the clip's uniformly sampled frames (the ones the agents saw), then its extra mask frames (none
 for the engine's samples, whose masks lie on sampled frames; written all the same when a sample has them), read
-once per clip and resized to `sampling.image_size`. The tars of shard `S` are `export/wds/train-S-NNNNNN.tar` (with
-their index and stats), its JSON is `export/json/S.json`; a re-export first removes the shard's old files, and the
+once per clip and stored with their aspect ratio kept (`storage.wds.bounded_size`: short side scaled down to
+`sampling.image_size`, never enlarged; the processor stretches them to its square at training time, as it does
+the full frames at inference). All samples of one clip go into ONE clip record (its frames once, a json listing
+its samples: `storage.wds`), so a clip's detailed, short and QA samples no longer carry three copies of its JPEGs.
+
+Naming: engine shard `shard-NNNNNN` writes exactly one tar, `export/wds/train-NNNNNN.tar` (same number; an
+empty tar when it exports nothing), with its `.parquet` index. The tar number is a pure function of the shard
+id, not of what other shards exported: the export runs one task per shard, in parallel and resumed shard by
+shard, and a re-export of one shard rewrites that one tar and renumbers nothing. Shards are pinned with
+consecutive numbers from 0 (`storage.shards`), so the export is the WebDataset set `train-{000000..00000K}.tar`
+with no gap, and its tar size follows `shard_size` (500 clips by default). The shard's 700K items go to
+`export/json/shards/S.json`; after the stage's tasks, `finalize_export` merges the parts of every exported shard
+into one file per export, `export/json/train.json` (`train-NNNNNN.json` parts above `MAX_JSON_ITEMS` items),
+with its video root stated in `export/json/_export.json` (`storage.videorefer_json.write_export_files`). A
+re-export first removes the shard's old files (those of the earlier `train-shard-S-NNNNNN` naming too), and the
 done marker (written last) lists the files. Samples that fail validation are rejects of the `export` stage.
 
 Exported samples are a pure function of the inputs: a video under the dataset root is named relative to the
@@ -39,7 +52,8 @@ EXPORT, REFINE, SHORT_CAPTIONS, GENERATE_QA = "export", "refine", "short_caption
 SPLIT = "train"
 WDS_DIR = "export/wds"
 JSON_DIR = "export/json"
-MAX_SAMPLES_PER_TAR = 1000
+JSON_PARTS_DIR = f"{JSON_DIR}/shards"
+MAX_JSON_ITEMS = 200_000  # items per merged 700K JSON file; more make `train-NNNNNN.json` parts
 DECODE_AHEAD = 2  # clips decoded ahead of the writer
 
 T = TypeVar("T")
@@ -49,8 +63,16 @@ R = TypeVar("R")
 _STATS_LOCK = threading.Lock()
 
 
-def split_of(shard_id: str) -> str:
-    return f"{SPLIT}-{shard_id}"
+def tar_number(shard_id: str) -> int:
+    """The number of the one tar an engine shard exports: the shard's own (`shard-000007` -> `train-000007.tar`)."""
+    number = shard_id.rsplit("-", 1)[-1]
+    if not number.isdigit():
+        raise ValueError(f"shard id {shard_id!r} does not end in a number")
+    return int(number)
+
+
+def tar_stem(shard_id: str) -> str:
+    return f"{SPLIT}-{tar_number(shard_id):06d}"
 
 
 def build_samples(
@@ -138,8 +160,8 @@ def export_shard(
             return group, exc
 
     written: list[Sample] = []
-    writer = ShardWriter(droot, split=split_of(shard_id), max_samples_per_tar=MAX_SAMPLES_PER_TAR,
-                         grid=vision_grid(config.sampling.image_size, config.sampling.patch_size))
+    writer = ShardWriter(droot, split=SPLIT, start_index=tar_number(shard_id), max_samples_per_tar=None,
+                         empty_tar=True, grid=vision_grid(config.sampling.image_size, config.sampling.patch_size))
     try:
         for group, frames_by_index in prefetch(decode, sorted(by_clip), ahead=DECODE_AHEAD):
             if isinstance(frames_by_index, VideoReferError):
@@ -149,13 +171,10 @@ def export_shard(
                     for s in group
                 )
                 continue
-            for sample in group:
-                frames = np.stack([frames_by_index[i] for i in sample.stored_frame_indices])
-                reject = writer.write(sample, frames)
-                if reject is None:
-                    written.append(sample)
-                else:
-                    rejects.append(reject)
+            bad = writer.write_clip(group, frames_by_index)
+            rejected = {reject.item_id for reject in bad}
+            written.extend(sample for sample in group if sample.key not in rejected)
+            rejects.extend(bad)
     except BaseException:
         writer.__exit__(RuntimeError, None, None)
         raise
@@ -164,7 +183,7 @@ def export_shard(
 
     files = [f"{WDS_DIR}/{name}" for name in stats["tars"]]
     files += [f"{WDS_DIR}/{name.removesuffix('.tar')}.parquet" for name in stats["tars"]]
-    json_path = f"{JSON_DIR}/{shard_id}.json"
+    json_path = f"{JSON_PARTS_DIR}/{shard_id}.json"
     droot.write_json(json_path, _json_700k(written))
     files.append(json_path)
     layout.tables.write_rejects(droot, EXPORT, shard_id, rejects)
@@ -196,11 +215,12 @@ def prefetch(function: Callable[[T], R], items: Sequence[T], *, ahead: int) -> I
 
 
 def _clip_frames(video_uri: str, samples: Sequence[Sample], size: int) -> dict[int, np.ndarray]:
-    """Every frame the clip's samples need, decoded once and resized for the vision tower."""
-    from engine.video import read_frames, resize_frames
+    """Every frame the clip's samples need, decoded once, aspect ratio kept (`storage.wds.bound_frames`)."""
+    from engine.video import read_frames
+    from storage.wds import bound_frames
 
     wanted = sorted({int(i) for s in samples for i in s.stored_frame_indices})
-    frames = resize_frames(read_frames(video_uri, wanted), size)
+    frames = bound_frames(read_frames(video_uri, wanted), size)
     return {index: frames[k] for k, index in enumerate(wanted)}
 
 
@@ -212,15 +232,34 @@ def _json_700k(samples: Sequence[Sample]) -> list[dict[str, Any]]:
 
 def clear_shard_export(root: DatasetRoot, shard_id: str) -> None:
     """Remove a shard's exported files (before a re-export), leaving other shards' files alone."""
-    prefix = f"{split_of(shard_id)}-"
+    stem = tar_stem(shard_id)
+    legacy = f"{SPLIT}-{shard_id}-"  # the earlier naming, `train-shard-NNNNNN-NNNNNN.tar`
     for name in root.listdir(WDS_DIR):
-        if name.startswith(prefix):
+        if name.startswith(legacy) or name in (f"{stem}.tar", f"{stem}.parquet", f"{stem}.tar.tmp"):
             root.delete(f"{WDS_DIR}/{name}")
-    root.delete(f"{JSON_DIR}/{shard_id}.json")
+    root.delete(f"{JSON_DIR}/{shard_id}.json")  # the earlier per-shard JSON
+    root.delete(f"{JSON_PARTS_DIR}/{shard_id}.json")
+
+
+def finalize_export(root: layout.RootLike) -> list[str]:
+    """Merge the 700K JSON parts of every shard whose export is done into the export's JSON file(s) and their
+    `_export.json` (video root, files, item count); return the files written (none when nothing is exported).
+
+    Run after the export stage's tasks (`flows.engine_flows.run_stages`): a plain function of the stored parts, so
+    running it again, or after one shard's re-export, gives the same files.
+    """
+    from storage.videorefer_json import write_export_files
+
+    droot = layout.open_root(root)
+    items: list[dict[str, Any]] = []
+    for shard_id in sorted(layout.shards(droot)):
+        part = f"{JSON_PARTS_DIR}/{shard_id}.json"
+        if droot.read_done(EXPORT, shard_id) is not None and droot.exists(part):
+            items.extend(droot.read_json(part))
+    return write_export_files(droot, items, name=SPLIT, max_items=MAX_JSON_ITEMS)
 
 
 def exported_tars(root: layout.RootLike) -> list[str]:
     """Paths (or URLs) of every finished tar of the root, in name order."""
     droot = layout.open_root(root)
     return [droot.url_of(f"{WDS_DIR}/{name}") for name in droot.listdir(WDS_DIR) if name.endswith(".tar")]
-

@@ -92,10 +92,13 @@ def expand_shards(pattern: str) -> list[str]:
     return sorted(paths)
 
 
-def read_tar_samples(path: str) -> Iterator[dict[str, Any]]:
-    """Raw samples of one WebDataset tar, in file order: {"__key__", "__url__", extension: bytes, ...}.
+_CLIP_RECORD = b'"format":"videorefer-clip","frames":'  # unescaped: only a clip record's own keys read so
 
-    The key is the file name up to its first dot (WebDataset's rule); members of one sample are contiguous.
+
+def read_tar_records(path: str) -> Iterator[dict[str, Any]]:
+    """Raw records of one WebDataset tar, in file order: {"__key__", "__url__", extension: bytes, ...}.
+
+    The key is the file name up to its first dot (WebDataset's rule); members of one record are contiguous.
     """
     current: dict[str, Any] | None = None
     with tarfile.open(path, mode="r|*") as archive:
@@ -118,12 +121,58 @@ def read_tar_samples(path: str) -> Iterator[dict[str, Any]]:
         yield current
 
 
+def is_clip_record(raw: Mapping[str, Any]) -> bool:
+    """Whether a raw record is a clip record (`storage.wds`: a clip's frames once, its samples in the json)."""
+    data = raw.get("json")
+    return isinstance(data, bytes | bytearray) and _CLIP_RECORD in data
+
+
+def expand_record(raw: dict[str, Any]) -> list[dict[str, Any]]:
+    """The raw training samples of one record: a sample record as it is; a clip record (its frames once, a json
+    listing its samples) as one raw sample per listed sample, `{"__key__": sample key, "__url__", "json": the
+    sample's json, "00.jpg", ...: the record's JPEG bytes of its stored frames in order}` (shared, not copied).
+
+    A clip record that cannot be expanded becomes one raw sample without frames under the record's key, so it
+    fails in `_encode` and is counted as a bad sample like any other.
+    """
+    if not is_clip_record(raw):
+        return [raw]
+    try:
+        value = json.loads(raw["json"])
+        jpegs = [raw[name] for name in frame_names(raw)]
+        position = {int(index): number for number, index in enumerate(value["frames"])}
+        if len(position) != len(jpegs):
+            raise ValueError(f"the record lists {len(position)} frames but holds {len(jpegs)} JPEGs")
+        out = []
+        for sample in value["samples"]:
+            stored = [*sample.get("frame_indices", ()), *sample.get("extra_frame_indices", ())]
+            expanded = {"__key__": str(sample["key"]), "__url__": raw.get("__url__", ""),
+                        "json": json.dumps(sample, ensure_ascii=False).encode("utf-8")}
+            for number, index in enumerate(stored):
+                expanded[f"{number:02d}{_FRAME_SUFFIX}"] = jpegs[position[int(index)]]
+            out.append(expanded)
+        return out
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        message = f"unreadable clip record: {type(exc).__name__}: {exc}"
+        return [{"__key__": raw.get("__key__", "?"), "__url__": raw.get("__url__", ""),
+                 "json": json.dumps({"__error__": message}).encode("utf-8")}]
+
+
+def read_tar_samples(path: str) -> Iterator[dict[str, Any]]:
+    """Raw training samples of one WebDataset tar, in file order (clip records expanded: `expand_record`)."""
+    for raw in read_tar_records(path):
+        yield from expand_record(raw)
+
+
 def count_samples(paths: Sequence[str]) -> int:
-    """Number of samples (distinct keys with a json member) in the shards, from tar headers only."""
+    """Number of training samples in the shards, from their json members only (no JPEG is read)."""
     total = 0
     for path in paths:
         with tarfile.open(path, mode="r:*") as archive:
-            total += sum(1 for name in archive.getnames() if name.endswith(".json"))
+            for member in archive:
+                if member.isreg() and member.name.endswith(".json"):
+                    data = archive.extractfile(member).read()
+                    total += len(json.loads(data)["samples"]) if _CLIP_RECORD in data else 1
     return total
 
 

@@ -42,15 +42,23 @@ def test_the_chain_produces_all_three_tasks_readable_by_plain_webdataset(corpus)
     assert figures["analyze"].items_in == 4 and figures["generate_qa"].items_in == 1
     assert figures["export"].items_out > 0
     tasks = set()
-    samples = 0
-    for sample in wds.WebDataset(exported_tars(root), shardshuffle=False).decode("rgb8"):
-        tasks.add(sample["json"]["task"])
-        frames = [key for key in sample if key.endswith(".jpg")]
-        assert len(frames) == 4 and sample[frames[0]].shape == (48, 48, 3)
-        samples += 1
+    samples = records = 0
+    # The README's plain-webdataset reading: one record per clip, its frames once, its samples in the json.
+    for record in wds.WebDataset(exported_tars(root), shardshuffle=False).decode("rgb8"):
+        records += 1
+        frames = record["json"]["frames"]  # the video frame index of 00.jpg, 01.jpg, ...
+        assert sorted(key for key in record if key.endswith(".jpg")) == [f"{i:02d}.jpg" for i in range(len(frames))]
+        for sample in record["json"]["samples"]:
+            tasks.add(sample["task"])
+            stored = sample["frame_indices"] + sample["extra_frame_indices"]
+            images = [record[f"{frames.index(i):02d}.jpg"] for i in stored]
+            # The 96 x 72 clips keep their 4:3 aspect: short side down to the 48-px vision size, not a square.
+            assert len(images) == 4 and images[0].shape == (48, 64, 3)
+            samples += 1
     assert tasks == {"detailed", "short", "qa"}
     assert samples == figures["export"].items_out
-    assert (root / "export" / "json").is_dir() and list((root / "export" / "json").glob("*.json"))
+    assert records < samples  # the samples of one clip share its record's frames
+    assert (root / "export" / "json").is_dir() and list((root / "export" / "json" / "shards").glob("*.json"))
 
 
 def test_a_second_run_skips_every_stage_and_changes_nothing(corpus) -> None:
