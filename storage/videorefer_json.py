@@ -4,8 +4,13 @@ An item is `{"video", "conversations": [{"from", "value"}], "annotation": [{fram
 optional "height"/"width", ...}` with one annotation dict per `<region>` token, in order (PAPER.md "Released
 sample format"). Import converts polygons and uncompressed RLE to compressed RLE, and turns every item that would
 crash or mislead a loader (null or missing segmentation, empty masks, a `<region>` count that differs from the
-annotations, malformed conversations) into a `Reject` with a reason code. Keys the format does not define are
-kept in `Sample.extra`, so `export_700k(import_700k(x))` gives `x` back for valid items (RLE normalised).
+annotations, malformed conversations) into a `Reject` with a reason code. Masks are checked before they are
+decoded (`engine.masks.validated_mask`: RLE counts cover exactly height x width, polygons inside the image, one
+size per item that equals its declared height/width), frames are integers from 0, texts at most
+`max_text_chars` long, and a local video must resolve inside the video root (or `allowed_roots`): `..`, an
+absolute path elsewhere or a symlink out of the root is `path_not_allowed`, unless `allow_outside`. Keys the
+format does not define are kept in `Sample.extra`, so `export_700k(import_700k(x))` gives `x` back for valid
+items (RLE normalised).
 """
 
 from __future__ import annotations
@@ -14,10 +19,10 @@ import posixpath
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from engine.errors import InvalidSampleError, RejectReason
+from engine.errors import InvalidSampleError, PathNotAllowedError, RejectReason
 from engine.ids import clip_id as make_clip_id
 from engine.ids import sample_key, stable_hash
-from engine.masks import decode_rle, encode_rle
+from engine.masks import validated_mask
 from engine.types import Reject, RleMask, Sample, SampleObject, Task, Turn
 from storage.root import EXPORT_JSON_DIR, DatasetRoot
 from storage.samples import validate_sample
@@ -37,45 +42,84 @@ def infer_task(conversations: Sequence[Turn]) -> Task:
 
 
 def segmentation_to_rle(segmentation: Any, height: int | None, width: int | None) -> RleMask:
-    """Compressed RLE of a released segmentation: compressed RLE, uncompressed RLE or polygons (needs the size)."""
+    """Compressed RLE of a released segmentation: compressed RLE, uncompressed RLE or polygons (needs the size).
+
+    Checked before anything decodes it (`engine.masks.validated_mask`): RLE counts must cover exactly height x
+    width, polygons lie inside the image, and with `height`/`width` given an RLE must have that size.
+    `InvalidSampleError` (an `InvalidMaskError` for bad masks) with the reason otherwise.
+    """
     if segmentation is None or (isinstance(segmentation, dict | list | str) and not segmentation):
         raise InvalidSampleError("segmentation is null or empty", reason=RejectReason.MISSING_MASK)
     if isinstance(segmentation, Mapping):
         if "counts" not in segmentation or "size" not in segmentation:
             raise InvalidSampleError("RLE without size or counts", reason=RejectReason.MISSING_MASK)
-        counts = segmentation["counts"]
-        if isinstance(counts, str | bytes):
-            return RleMask.from_coco(segmentation)
-        return RleMask.from_coco(encode_rle(decode_rle(segmentation)))  # uncompressed (list) counts
+        if height and width:
+            return validated_mask(segmentation, height=int(height), width=int(width))
+        return validated_mask(segmentation)
     if isinstance(segmentation, list):
         if not height or not width:
             raise InvalidSampleError("polygon segmentation without the item's height and width")
-        from pycocotools import mask as coco_mask
-
-        polygons = (
-            [list(map(float, p)) for p in segmentation]
-            if isinstance(segmentation[0], list)
-            else [list(map(float, segmentation))]
-        )
-        merged = coco_mask.merge(coco_mask.frPyObjects(polygons, int(height), int(width)))
-        return RleMask.from_coco(encode_rle(coco_mask.decode(merged)))
+        return validated_mask(segmentation, height=int(height), width=int(width))
     raise InvalidSampleError(f"unsupported segmentation of type {type(segmentation).__name__}")
 
 
-def _item_sample(item: Mapping[str, Any], position: int, video_root: str, task: Task | None) -> Sample:
+def _frame_index(frame: Any) -> int:
+    try:
+        index = int(frame)
+    except (TypeError, ValueError) as exc:
+        raise InvalidSampleError(f"frame key {frame!r} is not an integer") from exc
+    if index < 0:
+        raise InvalidSampleError(
+            f"mask on frame {index}: frames are 0, 1, 2, ...", reason=RejectReason.FRAME_OUT_OF_RANGE
+        )
+    return index
+
+
+def _check_video_path(video: str, video_root: str, allowed_roots: Sequence[str] | None, allow_outside: bool) -> None:
+    """A local video must resolve inside the video root or `allowed_roots` (None: the video root alone)."""
+    if allow_outside or "://" in video:
+        return
+    if "://" in video_root:  # a remote root: the item's path must stay below it
+        normal = posixpath.normpath(video)
+        if video.startswith("/") or normal == ".." or normal.startswith("../"):
+            raise PathNotAllowedError(f"video {video!r} leaves the video root {video_root}")
+        return
+    from engine.paths import resolve_allowed
+
+    roots = [video_root or "."] + list(allowed_roots or ())
+    resolve_allowed(posixpath.join(video_root, video) if video_root else video, roots)
+
+
+def _item_sample(
+    item: Mapping[str, Any], position: int, video_root: str, task: Task | None, checks: Mapping[str, Any]
+) -> Sample:
     if not isinstance(item, Mapping):
         raise InvalidSampleError(f"item {position} is not a JSON object")
     video = item.get("video")
     if not isinstance(video, str) or not video:
         raise InvalidSampleError("item has no video path")
+    try:
+        _check_video_path(video, video_root, checks["allowed_roots"], checks["allow_outside"])
+    except PathNotAllowedError as exc:
+        raise InvalidSampleError(str(exc), reason=exc.reason) from exc
     turns = item.get("conversations")
     if not isinstance(turns, list) or not all(isinstance(t, Mapping) and "from" in t and "value" in t for t in turns):
         raise InvalidSampleError("conversations must be a list of {from, value}")
+    if not all(isinstance(t["from"], str) and isinstance(t["value"], str) for t in turns):
+        raise InvalidSampleError("conversation `from` and `value` must be strings")
+    limit = checks["max_text_chars"]
+    longest = max((len(t["value"]) for t in turns), default=0)
+    if limit is not None and longest > limit:
+        raise InvalidSampleError(f"a conversation turn of {longest} characters, above {limit}",
+                                 reason=RejectReason.TEXT_TOO_LONG)
     conversations = tuple(Turn(role=t["from"], value=t["value"]) for t in turns)
     annotation = item.get("annotation")
     if annotation is None or not isinstance(annotation, list) or not annotation:
         raise InvalidSampleError("item has no annotation", reason=RejectReason.MISSING_MASK)
     height, width = item.get("height"), item.get("width")
+    for name, value in (("height", height), ("width", width)):
+        if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value <= 0):
+            raise InvalidSampleError(f"item {name} {value!r} is not a positive integer")
     video_uri = posixpath.join(video_root, video) if video_root else video
     clip = make_clip_id(video_uri, None, None)
     objects = []
@@ -89,7 +133,7 @@ def _item_sample(item: Mapping[str, Any], position: int, video_root: str, task: 
                     f"object {number} frame {frame}: segmentation missing", reason=RejectReason.MISSING_MASK
                 )
             try:
-                masks[int(frame)] = segmentation_to_rle(entry["segmentation"], height, width)
+                masks[_frame_index(frame)] = segmentation_to_rle(entry["segmentation"], height, width)
             except InvalidSampleError as exc:
                 raise InvalidSampleError(f"object {number} frame {frame}: {exc}", reason=exc.reason) from exc
             except (ValueError, TypeError, KeyError) as exc:
@@ -97,6 +141,11 @@ def _item_sample(item: Mapping[str, Any], position: int, video_root: str, task: 
         object_id = stable_hash("700k_object", clip, number, sorted(masks))
         objects.append(SampleObject(object_id=object_id, category="", masks=masks))
     first_mask = next(iter(objects[0].masks.values()))
+    sizes = sorted({(m.height, m.width) for obj in objects for m in obj.masks.values()})
+    if len(sizes) > 1:
+        raise InvalidSampleError(
+            f"masks of different sizes {sizes} in one item", reason=RejectReason.MASK_SIZE_MISMATCH
+        )
     chosen_task = task or infer_task(conversations)
     extra = {key: value for key, value in item.items() if key not in _KNOWN_KEYS}
     return Sample(
@@ -118,19 +167,29 @@ def _item_sample(item: Mapping[str, Any], position: int, video_root: str, task: 
 
 
 def import_700k(
-    items: Sequence[Mapping[str, Any]], *, grid: int, video_root: str = "", task: Task | None = None
+    items: Sequence[Mapping[str, Any]],
+    *,
+    grid: int,
+    video_root: str = "",
+    task: Task | None = None,
+    allowed_roots: Sequence[str] | None = None,
+    allow_outside: bool = False,
+    max_text_chars: int | None = None,
 ) -> tuple[list[Sample], list[Reject]]:
     """Validated samples from released items, and a `Reject` (with reason code) for every unusable item.
 
     `grid` is the vision feature grid masks are checked on (`storage.samples.vision_grid`); `video_root` is
-    joined to each item's relative `video`; `task` overrides the task inferred from the prompt.
+    joined to each item's relative `video`; `task` overrides the task inferred from the prompt. A local video must
+    resolve inside `video_root` (the working folder when empty) or one of `allowed_roots`, unless `allow_outside`;
+    `max_text_chars` bounds each conversation turn.
     """
+    checks = {"allowed_roots": allowed_roots, "allow_outside": allow_outside, "max_text_chars": max_text_chars}
     samples: list[Sample] = []
     rejects: list[Reject] = []
     for position, item in enumerate(items):
         item_id = f"item{position}"
         try:
-            sample = _item_sample(item, position, video_root, task)
+            sample = _item_sample(item, position, video_root, task, checks)
         except InvalidSampleError as exc:
             video = item.get("video") if isinstance(item, Mapping) else None
             clip = make_clip_id(str(video), None, None) if isinstance(video, str) else ""
@@ -179,65 +238,6 @@ def write_export_json(root: DatasetRoot, name: str, samples: Sequence[Sample]) -
     relative = f"{EXPORT_JSON_DIR}/{name}.json"
     root.write_json(relative, export_700k(samples))
     return relative
-
-
-EXPORT_META = f"{EXPORT_JSON_DIR}/_export.json"
-
-
-def _is_absolute(video: str) -> bool:
-    return "://" in video or video.startswith("/")
-
-
-def video_root_of(items: Sequence[Mapping[str, Any]], dataset_root: DatasetRoot) -> tuple[str, list[dict[str, Any]]]:
-    """The video root of a set of items and the items with `video` relative to it.
-
-    Items whose videos are all relative (the engine names a video under the dataset root relative to the root)
-    keep their paths and the root is the dataset root. Otherwise every local video is made absolute (relative
-    ones joined to the dataset root) and the root is their deepest common folder; a URL among them (another
-    file system) leaves every path as it is, under an empty root.
-    """
-    videos = [str(item.get("video", "")) for item in items]
-    base = dataset_root.url_of("").rstrip("/")
-    if not any(_is_absolute(v) for v in videos):
-        return base, [dict(item) for item in items]
-    if any("://" in v for v in videos) or not dataset_root.is_local:
-        return "", [dict(item) for item in items]
-    absolute = [v if v.startswith("/") else posixpath.join(base, v) for v in videos]
-    root = posixpath.commonpath([posixpath.dirname(posixpath.normpath(v)) for v in absolute])
-    relative = [posixpath.relpath(posixpath.normpath(v), root) for v in absolute]
-    return root, [{**item, "video": video} for item, video in zip(items, relative, strict=True)]
-
-
-def write_export_files(
-    root: DatasetRoot, items: Sequence[Mapping[str, Any]], *, name: str = "train", max_items: int = 200_000
-) -> list[str]:
-    """Write one export's released-format items: `export/json/<name>.json`, or `<name>-NNNNNN.json` parts of at
-    most `max_items` items when there are more, plus `export/json/_export.json` stating the video root.
-
-    Each item's `video` is relative to that root (`video_root_of`): a reader joins `video_root` and `video`,
-    e.g. `videorefer import-700k --json export/json/train.json --videos <video_root>`. `_export.json` is
-    `{"format": "videorefer-700k", "video_root", "files", "items"}`. Files of an earlier write under the same
-    name are removed first; with no items nothing is written. Returns the paths written, relative to the root.
-    """
-    if max_items <= 0:
-        raise ValueError("max_items must be positive")
-    for existing in root.listdir(EXPORT_JSON_DIR):
-        stem, part = existing.removesuffix(".json"), existing.removesuffix(".json")[len(name) + 1 :]
-        if existing.endswith(".json") and (stem == name or stem.startswith(f"{name}-") and part.isdigit()):
-            root.delete(f"{EXPORT_JSON_DIR}/{existing}")
-    root.delete(EXPORT_META)
-    if not items:
-        return []
-    video_root, relative = video_root_of(items, root)
-    chunks = [relative[i : i + max_items] for i in range(0, len(relative), max_items)]
-    names = [f"{name}.json"] if len(chunks) == 1 else [f"{name}-{n:06d}.json" for n in range(len(chunks))]
-    written = []
-    for file_name, chunk in zip(names, chunks, strict=True):
-        root.write_json(f"{EXPORT_JSON_DIR}/{file_name}", chunk)
-        written.append(f"{EXPORT_JSON_DIR}/{file_name}")
-    meta = {"format": "videorefer-700k", "video_root": video_root, "files": names, "items": len(relative)}
-    root.write_json(EXPORT_META, meta)
-    return [*written, EXPORT_META]
 
 
 def read_700k(root: DatasetRoot, relative: str) -> list[dict[str, Any]]:

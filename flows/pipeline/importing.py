@@ -6,8 +6,11 @@
 each sample its frames as the release reads them (`frame_indices`: `sampling.num_frames` uniform frames of the
 whole video; `extra_frame_indices`: every annotated frame not among them, since the release pools every mask
 frame), reads them once per video, and writes `export/wds/import-<name>-...tar`. A sample with an annotated frame
-outside the video, or needing more than 100 frames, is a reject. Per chunk the work is skipped when its done
-marker carries the same config hash.
+outside the video (`frame_out_of_range`), masks of another size than the video's frames (`mask_size_mismatch`),
+a video outside the `--videos` folder and `paths.allowed_roots` (`path_not_allowed`), a file that is not a
+regular file or above `limits.max_video_bytes`, or one needing more than 100 frames, is a reject. Frames are
+decoded in batches within `limits.max_decoded_pixels`. Per chunk the work is skipped when its done marker
+carries the same config hash.
 """
 
 from __future__ import annotations
@@ -83,7 +86,10 @@ def import_700k_shard(
         return dataclasses.replace(stored, skipped=True, seconds=0.0)
     data = droot.read_json(f"{_chunk_dir(json_path)}/{chunk}.json")
     grid = vision_grid(config.sampling.image_size, config.sampling.patch_size)
-    samples, rejects = import_700k(data["items"], video_root=str(video_root), grid=grid)
+    samples, rejects = import_700k(
+        data["items"], video_root=str(video_root), grid=grid, allowed_roots=list(config.paths.allowed_roots),
+        allow_outside=config.paths.allow_outside, max_text_chars=config.limits.max_text_chars,
+    )
     rejects = [dataclasses.replace(r, item_id=_renumber(r.item_id, data["offset"])) for r in rejects]
 
     split = f"import-{chunk}"
@@ -150,19 +156,28 @@ def _with_frames(
     video's samples is decoded once. A sample with an annotated frame outside the video, or with more frames
     than a shard can name, gets (reason, message) instead of frames.
     """
-    from engine.video import probe, read_frames, resize_frames, uniform_indices
+    from engine.video import check_pixel_budget, probe, read_frames, resize_frames, uniform_indices
     from storage.samples import extra_frames_of
 
-    info = probe(video)
+    info = probe(video, max_bytes=config.limits.max_video_bytes)
+    budget = config.limits.max_decoded_pixels
+    check_pixel_budget(info, 1, budget)
     uniform = tuple(uniform_indices(info.num_frames, config.sampling.num_frames))
     planned: list[tuple[Sample, tuple[RejectReason, str] | None]] = []
     for sample in samples:
         extras = extra_frames_of(uniform, sample.objects)
         framed = dataclasses.replace(sample, frame_indices=uniform, extra_frame_indices=extras)
         outside = [i for i in extras if not 0 <= i < info.num_frames]
+        sizes = sorted({(m.height, m.width) for o in sample.objects for m in o.masks.values()} - {
+            (info.height, info.width)
+        })
         if outside:
             message = f"annotated frames {outside} outside {video} ({info.num_frames} frames)"
-            planned.append((framed, (RejectReason.MALFORMED_SAMPLE, message)))
+            planned.append((framed, (RejectReason.FRAME_OUT_OF_RANGE, message)))
+        elif sizes:
+            message = f"masks of {sizes[0][1]}x{sizes[0][0]} pixels; the frames of {video} are "
+            message += f"{info.width}x{info.height}"
+            planned.append((framed, (RejectReason.MASK_SIZE_MISMATCH, message)))
         elif len(uniform) + len(extras) > MAX_FRAMES:
             message = (
                 f"{len(uniform)} sampled + {len(extras)} extra annotated frames; a shard holds at most {MAX_FRAMES}"
@@ -172,9 +187,11 @@ def _with_frames(
             planned.append((framed, None))
     wanted = sorted({i for sample, problem in planned if problem is None for i in sample.stored_frame_indices})
     by_index: dict[int, np.ndarray] = {}
-    if wanted:
-        frames = resize_frames(read_frames(video, wanted), config.sampling.image_size)
-        by_index = {index: frames[k] for k, index in enumerate(wanted)}
+    batch = max(1, budget // (info.width * info.height))  # frames decoded at once stay within the pixel budget
+    for first in range(0, len(wanted), batch):
+        part = wanted[first : first + batch]
+        frames = resize_frames(read_frames(video, part), config.sampling.image_size)
+        by_index.update({index: frames[k] for k, index in enumerate(part)})
     out: list[tuple[Sample, np.ndarray | tuple[RejectReason, str]]] = []
     for sample, problem in planned:
         if problem is not None:

@@ -81,4 +81,4 @@ def test_stored_images_are_the_frames_they_name(imported: dict) -> None:
 def test_samples_that_cannot_be_stored_are_rejects_with_reasons(imported: dict) -> None:
     report = imported["report"]
     assert report.items_in == 3 and report.items_out == 1
-    assert report.rejects == {"malformed_sample": 1, "too_many_frames": 1}
+    assert report.rejects == {"frame_out_of_range": 1, "too_many_frames": 1}
