@@ -37,7 +37,7 @@ def register(app: typer.Typer) -> None:
         _quiet()
         from flows.demo import prepare_demo
 
-        with _engine_errors():
+        with _engine_errors(), _writer_lock(root):
             root.mkdir(parents=True, exist_ok=True)
             with _spinner(f"making {clips} synthetic clips in {root}/videos"):
                 manifest = prepare_demo(root, clips=clips, videos=videos)
@@ -61,7 +61,7 @@ def register(app: typer.Typer) -> None:
         from flows import engine_flows
         from flows.runtime import run_flow
 
-        with _engine_errors():
+        with _engine_errors(), _writer_lock(root):
             report = run_flow(engine_flows.ingest, root=root, manifest=str(manifest), config_path=_opt(config))
             _print_report(report)
 
@@ -75,7 +75,7 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Run every stage on every shard (only what is not done for this config), then export."""
         _quiet()
-        with _engine_errors():
+        with _engine_errors(), _writer_lock(root):
             report = _run_build(root, manifest=_opt(manifest), config=_opt(config), runner=runner, shards=shard)
             _print_report(report)
 
@@ -95,7 +95,7 @@ def register(app: typer.Typer) -> None:
         from flows.pipeline.stages import check_stage
         from flows.runtime import run_flow
 
-        with _engine_errors():
+        with _engine_errors(), _writer_lock(root):
             flow_obj = engine_flows.STAGE_FLOWS[check_stage(name.replace("-", "_"))]
             report = run_flow(flow_obj, runner=runner, root=root, config_path=_opt(config), shards=shard or None,
                               force=force)
@@ -112,7 +112,7 @@ def register(app: typer.Typer) -> None:
         from flows import engine_flows
         from flows.runtime import run_flow
 
-        with _engine_errors():
+        with _engine_errors(), _writer_lock(root):
             report = run_flow(engine_flows.export, root=root, config_path=_opt(config), force=force)
             _print_report(report)
             _print_outputs(Path(root))
@@ -129,7 +129,7 @@ def register(app: typer.Typer) -> None:
         from flows import engine_flows
         from flows.runtime import run_flow
 
-        with _engine_errors():
+        with _engine_errors(), _writer_lock(root):
             report = run_flow(engine_flows.import_700k, root=root, json_path=str(json_file),
                               video_root=str(videos), config_path=_opt(config))
             _print_report(report)
@@ -208,6 +208,18 @@ def _engine_errors() -> Iterator[None]:
     except (VideoReferError, StageFailedError) as exc:
         typer.secho(f"error: {type(exc).__name__}: {exc}", fg=typer.colors.RED, err=True)
         raise typer.Exit(1) from exc
+
+
+@contextlib.contextmanager
+def _writer_lock(root: str | Path) -> Iterator[None]:
+    """The root's writer lock for the whole command, taken before Prefect starts, so a second writer fails at once
+    (the flow takes it again, re-entrantly; a deployment's flow run takes it by itself)."""
+    import sys
+
+    from flows.pipeline import layout
+
+    with layout.open_root(str(root)).lock("videorefer " + " ".join(sys.argv[1:])):
+        yield
 
 
 @contextlib.contextmanager

@@ -329,6 +329,19 @@ def run_stages(
         check_stage(stage)
     config = layout.resolve_config(root, config_path)
     check_run(config, stages, manifest=manifest)  # a backend that is down, a missing manifest: one line, at once
+    with layout.open_root(root).lock(writer_command(name)):  # one writer per root; a second fails at once
+        return _run_locked(root, config, stages, shards, force, name=name, manifest=manifest, started=started)
+
+
+def writer_command(name: str) -> str:
+    """What a root's lock says its holder is doing: the flow and the command line that started it."""
+    import sys
+
+    return f"{name} flow: {' '.join(sys.argv)}"[:500]
+
+
+def _run_locked(root: str, config: EngineConfig, stages: Sequence[str], shards: Sequence[str] | None, force: bool,
+                *, name: str, manifest: str | None, started: float) -> RunReport:
     layout.ensure_dataset(layout.open_root(root), config)
     reports: list[StageReport] = []
     if manifest:
@@ -405,15 +418,16 @@ def import_700k(root: str, json_path: str, video_root: str, config_path: str | N
     started = time.perf_counter()
     root = str(root)
     config = layout.resolve_config(root, config_path)
-    layout.ensure_dataset(layout.open_root(root), config)
-    shard_ids = plan_import(root, json_path, config)
-    futures = [
-        (
-            "import_700k",
-            shard,
-            import_700k_task.submit(root, str(Path(json_path)), str(Path(video_root)), shard, config),
-        )
-        for shard in shard_ids
-    ]
-    reports, failures = collect(futures)
-    return finish_run(root, config, reports, failures, started=started, name="import_700k").to_json()
+    with layout.open_root(root).lock(writer_command("import_700k")):
+        layout.ensure_dataset(layout.open_root(root), config)
+        shard_ids = plan_import(root, json_path, config)
+        futures = [
+            (
+                "import_700k",
+                shard,
+                import_700k_task.submit(root, str(Path(json_path)), str(Path(video_root)), shard, config),
+            )
+            for shard in shard_ids
+        ]
+        reports, failures = collect(futures)
+        return finish_run(root, config, reports, failures, started=started, name="import_700k").to_json()

@@ -6,19 +6,33 @@ that can rename (local disk, `memory://`) the data goes to a temporary name in t
 into place when complete; on object stores (s3, gcs, ...) a single upload only becomes visible when it is
 committed on close, so the final name is written directly. A stage's output for a shard counts as done only when
 its `<shard_id>.done.json` marker, written last, carries the stage-config hash the caller expects.
+
+One writer per root: `DatasetRoot.lock(command)` creates `.videorefer.lock` exclusively, holding the writer's id
+(host, pid, the process's start time, the command). A second writer fails at once with a `RootLockedError` naming
+the holder; a lock whose process is gone (killed with -9 on this host, or its pid reused by another process) is
+stale and taken over. The lock is re-entrant within one process (the CLI takes it, then the flow it runs), and
+temporary names are unique per write, so two processes can never write into the same temporary file.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import posixpath
+import socket
+import sys
+import threading
+import time
 import uuid
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 
 import fsspec
+
+from engine.errors import ConfigError
 
 SCHEMA_VERSION = 1
 
@@ -34,6 +48,64 @@ DONE_SUFFIX = ".done.json"
 
 # File systems whose rename is a real, cheap move of a complete file; the others get direct, committed uploads.
 _RENAMING_PROTOCOLS = {"file", "local", "memory"}
+LOCK_NAME = ".videorefer.lock"
+# A lock file that exists but cannot be read yet: its writer may be between create and write; older than this it
+# was left by a process killed in that instant.
+_UNREADABLE_LOCK_GRACE_S = 10.0
+
+
+class RootLockedError(ConfigError):
+    """Another writer holds the dataset root's lock (the message names it and what to do)."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class LockHolder:
+    """Who holds a root's lock: enough to tell a user who it is and to tell a live holder from a dead one."""
+
+    host: str
+    pid: int
+    started: str  # when the lock was taken, UTC ISO time
+    command: str
+    process_start: str = ""  # the process's start time from /proc (tells a reused pid from the holder)
+    token: str = ""
+
+    def describe(self) -> str:
+        return f"pid {self.pid} on {self.host} since {self.started} (`{self.command}`)"
+
+    @staticmethod
+    def current(command: str) -> LockHolder:
+        return LockHolder(host=socket.gethostname(), pid=os.getpid(),
+                          started=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), command=command[:500],
+                          process_start=process_start_time(os.getpid()), token=uuid.uuid4().hex)
+
+
+def process_start_time(pid: int) -> str:
+    """The start time of process `pid` in clock ticks since boot (Linux /proc), or "" where unknown."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return ""
+    return stat.rsplit(")", 1)[-1].split()[19]  # field 22 of stat; fields after the command name start at 3
+
+
+def holder_is_alive(holder: LockHolder) -> bool:
+    """False only when the holder is certainly gone: on this host, no such pid, or the pid now names another
+    process (another start time). A holder on another host is taken to be alive."""
+    if holder.host != socket.gethostname():
+        return True
+    try:
+        os.kill(holder.pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass  # a live process of another user
+    now = process_start_time(holder.pid) if holder.process_start else ""
+    return not now or now == holder.process_start
+
+
+# Locks this process holds: lock URL -> (holder, depth); the CLI takes the lock and the flow it runs takes it again.
+_HELD: dict[str, tuple[LockHolder, int]] = {}
+_HELD_GUARD = threading.Lock()
 
 
 class DatasetRoot:
@@ -133,7 +205,8 @@ class DatasetRoot:
     def open_atomic(self, relative: str, *, temp_name: str | None = None) -> Iterator[BinaryIO]:
         """A writable binary file that appears at `relative` only when the block ends without an exception.
 
-        `temp_name` (a sibling file name) overrides the default hidden temporary name, e.g. `train-000000.tar.tmp`.
+        `temp_name` (a sibling file name) replaces the default hidden temporary name, e.g. `train-000000.tar.tmp`;
+        a unique suffix is added to either.
         """
         final = self.full_path(relative)
         directory = posixpath.dirname(final)
@@ -151,7 +224,9 @@ class DatasetRoot:
                 raise
             handle.close()
             return
-        name = temp_name or f".{posixpath.basename(final)}.tmp-{uuid.uuid4().hex[:12]}"
+        # Unique per write: two writers (processes or threads) never share a temporary file.
+        unique = uuid.uuid4().hex[:12]
+        name = f"{temp_name}-{unique}" if temp_name else f".{posixpath.basename(final)}.tmp-{unique}"
         temp = posixpath.join(directory, name)
         handle = self.fs.open(temp, "wb")
         try:
@@ -199,3 +274,121 @@ class DatasetRoot:
         """Shard ids that carry a done marker for `stage` (whatever their config hash)."""
         names = self.listdir(f"{STAGES_DIR}/{stage}")
         return [name.removesuffix(DONE_SUFFIX) for name in names if name.endswith(DONE_SUFFIX)]
+
+    # ------------------------------------------------------------ one writer per root
+
+    @contextmanager
+    def lock(self, command: str | None = None) -> Iterator[LockHolder]:
+        """Hold the root's writer lock for the block; `RootLockedError` at once when another writer holds it."""
+        key = self.url_of(LOCK_NAME)
+        with _HELD_GUARD:
+            held = _HELD.get(key)
+            if held is not None:
+                _HELD[key] = (held[0], held[1] + 1)
+        if held is None:
+            holder = self._acquire(LockHolder.current(command or " ".join(sys.argv)))
+            with _HELD_GUARD:
+                _HELD[key] = (holder, 1)
+        else:
+            holder = held[0]
+        try:
+            yield holder
+        finally:
+            with _HELD_GUARD:
+                current, depth = _HELD[key]
+                if depth > 1:
+                    _HELD[key] = (current, depth - 1)
+                else:
+                    del _HELD[key]
+                    self._release(current)
+
+    def lock_holder(self) -> LockHolder | None:
+        """Who holds the root's lock now (None when nobody does, or the lock file cannot be read)."""
+        try:
+            data = json.loads(self.read_bytes(LOCK_NAME).decode("utf-8"))
+            return LockHolder(**{key: data[key] for key in LockHolder.__dataclass_fields__ if key in data})
+        except (OSError, ValueError, TypeError, KeyError):
+            return None
+
+    def _acquire(self, me: LockHolder) -> LockHolder:
+        self.fs.makedirs(self._base, exist_ok=True)
+        for _ in range(20):
+            if self._create_lock(me):
+                return me
+            holder = self.lock_holder()
+            if holder is None:
+                if not self.exists(LOCK_NAME):
+                    continue  # released in between: try again
+                if self._lock_age_s() < _UNREADABLE_LOCK_GRACE_S:
+                    time.sleep(0.2)  # its writer is between create and write
+                    continue
+                self._take_over(None)
+                continue
+            if holder_is_alive(holder):
+                raise RootLockedError(
+                    f"dataset root {self.url} is in use by another writer: {holder.describe()}; wait for it to end "
+                    f"or stop it (a lock left by a process that died on this host is taken over by itself; one from "
+                    f"a host whose writer is gone: delete {self.url_of(LOCK_NAME)})"
+                )
+            self._take_over(holder)
+        raise RootLockedError(f"could not take the writer lock of {self.url} ({self.url_of(LOCK_NAME)})")
+
+    def _create_lock(self, me: LockHolder) -> bool:
+        data = (json.dumps(asdict(me), indent=2, sort_keys=True) + "\n").encode("utf-8")
+        path = self.full_path(LOCK_NAME)
+        if self.is_local:
+            try:
+                fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                return False
+            with os.fdopen(fd, "wb") as handle:
+                handle.write(data)
+                handle.flush()
+                os.fsync(handle.fileno())
+            return True
+        # Object stores have no exclusive create: write when absent, then read back who won.
+        if self.fs.exists(path):
+            return False
+        self.fs.pipe_file(path, data)
+        holder = self.lock_holder()
+        return holder is not None and holder.token == me.token
+
+    def _lock_age_s(self) -> float:
+        try:
+            modified = self.fs.modified(self.full_path(LOCK_NAME))
+            return time.time() - modified.timestamp()
+        except (OSError, NotImplementedError, AttributeError):
+            return _UNREADABLE_LOCK_GRACE_S
+
+    def _take_over(self, stale: LockHolder | None) -> None:
+        """Remove a stale lock; of two processes taking over at once only one rename succeeds."""
+        path = self.full_path(LOCK_NAME)
+        if self.is_local:
+            aside = f"{path}.stale-{uuid.uuid4().hex[:12]}"
+            try:
+                os.rename(path, aside)
+            except FileNotFoundError:
+                return
+            moved = self._read_local(aside)
+            if stale is not None and moved is not None and moved.get("token") != stale.token:
+                # Between our read and our rename a live writer took the lock: give it back (link: never over a
+                # lock a third process created meanwhile).
+                with suppress(FileExistsError):
+                    os.link(aside, path)
+                os.remove(aside)
+                return
+            os.remove(aside)
+            return
+        self.delete(LOCK_NAME)
+
+    @staticmethod
+    def _read_local(path: str) -> dict[str, Any] | None:
+        try:
+            return json.loads(Path(path).read_text())
+        except (OSError, ValueError):
+            return None
+
+    def _release(self, me: LockHolder) -> None:
+        holder = self.lock_holder()
+        if holder is not None and holder.token == me.token:
+            self.delete(LOCK_NAME)
