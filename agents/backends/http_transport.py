@@ -3,13 +3,15 @@
 `AsyncOpenAI` sends through `httpx2`, whose default connection pool (httpcore over anyio) scans every pooled
 connection and probes idle sockets on each request; at hundreds of requests per second on a small, shared CPU
 that bookkeeping, not the network, caps the rate (measured by `benchmarks/backend_concurrency.py`: about 2.5x
-fewer requests/s than with this transport on a loaded 2-core machine). `PooledHttp11Transport` is an
-`httpx2.AsyncBaseTransport` on bare asyncio streams: idle connections wait in a LIFO list per host, a
-connection the server has closed while idle is dropped before reuse, request bodies are sent with
-Content-Length, and response bodies are read by Content-Length, chunked encoding, or until close. Responses are
-asked for with `Accept-Encoding: identity`, so no decoding is needed. Timeouts from the request become httpx2's
-`ConnectTimeout` / `WriteTimeout` / `ReadTimeout`, and socket failures `ConnectError` / `ReadError` /
-`RemoteProtocolError`, which the OpenAI client turns into its timeout and connection errors as usual.
+fewer requests/s than with this transport on a loaded 2-core machine). `Http11Pool` is the connection pool on
+bare asyncio streams, exchanging requests serialised to bytes (the OpenAI backend's lean path writes onto it
+directly, agents/backends/openai_lean.py): idle connections wait in a LIFO list per host, a connection the
+server has closed while idle is dropped before reuse, and response bodies are read by Content-Length, chunked
+encoding, or until close. `PooledHttp11Transport` is the `httpx2.AsyncBaseTransport` over it: request bodies
+are sent with Content-Length, and responses asked for with `Accept-Encoding: identity`, so no decoding is
+needed. Timeouts become httpx2's `ConnectTimeout` / `WriteTimeout` / `ReadTimeout`, and socket failures
+`ConnectError` / `ReadError` / `RemoteProtocolError`, which the OpenAI client turns into its timeout and
+connection errors as usual.
 Plain `http://` only, no proxies: `https://` APIs keep the client's default transport. `LeanAsyncClient` is
 the `httpx2.AsyncClient` to put in front of it: for the plain requests the OpenAI client makes (bytes body, no
 auth flow, cookies, hooks or mounts) it skips httpx2's per-request URL re-parsing, header re-merging and
@@ -33,34 +35,51 @@ _MAX_IDLE_PER_HOST = 512
 _FRAMING_HEADERS = frozenset((b"content-length", b"transfer-encoding", b"accept-encoding", b"connection"))
 
 
-class PooledHttp11Transport(httpx2.AsyncBaseTransport):
-    """HTTP/1.1 over asyncio streams with a keep-alive pool per (host, port); see the module docstring."""
+class Http11Pool:
+    """Keep-alive HTTP/1.1 connections per (host, port) on asyncio streams, exchanging whole requests as bytes.
+
+    `exchange` sends one request already serialised (head and body, framing headers included) on an idle
+    connection or a new one, and returns the status, headers and body of the reply; the connection goes back
+    to the pool when the reply allows keep-alive, and is closed on any failure or cancellation (a connection
+    in an unknown state is never reused). Failures are httpx2's exception types, as for any httpx2 transport.
+    A timeout of None means no deadline for that phase (a caller may put one deadline around the whole call).
+    """
 
     def __init__(self) -> None:
         self._idle: dict[tuple[str, int], list[tuple[asyncio.StreamReader, asyncio.StreamWriter]]] = {}
 
-    async def handle_async_request(self, request: httpx2.Request) -> httpx2.Response:
-        if request.url.scheme != "http":
-            raise httpx2.UnsupportedProtocol(f"PooledHttp11Transport speaks plain http, not {request.url.scheme}")
-        timeouts = request.extensions.get("timeout", {})
-        key = (request.url.host, request.url.port or 80)
-        reader, writer = await self._connection(key, timeouts.get("connect"))
+    async def exchange(
+        self,
+        key: tuple[str, int],
+        message: bytes,
+        method: str = "POST",
+        *,
+        connect_timeout: float | None = None,
+        write_timeout: float | None = None,
+        read_timeout: float | None = None,
+    ) -> tuple[int, list[tuple[str, str]], bytes]:
+        reader, writer = await self._connection(key, connect_timeout)
         try:
-            await self._send(request, writer, timeouts.get("write"))
-            read_timeout = timeouts.get("read")
-            try:
-                async with asyncio.timeout(read_timeout):  # a deadline on this task: no extra task, one timer
-                    status, headers, content, keep_alive = await _read_response(reader, request.method)
-            except TimeoutError as exc:
-                raise httpx2.ReadTimeout(f"no read progress within {read_timeout}s", request=request) from exc
+            await _write(writer, message, write_timeout)
+            if read_timeout is None:
+                status, headers, content, keep_alive = await _read_response(reader, method)
+            else:
+                try:
+                    async with asyncio.timeout(read_timeout):  # a deadline on this task: no extra task, one timer
+                        status, headers, content, keep_alive = await _read_response(reader, method)
+                except TimeoutError as exc:
+                    raise httpx2.ReadTimeout(f"no read progress within {read_timeout}s") from exc
         except BaseException:
             writer.close()
             raise
-        if keep_alive and len(self._idle.setdefault(key, [])) < _MAX_IDLE_PER_HOST:
-            self._idle[key].append((reader, writer))
+        idle = self._idle.get(key)
+        if idle is None:
+            idle = self._idle[key] = []
+        if keep_alive and len(idle) < _MAX_IDLE_PER_HOST:
+            idle.append((reader, writer))
         else:
             writer.close()
-        return httpx2.Response(status, headers=headers, content=content, request=request)
+        return status, headers, content
 
     async def aclose(self) -> None:
         idle, self._idle = self._idle, {}
@@ -73,7 +92,7 @@ class PooledHttp11Transport(httpx2.AsyncBaseTransport):
     async def _connection(
         self, key: tuple[str, int], connect_timeout: float | None
     ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-        idle = self._idle.get(key, [])
+        idle = self._idle.get(key)
         while idle:
             reader, writer = idle.pop()
             # A server that closed an idle keep-alive connection has already delivered its EOF to the reader.
@@ -81,6 +100,8 @@ class PooledHttp11Transport(httpx2.AsyncBaseTransport):
                 return reader, writer
             writer.close()
         try:
+            if connect_timeout is None:
+                return await asyncio.open_connection(*key)
             async with asyncio.timeout(connect_timeout):
                 return await asyncio.open_connection(*key)
         except TimeoutError as exc:
@@ -88,28 +109,59 @@ class PooledHttp11Transport(httpx2.AsyncBaseTransport):
         except OSError as exc:
             raise httpx2.ConnectError(f"cannot connect to {key[0]}:{key[1]}: {exc.strerror or exc}") from exc
 
-    async def _send(self, request: httpx2.Request, writer: asyncio.StreamWriter, timeout: float | None) -> None:
+
+class PooledHttp11Transport(httpx2.AsyncBaseTransport):
+    """HTTP/1.1 over asyncio streams with a keep-alive pool per (host, port); see the module docstring."""
+
+    def __init__(self) -> None:
+        self._pool = Http11Pool()
+
+    async def handle_async_request(self, request: httpx2.Request) -> httpx2.Response:
+        if request.url.scheme != "http":
+            raise httpx2.UnsupportedProtocol(f"PooledHttp11Transport speaks plain http, not {request.url.scheme}")
+        timeouts = request.extensions.get("timeout", {})
         try:
             body = request.content
         except httpx2.RequestNotRead:
             body = await request.aread()
         lines = [b"%s %s HTTP/1.1" % (request.method.encode("ascii"), request.url.raw_path)]
         for name, value in request.headers.raw:
+            if b"\n" in value or b"\r" in value:  # written as is, a line break would start another header
+                raise httpx2.LocalProtocolError(f"header {name.decode('latin-1')!r} has a line break in its value")
             if name.lower() not in _FRAMING_HEADERS:
                 lines.append(name + b": " + value)
         if body or request.method in ("POST", "PUT", "PATCH"):
             lines.append(b"Content-Length: %d" % len(body))
         lines.append(b"Accept-Encoding: identity\r\n\r\n")
         try:
-            writer.write(b"\r\n".join(lines) + body)
-            # A request the socket took whole needs no waiting (the usual case): no timer, no drain.
-            if writer.transport.get_write_buffer_size() or writer.transport.is_closing():
-                async with asyncio.timeout(timeout):
-                    await writer.drain()
-        except TimeoutError as exc:
-            raise httpx2.WriteTimeout(f"no write progress within {timeout}s", request=request) from exc
-        except OSError as exc:
-            raise httpx2.WriteError(f"sending the request failed: {exc}") from exc
+            status, headers, content = await self._pool.exchange(
+                (request.url.host, request.url.port or 80),
+                b"\r\n".join(lines) + body,
+                request.method,
+                connect_timeout=timeouts.get("connect"),
+                write_timeout=timeouts.get("write"),
+                read_timeout=timeouts.get("read"),
+            )
+        except httpx2.RequestError as exc:
+            exc.request = request  # httpx2 reports the request a transport error belongs to
+            raise
+        return httpx2.Response(status, headers=headers, content=content, request=request)
+
+    async def aclose(self) -> None:
+        await self._pool.aclose()
+
+
+async def _write(writer: asyncio.StreamWriter, message: bytes, timeout: float | None) -> None:
+    try:
+        writer.write(message)
+        # A request the socket took whole needs no waiting (the usual case): no timer, no drain.
+        if writer.transport.get_write_buffer_size() or writer.transport.is_closing():
+            async with asyncio.timeout(timeout):
+                await writer.drain()
+    except TimeoutError as exc:
+        raise httpx2.WriteTimeout(f"no write progress within {timeout}s") from exc
+    except OSError as exc:
+        raise httpx2.WriteError(f"sending the request failed: {exc}") from exc
 
 
 async def _read_response(
@@ -127,12 +179,17 @@ async def _read_response(
         status = int(status_text)
     except ValueError as exc:
         raise httpx2.RemoteProtocolError(f"malformed status line {lines[0][:80]!r}") from exc
-    headers = []
+    # One pass: `fields` (lower-case names) frames the body; `headers` is what the caller gets, less the framing
+    # headers (the body is handed over decoded already, so they no longer describe it).
+    headers, fields = [], {}
     for line in lines[1:]:
-        if ":" in line:
-            name, value = line.split(":", 1)
-            headers.append((name.strip(), value.strip()))
-    fields = {name.lower(): value for name, value in headers}
+        name, colon, value = line.partition(":")
+        if colon:
+            name, value = name.strip(), value.strip()
+            lower = name.lower()
+            fields[lower] = value
+            if lower != "content-length" and lower != "transfer-encoding":
+                headers.append((name, value))
     connection = fields.get("connection", "").lower()
     keep_alive = connection != "close" if version == "HTTP/1.1" else connection == "keep-alive"
     try:
@@ -148,8 +205,6 @@ async def _read_response(
         raise httpx2.RemoteProtocolError("server closed the connection in the middle of the body") from exc
     except (OSError, ValueError) as exc:
         raise httpx2.ReadError(f"reading the response body failed: {exc}") from exc
-    # The body is handed over decoded already, so the framing headers no longer describe it.
-    headers = [(n, v) for n, v in headers if n.lower() not in ("transfer-encoding", "content-length")]
     return status, headers, content, keep_alive
 
 

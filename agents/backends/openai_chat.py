@@ -1,4 +1,4 @@
-"""The chat backend for any OpenAI-compatible server (vLLM's `vllm serve`, the OpenAI API) through `AsyncOpenAI`.
+"""The chat backend for any OpenAI-compatible server (vLLM's `vllm serve`, the OpenAI API), lean or through the SDK.
 
 It sends text and JPEG images (as data URLs), asks for structured output the way the config says (a strict
 JSON schema, JSON mode, or nothing), keeps at most `max_in_flight` requests on the wire, and retries transient
@@ -7,12 +7,16 @@ and full jitter, honouring `Retry-After`. The client's own retries are off so ev
 A backend that stays down raises `BackendUnavailableError` (fail the run); a request the server refuses as
 bad (other 4xx) raises `InvalidReplyError` (reject the item); bad credentials or an unknown model/URL raise
 `ConfigError`. Tokens, requests and retries are counted on the backend (`usage`). The API key is read from the
-environment variable the config names and never appears in reprs, logs or error messages. Requests go out
-through the client's documented raw `post` with the body already serialised (`content=`) and the raw
-`httpx2.Response` back (`cast_to`), whose JSON we read ourselves (no second validation of our own payload, no
-pydantic reply models), and, for plain-http servers such as vLLM, over `PooledHttp11Transport` behind
-`LeanAsyncClient` (`config.transport`), because at hundreds of requests per second the client's own
-bookkeeping, not the server, is what limits the rate.
+environment variable the config names and never appears in reprs, logs or error messages. Two request paths
+(`config.client`), both behind the same retries, bound, accounting and reply parsing: `lean`
+(agents/backends/openai_lean.py) writes the JSON body, serialised once per request, with a head built once per
+client straight onto our pooled HTTP/1.1 connections (plain http://, the default for vLLM-style servers),
+because at hundreds of requests per second the SDK's own request building, not the server, is what limits the
+rate; `sdk` goes through `AsyncOpenAI`'s documented raw `post` with the body already serialised (`content=`)
+and the raw `httpx2.Response` back (`cast_to`), over `PooledHttp11Transport` behind `LeanAsyncClient` or the
+SDK's own httpx transport (`config.transport`); it is the path for https:// and proxies. Either way the reply
+JSON is read by `_reply` (no second validation of our own payload, no SDK models) and an HTTP error status is
+sorted by `_status_error`.
 """
 
 from __future__ import annotations
@@ -75,9 +79,20 @@ class OpenAIChatBackend:
             raise ConfigError("openai backend: max_in_flight must be at least 1")
         if config.transport == "pooled" and not config.base_url.startswith("http://"):
             raise ConfigError("openai backend: transport 'pooled' speaks plain http://; use 'httpx' for https")
+        if config.client == "lean" and not config.base_url.startswith("http://"):
+            raise ConfigError("openai backend: client 'lean' speaks plain http://; use client 'sdk' for https")
+        if config.client == "lean" and config.transport == "httpx":
+            raise ConfigError("openai backend: transport 'httpx' is the SDK's; it needs client 'sdk' (or 'auto')")
         self.config = config
         self.model = config.model
         self._api_key = os.environ.get(config.api_key_env) or PLACEHOLDER_API_KEY
+        if not (self._api_key.isascii() and self._api_key.isprintable()):
+            # It goes into a header line: a line break would smuggle headers onto the wire. Never quote it.
+            raise ConfigError(f"openai backend: the API key in ${config.api_key_env} is not one line of ASCII text")
+        if self.uses_lean_client:
+            from agents.backends.openai_lean import LeanChatClient
+
+            LeanChatClient(config.base_url, self._api_key)  # a bad base_url or key fails here, not on first use
         self._random = random.Random()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._client: Any = None
@@ -87,6 +102,8 @@ class OpenAIChatBackend:
         self._in_flight = 0
         self._completions_url = ""
         self._raw_response: Any = None
+        self._send: Any = None  # the request path of the running loop: body bytes -> the body of a 2xx reply
+        self._lean_errors: tuple[Any, Any] = ((), ())  # (timeouts, transport errors) of the lean path
 
     def __repr__(self) -> str:
         return (
@@ -96,11 +113,20 @@ class OpenAIChatBackend:
 
     @property
     def uses_pooled_transport(self) -> bool:
-        """Whether requests go through `PooledHttp11Transport` (see `OpenAIChatConfig.transport`)."""
+        """Whether requests go over our pooled HTTP/1.1 connections (lean client, or the SDK's `transport`)."""
+        if self.config.client == "lean":
+            return True
         if self.config.transport != "auto":
             return self.config.transport == "pooled"
         proxied = any(os.environ.get(name) for name in ("HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy"))
         return self.config.base_url.startswith("http://") and not proxied
+
+    @property
+    def uses_lean_client(self) -> bool:
+        """Whether requests take the lean path rather than the SDK's (see `OpenAIChatConfig.client`)."""
+        if self.config.client != "auto":
+            return self.config.client == "lean"
+        return self.config.transport != "httpx" and self.uses_pooled_transport
 
     @property
     def usage(self) -> ChatUsage:
@@ -134,47 +160,60 @@ class OpenAIChatBackend:
 
     async def aclose(self) -> None:
         client, loop = self._client, self._loop
-        self._client, self._loop, self._semaphore = None, None, None
+        self._client, self._loop, self._semaphore, self._send = None, None, None, None
         # A client whose event loop has ended cannot be closed from another loop; its sockets died with it.
         if client is not None and loop is asyncio.get_running_loop():
-            await client.close()
+            await (client.aclose() if self.uses_lean_client else client.close())
 
     # ------------------------------------------------------------ internals
 
     def _connection(self) -> tuple[Any, asyncio.Semaphore]:
-        """The client and semaphore of the running event loop (both are bound to a loop: a new loop, new ones)."""
+        """The request path and semaphore of the running loop (both are bound to a loop: a new loop, new ones)."""
         loop = asyncio.get_running_loop()
-        if self._loop is not loop or self._client is None or self._semaphore is None:
-            import httpx2
-            from openai import AsyncOpenAI
+        if self._loop is not loop or self._send is None or self._semaphore is None:
+            if self.uses_lean_client:
+                import httpx2
 
-            extra: dict[str, Any] = {}
-            if self.uses_pooled_transport:
-                from agents.backends.http_transport import LeanAsyncClient, PooledHttp11Transport
+                from agents.backends.openai_lean import LeanChatClient
 
-                extra["http_client"] = LeanAsyncClient(transport=PooledHttp11Transport(), trust_env=False)
-            self._client = AsyncOpenAI(
-                api_key=self._api_key,
-                base_url=self.config.base_url,
-                timeout=self.config.timeout_s,
-                max_retries=0,  # retries happen here, where they are counted and the backoff is ours
-                **extra,
-            )
-            # The endpoint as an absolute URL, joined the way the client joins a relative path: the client
-            # then uses it as is instead of re-joining it to `base_url` on every request.
-            base = self._client.base_url
-            self._completions_url = str(base.copy_with(raw_path=base.raw_path + b"chat/completions"))
-            self._raw_response = httpx2.Response  # `cast_to` this: the reply as received, parsed by `_reply`
+                self._client = LeanChatClient(self.config.base_url, self._api_key)
+                self._lean_errors = ((TimeoutError, httpx2.TimeoutException), httpx2.TransportError)
+                self._send = self._lean_send
+            else:
+                self._open_sdk_client()
+                self._send = self._sdk_send
             self._semaphore = asyncio.Semaphore(self.config.max_in_flight)
             self._loop = loop
-        return self._client, self._semaphore
+        return self._send, self._semaphore
+
+    def _open_sdk_client(self) -> None:
+        import httpx2
+        from openai import AsyncOpenAI
+
+        extra: dict[str, Any] = {}
+        if self.uses_pooled_transport:
+            from agents.backends.http_transport import LeanAsyncClient, PooledHttp11Transport
+
+            extra["http_client"] = LeanAsyncClient(transport=PooledHttp11Transport(), trust_env=False)
+        self._client = AsyncOpenAI(
+            api_key=self._api_key,
+            base_url=self.config.base_url,
+            timeout=self.config.timeout_s,
+            max_retries=0,  # retries happen here, where they are counted and the backoff is ours
+            **extra,
+        )
+        # The endpoint as an absolute URL, joined the way the client joins a relative path: the client
+        # then uses it as is instead of re-joining it to `base_url` on every request.
+        base = self._client.base_url
+        self._completions_url = str(base.copy_with(raw_path=base.raw_path + b"chat/completions"))
+        self._raw_response = httpx2.Response  # `cast_to` this: the reply as received, parsed by `_reply`
 
     async def _complete_with_retries(self, payload: bytes) -> ChatReply:
-        client, semaphore = self._connection()
+        send, semaphore = self._connection()
         attempt = 0
         while True:
             try:
-                return await self._attempt(client, semaphore, payload)
+                return await self._attempt(send, semaphore, payload)
             except TransientBackendError as error:
                 if attempt >= self.config.max_retries:
                     raise self._exhausted(error, attempt + 1) from None
@@ -185,23 +224,47 @@ class OpenAIChatBackend:
                 await asyncio.sleep(delay)
                 attempt += 1
 
-    async def _attempt(self, client: Any, semaphore: asyncio.Semaphore, payload: bytes) -> ChatReply:
+    async def _attempt(self, send: Any, semaphore: asyncio.Semaphore, payload: bytes) -> ChatReply:
         async with semaphore:
             self._in_flight += 1
-            self._counts["attempts"] += 1
-            self._counts["max_in_flight"] = max(self._counts["max_in_flight"], self._in_flight)
+            counts = self._counts
+            counts["attempts"] += 1
+            if self._in_flight > counts["max_in_flight"]:
+                counts["max_in_flight"] = self._in_flight
             started = time.perf_counter()
             try:
-                # The client's documented raw `post`: its status-code errors, timeouts and connection handling,
-                # without re-validating our own payload or building pydantic models of the reply (together about
-                # a millisecond of CPU per request, the limit at hundreds of requests/s).
-                response = await client.post(self._completions_url, content=payload, cast_to=self._raw_response)
-            except Exception as exc:  # sorted into our taxonomy; anything unknown propagates unchanged
-                raise self._classify(exc) from None
+                body = await send(payload)
             finally:
                 self._in_flight -= 1
-        latency = time.perf_counter() - started
-        return self._reply(response.content, latency)
+        return self._reply(body, time.perf_counter() - started)
+
+    async def _sdk_send(self, payload: bytes) -> bytes:
+        try:
+            # The client's documented raw `post`: its status-code errors, timeouts and connection handling,
+            # without re-validating our own payload or building pydantic models of the reply (together about
+            # a millisecond of CPU per request, the limit at hundreds of requests/s).
+            response = await self._client.post(self._completions_url, content=payload, cast_to=self._raw_response)
+        except Exception as exc:  # sorted into our taxonomy; anything unknown propagates unchanged
+            raise self._classify(exc) from None
+        return response.content
+
+    async def _lean_send(self, payload: bytes) -> bytes:
+        timeouts, transport_errors = self._lean_errors
+        try:
+            async with asyncio.timeout(self.config.timeout_s):  # one deadline: connect, send and reply
+                status, headers, body = await self._client.post(payload)
+        except timeouts:
+            raise self._timed_out() from None
+        except transport_errors as exc:
+            raise TransientBackendError(f"{self._where}: connection failed ({type(exc).__name__})") from None
+        if 200 <= status < 300:
+            return body
+        try:
+            error_body = json.loads(body)
+        except ValueError:
+            error_body = body.decode("utf-8", "replace").strip()
+        fields = {name.lower(): value for name, value in headers}
+        raise self._status_error(status, _error_message(error_body, f"HTTP {status}"), fields)
 
     def _reply(self, body: bytes, latency_s: float) -> ChatReply:
         try:
@@ -223,34 +286,43 @@ class OpenAIChatBackend:
             completion_tokens=int(usage.get("completion_tokens") or 0),
         )
 
+    @property
+    def _where(self) -> str:
+        return f"{self.config.base_url} ({self.model})"
+
+    def _timed_out(self) -> TransientBackendError:
+        return TransientBackendError(f"{self._where}: no reply within {self.config.timeout_s:g}s")
+
     def _classify(self, exc: Exception) -> Exception:
+        """An exception of the SDK path in our taxonomy."""
         import openai
 
-        where = f"{self.config.base_url} ({self.model})"
         if isinstance(exc, openai.APITimeoutError):
-            return TransientBackendError(f"{where}: no reply within {self.config.timeout_s:g}s")
+            return self._timed_out()
         if isinstance(exc, openai.APIConnectionError):
             cause = exc.__cause__ or exc.__context__
             detail = type(cause).__name__ if cause is not None else "connection error"
-            return TransientBackendError(f"{where}: connection failed ({detail})")
+            return TransientBackendError(f"{self._where}: connection failed ({detail})")
         if isinstance(exc, openai.APIStatusError):
-            status = exc.status_code
-            message = self._redact(_error_message(exc))
-            if status in (408, 409, 429) or status >= 500:
-                return TransientBackendError(
-                    f"{where}: HTTP {status}: {message}", retry_after_s=_retry_after_s(exc.response.headers)
-                )
-            if status in (401, 403):
-                return ConfigError(
-                    f"{where}: HTTP {status}: credentials refused; check the environment variable "
-                    f"{self.config.api_key_env}"
-                )
-            if status == 404:
-                return ConfigError(f"{where}: HTTP 404: unknown model or wrong base_url: {message}")
-            return InvalidReplyError(f"{where}: HTTP {status}: request refused: {message}")
+            message = _error_message(exc.body, str(getattr(exc, "message", "") or type(exc).__name__))
+            return self._status_error(exc.status_code, message, exc.response.headers)
         if isinstance(exc, json.JSONDecodeError | openai.APIResponseValidationError):
-            return _MalformedReply(f"{where}: malformed reply body ({type(exc).__name__})")
+            return _MalformedReply(f"{self._where}: malformed reply body ({type(exc).__name__})")
         return exc
+
+    def _status_error(self, status: int, message: str, headers: Mapping[str, str]) -> Exception:
+        """A non-2xx reply in our taxonomy (both paths); `headers` looked up by lower-case name."""
+        where, message = self._where, self._redact(message)
+        if status in (408, 409, 429) or status >= 500:
+            return TransientBackendError(f"{where}: HTTP {status}: {message}", retry_after_s=_retry_after_s(headers))
+        if status in (401, 403):
+            return ConfigError(
+                f"{where}: HTTP {status}: credentials refused; check the environment variable "
+                f"{self.config.api_key_env}"
+            )
+        if status == 404:
+            return ConfigError(f"{where}: HTTP 404: unknown model or wrong base_url: {message}")
+        return InvalidReplyError(f"{where}: HTTP {status}: request refused: {message}")
 
     def _exhausted(self, error: TransientBackendError, attempts: int) -> Exception:
         if isinstance(error, _MalformedReply):
@@ -317,15 +389,17 @@ def _message(message: ChatMessage) -> dict[str, Any]:
     return {"role": message.role, "content": parts}
 
 
-def _error_message(exc: Any) -> str:
-    body = getattr(exc, "body", None)
+def _error_message(body: Any, fallback: str) -> str:
+    """The server's message in an error body (`{"error": {"message": ...}}`, or its inner part), else `fallback`."""
     if isinstance(body, Mapping):
         inner = body.get("error", body)
         if isinstance(inner, Mapping) and inner.get("message"):
             return str(inner["message"])[:300]
         if isinstance(body.get("message"), str):
             return body["message"][:300]
-    return str(getattr(exc, "message", "") or type(exc).__name__)[:300]
+    if isinstance(body, str) and body:
+        return body[:300]
+    return fallback[:300]
 
 
 def _retry_after_s(headers: Mapping[str, str]) -> float | None:

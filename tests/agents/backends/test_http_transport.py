@@ -100,6 +100,9 @@ def test_failures_map_to_httpx_errors() -> None:
         asyncio.run(run([b"garbage\r\n\r\n"], 2.0))
     with pytest.raises(httpx2.ReadTimeout):
         asyncio.run(run([], 0.2))  # the server never answers
+    with pytest.raises(httpx2.LocalProtocolError):  # a header value with a line break is never written
+        request = httpx2.Request("GET", "http://127.0.0.1:9/", headers={"X-Key": "a\r\nX-Injected: 1"})
+        asyncio.run(PooledHttp11Transport().handle_async_request(request))  # httpx2 itself lets it through
     with pytest.raises(httpx2.UnsupportedProtocol):
         asyncio.run(PooledHttp11Transport().handle_async_request(httpx2.Request("GET", "https://example.org/")))
 

@@ -1,5 +1,6 @@
 """OpenAIChatBackend against the stub OpenAI-compatible server on 127.0.0.1: request shapes, retries, errors,
-concurrency bound, token accounting, and that the API key never leaks."""
+concurrency bound, token accounting, and that the API key never leaks. Every test runs on each request path:
+the lean client, and the OpenAI SDK over the pooled transport and over its own httpx transport."""
 
 from __future__ import annotations
 
@@ -23,8 +24,9 @@ SCHEMA = {
     "required": ["subject", "others"],
 }
 SECRET = "sk-test-LEAKCHECK-7f3a9c"
-# Every test runs through both HTTP transports (set per test by the `transport` fixture).
-_TRANSPORT = {"kind": "pooled"}
+# Every test runs on every request path (set per test by the `request_path` fixture): (client, transport).
+PATHS = {"lean": ("lean", "pooled"), "sdk-pooled": ("sdk", "pooled"), "sdk-httpx": ("sdk", "httpx")}
+_PATH = {"client": "lean", "transport": "pooled"}
 
 
 def _config(server: StubOpenAIServer | None = None, **overrides) -> OpenAIChatConfig:
@@ -36,7 +38,8 @@ def _config(server: StubOpenAIServer | None = None, **overrides) -> OpenAIChatCo
         "max_retries": 4,
         "backoff_base_s": 0.01,
         "backoff_max_s": 0.05,
-        "transport": _TRANSPORT["kind"],
+        "client": _PATH["client"],
+        "transport": _PATH["transport"],
     }
     return OpenAIChatConfig(**{**settings, **overrides})
 
@@ -66,9 +69,9 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-@pytest.fixture(autouse=True, params=["pooled", "httpx"])
-def transport(request: pytest.FixtureRequest) -> str:
-    _TRANSPORT["kind"] = request.param
+@pytest.fixture(autouse=True, params=list(PATHS))
+def request_path(request: pytest.FixtureRequest) -> str:
+    _PATH["client"], _PATH["transport"] = PATHS[request.param]
     return request.param
 
 
@@ -146,6 +149,7 @@ def test_bad_request_rejects_only_that_item() -> None:
         replies = _complete(backend, [_request("one"), _request("two")])
         assert server.request_count == 2  # a 400 is not retried
     assert isinstance(replies[0], InvalidReplyError) and "400" in str(replies[0])
+    assert "context length exceeded" in str(replies[0])  # the server's own message, read from its error body
     assert not isinstance(replies[1], Exception)
     assert backend.usage.failures == 1 and backend.usage.replies == 1
 
@@ -226,10 +230,67 @@ def test_api_key_never_leaks(caplog: pytest.LogCaptureFixture) -> None:
 
 
 def test_auto_transport_is_pooled_for_plain_http_only(monkeypatch: pytest.MonkeyPatch) -> None:
-    auto = {"transport": "auto"}
+    auto = {"transport": "auto", "client": "sdk"}
     assert OpenAIChatBackend(_config(base_url="http://127.0.0.1:8000/v1", **auto)).uses_pooled_transport
     assert not OpenAIChatBackend(_config(base_url="https://api.openai.com/v1", **auto)).uses_pooled_transport
     monkeypatch.setenv("HTTP_PROXY", "http://proxy.internal:3128")
     assert not OpenAIChatBackend(_config(base_url="http://127.0.0.1:8000/v1", **auto)).uses_pooled_transport
     with pytest.raises(ConfigError, match="https"):
         OpenAIChatBackend(_config(base_url="https://api.openai.com/v1", transport="pooled"))
+
+
+def test_auto_client_is_lean_where_the_transport_would_be_pooled(monkeypatch: pytest.MonkeyPatch) -> None:
+    def lean(**overrides) -> bool:
+        return OpenAIChatBackend(_config(**{"client": "auto", "transport": "auto", **overrides})).uses_lean_client
+
+    assert lean(base_url="http://127.0.0.1:8000/v1") and lean(base_url="http://127.0.0.1:8000/v1", transport="pooled")
+    assert not lean(base_url="http://127.0.0.1:8000/v1", transport="httpx")
+    assert not lean(base_url="https://api.openai.com/v1")
+    monkeypatch.setenv("HTTP_PROXY", "http://proxy.internal:3128")
+    assert not lean(base_url="http://127.0.0.1:8000/v1")
+    assert OpenAIChatBackend(_config(client="sdk")).uses_lean_client is False
+    with pytest.raises(ConfigError, match="https"):
+        OpenAIChatBackend(_config(base_url="https://api.openai.com/v1", client="lean", transport="auto"))
+    with pytest.raises(ConfigError, match="httpx"):
+        OpenAIChatBackend(_config(client="lean", transport="httpx"))
+
+
+def test_every_request_path_sends_the_same_request() -> None:
+    """What reaches the server does not depend on the path: same JSON body, same key, same endpoint."""
+    jpeg = b"\xff\xd8an-image"
+    sent = {}
+    for name, (client, transport) in PATHS.items():
+        with StubOpenAIServer() as server:
+            backend = OpenAIChatBackend(_config(server, client=client, transport=transport))
+            [reply] = _complete(backend, [_request("describe", images=(jpeg,), schema_name="s", top_p=0.9)])
+            sent[name] = (server.requests, server.authorizations, reply.text, reply.prompt_tokens)
+    assert sent["lean"] == sent["sdk-pooled"] == sent["sdk-httpx"]
+    assert sent["lean"][1] == [f"Bearer {SECRET}"]
+
+
+def test_a_cancelled_request_leaves_the_backend_usable() -> None:
+    async def run(backend: OpenAIChatBackend):
+        hung = asyncio.ensure_future(backend.complete(_request("hangs")))
+        await asyncio.sleep(0.3)  # on the wire (the server holds it), then given up by the caller
+        hung.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await hung
+        try:
+            return await backend.complete_batch([_request("after one"), _request("after two")])
+        finally:
+            await backend.aclose()
+
+    with StubOpenAIServer(fault_script=("timeout",), hang_s=3.0) as server:
+        backend = OpenAIChatBackend(_config(server, timeout_s=10.0, max_retries=0))
+        replies = asyncio.run(run(backend))
+        assert server.request_count == 3
+    assert not [r for r in replies if isinstance(r, Exception)]
+    assert backend.usage.replies == 2 and backend.usage.retries == 0
+
+
+def test_a_key_that_cannot_be_a_header_fails_fast_without_being_quoted(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Before: the SDK over the pooled transport wrote it as is, smuggling an `X-Injected` header onto the wire.
+    monkeypatch.setenv("VIDEOREFER_TEST_KEY", SECRET + "\r\nX-Injected: 1")
+    with pytest.raises(ConfigError, match="VIDEOREFER_TEST_KEY") as refused:
+        OpenAIChatBackend(_config())
+    assert SECRET not in str(refused.value) and SECRET not in repr(refused.value)
