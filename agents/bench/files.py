@@ -8,7 +8,9 @@ description); Bench-Q adds `Question` (with `<objectN><region>` marks), `type`, 
 `Answer`. A malformed entry or a missing video becomes a `Reject` with a reason and the rest of the file is read;
 the file's entry ids (`BenchFile.entry_ids`) and the types of rejected Bench-Q entries are kept, so every entry
 is counted when scoring. A null segmentation is kept as `None` (the runners give it as an all-zero mask, as the
-release does).
+release does). Every mask is checked before anything decodes it (`engine.masks.validated_mask`: RLE counts cover
+exactly height x width, polygons inside the image) and against the entry's video, probed from its header: a mask
+of another size than the frames is `mask_size_mismatch`, one on a frame the video lacks `frame_out_of_range`.
 
 `PredictionStore` is the resumable JSONL file both runners (our model, an OpenAI-compatible VLM) and the judge
 write: one record per finished item, flushed and fsynced per line, so an interrupted run re-run with the same
@@ -197,6 +199,7 @@ def _parse_d(entry: Any, item_id: str, root: Path) -> BenchDItem:
         raise _Malformed("missing or empty 'caption'")
     video, video_path = _video(entry, root)
     objects = _objects(entry, names=())
+    _check_masks_against_video(video_path, objects)
     return BenchDItem(item_id=item_id, video=video, video_path=video_path, caption=caption.strip(),
                       frame_idx=_frame_idx(entry, objects), objects=objects)
 
@@ -220,6 +223,7 @@ def _parse_q(entry: Any, item_id: str, root: Path) -> BenchQItem:
     video, video_path = _video(entry, root)
     names = tuple(f"<object{n}>" for n in _OBJECT_NAME.findall(question))
     objects = _objects(entry, names=names)
+    _check_masks_against_video(video_path, objects)
     if question.count(REGION_TOKEN) != len(objects):
         raise _Malformed(f"{question.count(REGION_TOKEN)} {REGION_TOKEN} marks but {len(objects)} annotated objects",
                          RejectReason.REGION_COUNT_MISMATCH)
@@ -264,6 +268,8 @@ def _objects(entry: dict[str, Any], *, names: Sequence[str]) -> tuple[BenchObjec
                 frame = int(key)
             except (TypeError, ValueError):
                 raise _Malformed(f"object {number}: frame key {key!r} is not an integer") from None
+            if frame < 0:
+                raise _Malformed(f"object {number}: mask on frame {frame}", RejectReason.FRAME_OUT_OF_RANGE)
             masks[frame] = _segmentation(value, size, where=f"object {number} frame {frame}")
         name = names[number] if number < len(names) else ""
         objects.append(BenchObject(masks=masks, name=name))
@@ -295,27 +301,54 @@ def _entry_size(entry: dict[str, Any], annotation: list[Any]) -> tuple[int, int]
 
 
 def _segmentation(value: Any, size: tuple[int, int] | None, *, where: str) -> RleMask | None:
+    from engine.errors import InvalidMaskError
+    from engine.masks import validated_mask
+
     seg = value.get("segmentation", value if "counts" in value else None) if isinstance(value, dict) else value
     if seg is None:
         return None  # released files carry null masks; the original evaluation treats them as empty
+    if isinstance(seg, dict) and not {"counts", "size"} <= seg.keys():
+        raise _Malformed(f"{where}: segmentation is neither RLE nor a polygon with a known image size")
+    if isinstance(seg, list) and size is None:
+        raise _Malformed(f"{where}: a polygon segmentation needs the entry's image size")
+    if isinstance(seg, list):
+        seg = [p for p in seg if isinstance(p, list) and len(p) >= 6]
+        if not seg:
+            raise _Malformed(f"{where}: segmentation is neither RLE nor a polygon with a known image size")
     try:
-        if isinstance(seg, dict) and isinstance(seg.get("counts"), (str, bytes)) and len(seg.get("size", ())) == 2:
-            return RleMask.from_coco(seg)
-        # Uncompressed RLE and polygons: converted once here, so every consumer sees compressed RLE.
-        from engine.masks import decode_rle, encode_rle
-
-        if isinstance(seg, dict) and isinstance(seg.get("counts"), list):
-            return RleMask.from_coco(encode_rle(decode_rle(seg)))
-        if isinstance(seg, list) and seg and size is not None:
-            from pycocotools import mask as coco_mask
-
-            polygons = [p for p in seg if isinstance(p, list) and len(p) >= 6]
-            if polygons:
-                merged = coco_mask.merge(coco_mask.frPyObjects(polygons, size[0], size[1]))
-                return RleMask.from_coco(encode_rle(coco_mask.decode(merged).astype(bool)))
+        # Uncompressed RLE and polygons are converted once here, so every consumer sees compressed RLE.
+        return validated_mask(seg, height=size[0] if isinstance(seg, list) else None,
+                              width=size[1] if isinstance(seg, list) else None)
+    except InvalidMaskError as exc:
+        raise _Malformed(f"{where}: {exc}", exc.reason) from None
     except (TypeError, ValueError, KeyError) as exc:
         raise _Malformed(f"{where}: unreadable segmentation ({exc})") from None
-    raise _Malformed(f"{where}: segmentation is neither RLE nor a polygon with a known image size")
+
+
+def _check_masks_against_video(video_path: Path, objects: Sequence[BenchObject]) -> None:
+    """Masks must have the video's frame size and lie on its frames (the header says both; nothing is decoded).
+
+    A video whose header cannot be read is left to the runners, which reject it when they read its frames; a
+    FIFO or device is refused here (a runner would block or spin on it).
+    """
+    from engine.errors import NotARegularFileError, VideoReferError
+    from engine.video import probe
+
+    try:
+        info = probe(video_path)
+    except NotARegularFileError as exc:
+        raise _Malformed(f"video {video_path}: {exc}", exc.reason) from None
+    except VideoReferError:
+        return
+    for number, obj in enumerate(objects):
+        for frame, mask in sorted(obj.masks.items()):
+            if frame >= info.num_frames:
+                raise _Malformed(f"object {number}: mask on frame {frame}, the video has {info.num_frames} frames",
+                                 RejectReason.FRAME_OUT_OF_RANGE)
+            if mask is not None and (mask.height, mask.width) != (info.height, info.width):
+                raise _Malformed(
+                    f"object {number} frame {frame}: mask is {mask.width}x{mask.height}, the video's frames are "
+                    f"{info.width}x{info.height}", RejectReason.MASK_SIZE_MISMATCH)
 
 
 def _union_frames(objects: Sequence[BenchObject]) -> tuple[int, ...]:
