@@ -2,12 +2,15 @@
 
 `validate_tar` re-reads a tar with the storage reader and applies the same validation the writer applied
 (masks present and visible on the vision grid, `<region>` count, conversation shape) plus frame checks
-(one decodable image per sampled and per extra frame index) and its index. `stage_status` counts, per stage,
+(one decodable image per sampled and per extra frame index), its index, and its members: only what our writer
+writes (`OUR_MEMBER`: `<key>.json`, `<key>.NN.jpg`, regular files) may be there. `stage_status` counts, per stage,
 the shards done for the current config, done for another config (stale: they will re-run), and not done.
 """
 
 from __future__ import annotations
 
+import re
+import tarfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -15,6 +18,27 @@ from typing import Any
 from flows.pipeline import layout
 from flows.pipeline.reports import StageReport
 from flows.pipeline.stages import EXPORT, SHARD_STAGES, chained_hash
+
+# The only members our shards carry: regular files `<key>.json` and `<key>.NN.jpg` (NN = 00..99), flat (no folder).
+# Anything else is flagged by `validate`: a `.pyd` / `.pickle` / `.pth` member would be unpickled by a plain
+# `webdataset ... .decode()`. The shard layout's owner adjusts this one pattern when the layout changes.
+OUR_MEMBER = re.compile(r"[A-Za-z0-9_-]+\.(json|\d{2}\.jpg)")
+
+
+def member_problems(path: str | Path) -> list[str]:
+    """Every member of a tar that our writer would not have written: another extension (`.pyd`, `.pickle`,
+    `.pth`, ...), a folder path, or something that is not a regular file (link, device, directory)."""
+    import fsspec
+
+    problems: list[str] = []
+    with fsspec.open(str(path), "rb") as handle, tarfile.open(fileobj=handle, mode="r|") as tar:
+        for member in tar:
+            if not member.isreg():
+                problems.append(f"unexpected member {member.name!r}: not a regular file")
+            elif not OUR_MEMBER.fullmatch(member.name):
+                problems.append(f"unexpected member {member.name!r}: not one of ours (<key>.json, <key>.NN.jpg); "
+                                "read shards with decoders restricted to those keys")
+    return problems
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -35,6 +59,7 @@ def validate_tar(path: str | Path, *, grid: int | None = None) -> TarCheck:
     problems: list[str] = []
     keys: list[str] = []
     try:
+        problems.extend(member_problems(path))
         for sample, frames in iter_samples(str(path)):
             keys.append(sample.key)
             for reason, message in validate_sample(sample, grid=grid):

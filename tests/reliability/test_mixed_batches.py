@@ -184,7 +184,8 @@ def test_an_error_escaping_the_agent_rejects_only_its_item_and_not_its_clip_mate
     records = layout.read_stage(droot, "analyze", shard)
     same_clip = [r for r in records if r.clip_id == records[0].clip_id]
     assert len(same_clip) >= 2
-    stage = dataclasses.replace(get_stage("review"), build=lambda settings, backends: _OneBadItem(same_clip[0].object_id))
+    bad = same_clip[0].object_id
+    stage = dataclasses.replace(get_stage("review"), build=lambda settings, backends: _OneBadItem(bad))
     kept, rejects, stopped = asyncio.run(_run_agent(stage, records, CONFIG, BackendPool()))
     assert stopped is None
     assert [r.object_id for r in kept] == [r.object_id for r in records[1:]]

@@ -128,10 +128,12 @@ def test_a_memory_root_is_locked_too() -> None:
 
 def test_two_writers_of_one_file_never_share_a_temporary_name(tmp_path: Path) -> None:
     root = DatasetRoot(tmp_path)
-    with root.open_atomic("out/a.tar", temp_name="a.tar.tmp") as first:
-        with root.open_atomic("out/a.tar", temp_name="a.tar.tmp") as second:
-            first.write(b"first")
-            second.write(b"second")
-            assert len([p for p in (tmp_path / "out").iterdir() if p.name.startswith("a.tar.tmp")]) == 2
+    with (
+        root.open_atomic("out/a.tar", temp_name="a.tar.tmp") as first,
+        root.open_atomic("out/a.tar", temp_name="a.tar.tmp") as second,
+    ):
+        first.write(b"first")
+        second.write(b"second")
+        assert len([p for p in (tmp_path / "out").iterdir() if p.name.startswith("a.tar.tmp")]) == 2
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["a.tar"]
     assert (tmp_path / "out" / "a.tar").read_bytes() == b"first"  # the writer that finished last wins, whole
