@@ -6,11 +6,16 @@ stage per shard, export) in a fresh subprocess, so its peak RSS is its own. A th
 analyze stage against a stub OpenAI server with 100 ms latency and `concurrency` 32 and measures the in-flight
 average the server saw (its summed serving time / the stage's wall time; target >= 0.9 x 32), the model loads of the
 vision backends over every shard of segment + short_captions (target: one per backend per worker) and the
-decodes per clip of each stage task (target: 1). Prints ONE JSON line: clips/s, CPU ms per clip, Prefect task
-runs (= 1 ingest + stages x shards), peak RSS per size and its growth from N to 4N, and those figures.
-Targets: >= 50 clips/s, task runs = stages x shards (+ ingest), RSS growth < 10%.
+decodes per clip of each stage task (target: 1). The baseline, in the same run: the same N-clip build driven
+directly (ingest, then `flows.pipeline.runner.run_stage` per stage and shard, no Prefect) in a fresh subprocess;
+`prefect_share` is the part of the flow's wall time the direct build does not need. Prints ONE JSON line: clips/s,
+CPU ms per clip, Prefect task runs (= 1 ingest + stages x shards), peak RSS per size and its growth from N to 4N,
+the direct baseline, and those figures. Targets: >= 50 clips/s, task runs = stages x shards (+ ingest), RSS
+growth < 10%. Every child gets the offline Prefect settings of `flows.runtime.QUIET_ENV` (the ephemeral API's
+start-up timeout among them; values already in the environment win) and `--phase-timeout` seconds to finish.
 
     python benchmarks/engine_overhead.py [--clips 2000] [--shard-size 500] [--pool 32] [--window-clips 2048]
+    python benchmarks/engine_overhead.py --clips 100 --shard-size 50 --window-clips 128   # quick
 """
 
 from __future__ import annotations
@@ -46,10 +51,12 @@ def make_manifest(directory: Path, clips: int, pool: int) -> Path:
 def run_phase(root: str, manifest: str, config: str) -> dict:
     """One build in this process: warm the Prefect API first, then time the flow alone."""
     sys.path.insert(0, str(REPO))
+    from flows.runtime import fast_prefect, quiet_prefect_env, run_flow
+
+    quiet_prefect_env()  # before prefect is imported: its settings (the API start-up timeout) are read then
     from prefect import flow
 
     from flows import engine_flows
-    from flows.runtime import fast_prefect, run_flow
 
     @flow(name="warm-up")
     def warm_up() -> int:
@@ -74,6 +81,45 @@ def run_phase(root: str, manifest: str, config: str) -> dict:
         "samples": stages["export"]["items_out"],
         "stage_seconds": {name: round(row["seconds"], 2) for name, row in stages.items()},
     }
+
+
+def direct_phase(root: str, manifest: str, config_path: str) -> dict:
+    """The baseline: the same build without Prefect (ingest, then every stage over every shard), timed."""
+    sys.path.insert(0, str(REPO))
+    from engine.config import load_config
+    from flows.pipeline import layout
+    from flows.pipeline.ingest import ingest
+    from flows.pipeline.runner import run_stage
+    from flows.pipeline.stages import SHARD_STAGES
+
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    cpu_before = usage.ru_utime + usage.ru_stime
+    started = time.perf_counter()
+    config = load_config(config_path)
+    layout.ensure_dataset(layout.open_root(root), config)
+    ingest(root, manifest, config)
+    samples = 0
+    for stage in SHARD_STAGES:
+        for shard in layout.shards(layout.open_root(root)):
+            report = run_stage(root, stage, shard, config)
+            samples += report.items_out if stage == "export" else 0
+    wall = time.perf_counter() - started
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return {"wall_s": wall, "cpu_s": usage.ru_utime + usage.ru_stime - cpu_before,
+            "peak_rss_mb": usage.ru_maxrss / 1024, "samples": samples}
+
+
+def run_child(command: list[str], env: dict[str, str], timeout_s: float, label: str) -> dict:
+    """A phase in a fresh subprocess; its last stdout line is its JSON. A failure or a hang ends the benchmark."""
+    try:
+        done = subprocess.run(command, env=env, cwd=REPO, capture_output=True, text=True, check=False,
+                              timeout=timeout_s)
+    except subprocess.TimeoutExpired as expired:
+        stderr = expired.stderr.decode(errors="replace") if isinstance(expired.stderr, bytes) else expired.stderr
+        raise SystemExit(f"phase {label} did not finish in {timeout_s:.0f} s:\n{(stderr or '')[-4000:]}") from None
+    if done.returncode != 0:
+        raise SystemExit(f"phase {label} failed:\n{done.stderr[-4000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 def window_phase(work: Path, clips: int, pool: int) -> dict:
@@ -126,16 +172,22 @@ def main() -> None:
     parser.add_argument("--shard-size", type=int, default=500)
     parser.add_argument("--pool", type=int, default=32)
     parser.add_argument("--window-clips", type=int, default=2048)
+    parser.add_argument("--phase-timeout", type=float, default=3600.0, help="seconds each build subprocess gets")
     parser.add_argument("--phase", nargs=3, metavar=("ROOT", "MANIFEST", "CONFIG"), help=argparse.SUPPRESS)
+    parser.add_argument("--direct", nargs=3, metavar=("ROOT", "MANIFEST", "CONFIG"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.phase:
         print(json.dumps(run_phase(*args.phase)))
         return
+    if args.direct:
+        print(json.dumps(direct_phase(*args.direct)))
+        return
 
+    sys.path.insert(0, str(REPO))
     from flows.pipeline.stages import SHARD_STAGES
+    from flows.runtime import QUIET_ENV
 
-    env = {**os.environ, "PREFECT_LOGGING_LEVEL": "WARNING", "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-           "PREFECT_SERVER_SERVICES_TASK_RUN_RECORDER_ENABLED": "false"}
+    env = {**QUIET_ENV, **os.environ, "PREFECT_LOGGING_LEVEL": "WARNING"}
     env.pop("PREFECT_API_URL", None)
     results = {}
     with tempfile.TemporaryDirectory(prefix="engine-overhead-") as tmp:
@@ -151,15 +203,15 @@ def main() -> None:
         for label, clips in (("n", args.clips), ("4n", 4 * args.clips)):
             manifest = make_manifest(work, clips, args.pool)
             command = [sys.executable, __file__, "--phase", str(work / f"root-{label}"), str(manifest), str(config)]
-            done = subprocess.run(command, env=env, cwd=REPO, capture_output=True, text=True, check=False)
-            if done.returncode != 0:
-                raise SystemExit(f"phase {label} failed:\n{done.stderr[-4000:]}")
-            phase = json.loads(done.stdout.strip().splitlines()[-1])
+            phase = run_child(command, env, args.phase_timeout, label)
             phase["clips"] = clips
             phase["clips_per_s"] = clips / phase["wall_s"]
             phase["cpu_ms_per_clip"] = 1000 * phase["cpu_s"] / clips
             phase["expected_task_runs"] = 1 + len(SHARD_STAGES) * phase["shards"]
             results[label] = phase
+            if label == "n":  # the baseline right after the flow it is compared with
+                command = [sys.executable, __file__, "--direct", str(work / "root-direct"), str(manifest), str(config)]
+                direct = run_child(command, env, args.phase_timeout, "direct")
         window = window_phase(work, args.window_clips, args.pool)
     n, big = results["n"], results["4n"]
     growth = (big["peak_rss_mb"] - n["peak_rss_mb"]) / n["peak_rss_mb"]
@@ -180,6 +232,10 @@ def main() -> None:
         "rss_growth": round(growth, 4),
         "stage_seconds": n["stage_seconds"],
         "stage_seconds_4n": big["stage_seconds"],
+        "direct_clips_per_s": round(args.clips / direct["wall_s"], 1),
+        "direct_cpu_ms_per_clip": round(1000 * direct["cpu_s"] / args.clips, 2),
+        "direct_samples": direct["samples"],
+        "prefect_share": round(1 - direct["wall_s"] / n["wall_s"], 3),
         **window,
         "targets_met": {
             "in_flight_avg>=0.9x32": window["in_flight_avg"] >= window["in_flight_target"],
