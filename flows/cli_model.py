@@ -26,10 +26,26 @@ def load_masks_file(path: Path) -> list[dict[int, Any]]:
         if not isinstance(obj, dict) or not obj:
             raise typer.BadParameter(f"object {number} of {path} is not a non-empty {{frame: mask}} mapping")
         try:
-            out.append({int(frame): mask for frame, mask in obj.items()})
+            masks = {int(frame): mask for frame, mask in obj.items()}
         except ValueError as exc:
             raise typer.BadParameter(f"object {number} of {path}: frame keys must be integers ({exc})") from exc
+        out.append({frame: _checked_mask(path, number, frame, mask) for frame, mask in masks.items()})
     return out
+
+
+def _checked_mask(path: Path, number: int, frame: int, mask: Any) -> Any:
+    """A mask of the file, checked before anything decodes it (RLE counts covering height x width, frames >= 0);
+    its size against the video's frames is checked once the video is read (`model.inference.check_mask_sizes`)."""
+    from engine.errors import InvalidMaskError
+    from engine.masks import validated_mask
+
+    if frame < 0:
+        raise typer.BadParameter(f"object {number} of {path}: mask on frame {frame}; frames are 0, 1, 2, ...")
+    try:
+        validated_mask(mask)
+    except InvalidMaskError as exc:
+        raise typer.BadParameter(f"object {number} of {path}, frame {frame}: {exc}") from exc
+    return mask
 
 
 def _parse_box(text: str) -> tuple[float, float, float, float]:

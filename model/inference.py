@@ -121,14 +121,26 @@ def mask_size(mask: Any) -> tuple[int, int] | None:
 
 
 def check_mask_sizes(objects: Sequence[Mapping[int, Any]], frame_size: tuple[int, int]) -> None:
-    """Every mask must have the video's frame size: a mask of another size would be stretched onto the frame."""
+    """Every mask must have the video's frame size (a mask of another size would be stretched onto the frame), and
+    an RLE must decode faithfully (counts covering exactly height x width): `InvalidMaskError` otherwise."""
+    from engine.errors import InvalidMaskError
+    from engine.masks import validated_mask
+    from engine.types import RleMask
+
     for number, obj in enumerate(objects):
         for frame, mask in obj.items():
+            if isinstance(mask, Mapping | RleMask):
+                try:
+                    validated_mask(mask, height=frame_size[0], width=frame_size[1])
+                except InvalidMaskError as exc:
+                    raise InvalidMaskError(f"object {number}: the mask on frame {frame}: {exc}",
+                                           reason=exc.reason) from exc
+                continue
             size = mask_size(mask)
             if size is not None and size != frame_size:
                 raise InvalidSampleError(
                     f"object {number}: the mask on frame {frame} is {size[0]}x{size[1]}, the video's frames are "
-                    f"{frame_size[0]}x{frame_size[1]}", reason=RejectReason.MALFORMED_SAMPLE,
+                    f"{frame_size[0]}x{frame_size[1]}", reason=RejectReason.MASK_SIZE_MISMATCH,
                 )
 
 
