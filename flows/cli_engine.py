@@ -42,8 +42,10 @@ def register(app: typer.Typer) -> None:
             with _spinner(f"making {clips} synthetic clips in {root}/videos"):
                 manifest = prepare_demo(root, clips=clips, videos=videos)
             config = Path(__file__).resolve().parents[1] / "configs" / "demo.yaml"
-            report = _run_build(str(root), manifest=str(manifest), config=str(config) if config.is_file() else None,
-                                runner=runner)
+            config_path = str(config) if config.is_file() else None
+            if videos is not None:  # the folder named on the command line is allowed explicitly (`paths`)
+                config_path = _config_allowing(root, config_path, videos)
+            report = _run_build(str(root), manifest=str(manifest), config=config_path, runner=runner)
             _print_report(report)
             _print_outputs(root)
             index = root / "reports" / "index.html"
@@ -181,6 +183,19 @@ def _quiet() -> None:
     from flows.runtime import quiet_prefect_env
 
     quiet_prefect_env()
+
+
+def _config_allowing(root: Path, config: str | None, folder: Path) -> str:
+    """`<root>/demo-config.yaml`: the demo's config with `folder` added to `paths.allowed_roots`."""
+    import yaml
+
+    data = (yaml.safe_load(Path(config).read_text()) or {}) if config else {"base_profile": "offline"}
+    paths = dict(data.get("paths") or {})
+    paths["allowed_roots"] = [*paths.get("allowed_roots", []), str(folder.resolve())]
+    data["paths"] = paths
+    target = root / "demo-config.yaml"
+    target.write_text(yaml.safe_dump(data, sort_keys=False))
+    return str(target)
 
 
 def _opt(value: Path | str | None) -> str | None:
