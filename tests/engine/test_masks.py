@@ -180,3 +180,97 @@ def test_resize_to_grid_rejects_what_is_not_a_mask_or_a_grid() -> None:
             resize_to_grid(bad, 27)
     with pytest.raises(ValueError):
         resize_to_grid(np.ones((4, 4)), 0)
+
+
+# ---------------------------------------------------------------- RLE and polygon checks (issue 15)
+# pycocotools decodes whatever it is given: counts short of height x width leave uninitialised memory in the
+# mask (a `[0, 50]` mask for 720x1280 came out with ~115,000 pixels, differently per run), longer counts overrun
+# it. Every RLE is checked before pycocotools sees it.
+
+
+def test_compressed_counts_parse_as_pycocotools_writes_them() -> None:
+    from engine.masks import string_counts
+
+    rng = np.random.default_rng(5)
+    for case in range(60):
+        height, width = (int(v) for v in rng.integers(1, 70, 2))
+        mask = rng.random((height, width)) > rng.random()
+        if case % 6 == 0:
+            mask[:] = case % 12 == 0  # all empty / all full
+        reference = coco_mask.encode(np.asfortranarray(mask.astype(np.uint8)))  # the reference writer
+        assert string_counts(reference["counts"]).tolist() == _uncompressed(mask)["counts"]
+
+
+@pytest.mark.parametrize(
+    "rle",
+    [
+        {"size": [720, 1280], "counts": [0, 50]},  # the reported case: 50 of 921,600 pixels
+        {"size": [4, 4], "counts": [10, 10]},  # more pixels than the mask has
+        {"size": [4, 4], "counts": [20, -4]},  # a negative run
+        {"size": [4, 4], "counts": [8.0, 8.0]},  # not integers
+        {"size": [8, 8], "counts": encode_rle(np.ones((4, 4), bool))["counts"]},  # compressed, for a 4x4 mask
+        {"size": [4, 4], "counts": "ab\x7f"},  # outside COCO's alphabet
+        {"size": [4, 4], "counts": "0g"},  # ends in the middle of a count
+        {"size": [4, 4], "counts": "é4"},  # not ASCII
+        {"size": [0, 4], "counts": []},
+        {"size": [-4, -4], "counts": [16]},
+        {"size": [100_000, 100_000], "counts": [10**10]},
+        {"size": ["4", 4], "counts": [16]},
+        {"size": [4], "counts": [4]},
+        {"counts": [16]},
+    ],
+)
+def test_rle_that_does_not_cover_its_size_is_refused_before_decoding(rle: dict) -> None:
+    from engine.errors import InvalidMaskError, RejectReason
+    from engine.masks import check_rle, validated_mask
+
+    for use in (check_rle, decode_rle, area, to_rle_mask, validated_mask):
+        with pytest.raises(InvalidMaskError) as caught:
+            use(rle)
+        assert caught.value.reason == RejectReason.INVALID_MASK
+        assert isinstance(caught.value, ValueError)  # callers catching ValueError keep working
+
+
+def test_valid_rle_passes_every_form_and_keeps_its_pixels() -> None:
+    from engine.masks import check_rle, validated_mask
+
+    mask = _random_masks(9, n=1, height=30, width=41)[0]
+    compressed = encode_rle(mask)
+    for form in (compressed, _uncompressed(mask), {"segmentation": compressed}, RleMask.from_coco(compressed)):
+        assert validated_mask(form, height=30, width=41) == RleMask.from_coco(compressed)
+    assert check_rle(compressed) == (30, 41)
+    assert np.array_equal(decode_rle(_uncompressed(mask)), mask)
+    empty = {"size": [3, 5], "counts": [15]}  # all background: one run
+    assert area(empty) == 0 and check_rle(empty) == (3, 5)
+
+
+def test_a_mask_of_another_size_than_the_frames_is_a_size_mismatch() -> None:
+    from engine.errors import InvalidMaskError, RejectReason
+    from engine.masks import validated_mask
+
+    compressed = encode_rle(np.ones((48, 64), bool))
+    with pytest.raises(InvalidMaskError) as caught:
+        validated_mask(compressed, height=72, width=96)
+    assert caught.value.reason == RejectReason.MASK_SIZE_MISMATCH
+
+
+@pytest.mark.parametrize(
+    "polygon",
+    [
+        [[2.0, 2.0, 80.0, 2.0, 8.0, 8.0]],  # x beyond the width
+        [[2.0, -1.0, 8.0, 2.0, 8.0, 8.0]],  # y above the image
+        [[2.0, 2.0, 8.0, 2.0, 8.0, float("nan")]],
+        [[2.0, 2.0, 8.0, 2.0, 8.0, 8.0, 1.0]],  # odd number of coordinates
+        [[2.0, 2.0, "x", 2.0, 8.0, 8.0]],
+    ],
+)
+def test_polygon_outside_the_image_or_malformed_is_refused(polygon: list) -> None:
+    from engine.errors import InvalidMaskError, RejectReason
+    from engine.masks import validated_mask
+
+    for use in (lambda p: to_rle_mask(p, height=12, width=10), lambda p: validated_mask(p, height=12, width=10)):
+        with pytest.raises(InvalidMaskError) as caught:
+            use(polygon)
+        assert caught.value.reason == RejectReason.INVALID_MASK
+    edge = [[0.0, 0.0, 10.0, 0.0, 10.0, 12.0, 0.0, 12.0]]  # the image's own edges are inside
+    assert area(validated_mask(edge, height=12, width=10)) == 120
