@@ -240,6 +240,77 @@ def write_export_json(root: DatasetRoot, name: str, samples: Sequence[Sample]) -
     return relative
 
 
+EXPORT_META = f"{EXPORT_JSON_DIR}/_export.json"
+_ROOT_FROM_JSON_DIR = posixpath.relpath(".", EXPORT_JSON_DIR)  # "../..": the dataset root, seen from export/json
+
+
+def export_video_root(root: DatasetRoot) -> str:
+    """The folder an export's items' `video` paths are relative to, as a path or URL (`_export.json`'s
+    `video_root`; a relative one is relative to `export/json/`)."""
+    stated = str(root.read_json(EXPORT_META)["video_root"])
+    if not stated or _is_absolute(stated):
+        return stated
+    return posixpath.normpath(posixpath.join(root.url_of(EXPORT_JSON_DIR), stated))
+
+
+def _is_absolute(video: str) -> bool:
+    return "://" in video or video.startswith("/")
+
+
+def video_root_of(items: Sequence[Mapping[str, Any]], dataset_root: DatasetRoot) -> tuple[str, list[dict[str, Any]]]:
+    """The video root of a set of items and the items with `video` relative to it.
+
+    Items whose videos are all relative (the engine names a video under the dataset root relative to the root)
+    keep their paths and the root is the dataset root, stated as `../..`: relative to `export/json/`, the folder
+    of the files, so the files stay the same on any root and after the root moves. Otherwise every local video
+    is made absolute (relative ones joined to the dataset root) and the root is their deepest common folder; a
+    URL among them (another file system) leaves every path as it is, under an empty root.
+    """
+    videos = [str(item.get("video", "")) for item in items]
+    base = dataset_root.url_of("").rstrip("/")
+    if not any(_is_absolute(v) for v in videos):
+        return _ROOT_FROM_JSON_DIR, [dict(item) for item in items]
+    if any("://" in v for v in videos) or not dataset_root.is_local:
+        return "", [dict(item) for item in items]
+    absolute = [v if v.startswith("/") else posixpath.join(base, v) for v in videos]
+    root = posixpath.commonpath([posixpath.dirname(posixpath.normpath(v)) for v in absolute])
+    relative = [posixpath.relpath(posixpath.normpath(v), root) for v in absolute]
+    return root, [{**item, "video": video} for item, video in zip(items, relative, strict=True)]
+
+
+def write_export_files(
+    root: DatasetRoot, items: Sequence[Mapping[str, Any]], *, name: str = "train", max_items: int = 200_000
+) -> list[str]:
+    """Write one export's released-format items: `export/json/<name>.json`, or `<name>-NNNNNN.json` parts of at
+    most `max_items` items when there are more, plus `export/json/_export.json` stating the video root.
+
+    Each item's `video` is relative to that root (`video_root_of`; `export_video_root` resolves it): a reader
+    joins it and `video`, e.g. `videorefer import-700k --json <root>/export/json/train.json --videos <root>`.
+    `_export.json` is `{"format": "videorefer-700k", "video_root", "files", "items"}`. Files of an earlier
+    write under the same name are removed first; with no items nothing is written. Returns the paths written
+    (relative to the root).
+    """
+    if max_items <= 0:
+        raise ValueError("max_items must be positive")
+    for existing in root.listdir(EXPORT_JSON_DIR):
+        stem, part = existing.removesuffix(".json"), existing.removesuffix(".json")[len(name) + 1 :]
+        if existing.endswith(".json") and (stem == name or stem.startswith(f"{name}-") and part.isdigit()):
+            root.delete(f"{EXPORT_JSON_DIR}/{existing}")
+    root.delete(EXPORT_META)
+    if not items:
+        return []
+    video_root, relative = video_root_of(items, root)
+    chunks = [relative[i : i + max_items] for i in range(0, len(relative), max_items)]
+    names = [f"{name}.json"] if len(chunks) == 1 else [f"{name}-{n:06d}.json" for n in range(len(chunks))]
+    written = []
+    for file_name, chunk in zip(names, chunks, strict=True):
+        root.write_json(f"{EXPORT_JSON_DIR}/{file_name}", chunk)
+        written.append(f"{EXPORT_JSON_DIR}/{file_name}")
+    meta = {"format": "videorefer-700k", "video_root": video_root, "files": names, "items": len(relative)}
+    root.write_json(EXPORT_META, meta)
+    return [*written, EXPORT_META]
+
+
 def read_700k(root: DatasetRoot, relative: str) -> list[dict[str, Any]]:
     """The items of a released-format JSON file inside a root (or a directory given as a root)."""
     items = root.read_json(relative)

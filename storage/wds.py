@@ -3,8 +3,8 @@
 Two record layouts, both plain WebDataset samples (members sharing a key up to the first dot):
 - a *clip record* (`ShardWriter.write_clip`, what the engine's export writes): the frames of one clip ONCE,
   `<key>.00.jpg`, `<key>.01.jpg`, ... (every distinct frame any of its samples stores, ascending frame index), and
-  `<key>.json` = `{"format": "videorefer-clip", "clip_id", "frames": [frame index of 00.jpg, 01.jpg, ...],
-  "samples": [sample json, ...]}`: the detailed, short and QA samples of a clip share their JPEGs instead of
+  `<key>.json` = `{"format": "videorefer-clip", "clip_id", "video", "frames": [frame index of 00.jpg, 01.jpg,
+  ...], "samples": [sample json, ...]}`: the detailed, short and QA samples of a clip share their JPEGs instead of
   carrying three copies. A sample's stored frames (`frame_indices` then `extra_frame_indices`) are the record's
   JPEGs at the positions of those indices in `frames` (`record_samples` does the lookup);
 - a *sample record* (`ShardWriter.write`, one training sample: its json and one JPEG per stored frame index), the
@@ -281,7 +281,7 @@ class ShardWriter:
             jpegs = self._encode(np.stack([frames[i] for i in indices]))
             head = (b'{"clip_id":' + _json_bytes(group[0][0].clip_id) + b',"format":"' + CLIP_FORMAT.encode()
                     + b'","frames":' + _json_bytes(indices) + b',"samples":[')
-            payload = head + b",".join(p for _, p in group) + b"]}"
+            payload = head + b",".join(p for _, p in group) + b'],"video":' + _json_bytes(group[0][0].video_uri) + b"}"
             members = [(f"{record_key}.{frame_name(i)}", data) for i, data in enumerate(jpegs)]
             members.append((f"{record_key}.json", payload))
             self._add_record(record_key, members, [s for s, _ in group],

@@ -221,7 +221,7 @@ def build_gallery(
         drawn = []
         for position, choice in enumerate(picked.get(task, ())):
             try:
-                sample, frames = read_sample_at(choice.tar, choice.offset, choice.size)
+                sample, frames = read_sample_at(choice.tar, choice.offset, choice.size, key=choice.key)
                 image, indices = render_strip(sample, frames, max_frames=max_frames)
             except Exception as exc:  # noqa: BLE001 - a sample that cannot be drawn is shown with its error
                 drawn.append(GalleryItem(task=task, key=choice.key, error=f"{type(exc).__name__}: {exc}"))

@@ -24,13 +24,20 @@ def _invoke(*args: str):
 
 
 def _samples(root: Path) -> dict[str, dict]:
+    # Plain webdataset, as the README reads a clip record: its frames once, its samples listed in the json.
     out = {}
-    for sample in wds.WebDataset(exported_tars(root), shardshuffle=False).decode("rgb8"):
-        frames = sorted(key for key in sample if key.endswith(".jpg"))
-        out[sample["__key__"]] = {
-            "json": sample["json"],
-            "frames": [hashlib.sha256(sample[key].tobytes()).hexdigest() for key in frames],
-        }
+    for record in wds.WebDataset(exported_tars(root), shardshuffle=False).decode("rgb8"):
+        positions = record["json"].get("frames")
+        for sample in record["json"].get("samples", [record["json"]]):
+            if positions is None:  # a one-sample record (`import-700k`)
+                names = sorted(key for key in record if key.endswith(".jpg"))
+            else:
+                stored = sample["frame_indices"] + sample["extra_frame_indices"]
+                names = [f"{positions.index(i):02d}.jpg" for i in stored]
+            out[sample["key"]] = {
+                "json": sample,
+                "frames": [hashlib.sha256(record[name].tobytes()).hexdigest() for name in names],
+            }
     return out
 
 
@@ -65,8 +72,10 @@ def test_ingest_stage_export_and_import_commands(prefect_server, tmp_path: Path)
     assert exported
 
     released = tmp_path / "released.json"
-    json_files = sorted((root / "export" / "json").glob("*.json"))
-    items = [item for path in json_files for item in json.loads(path.read_text())]
+    meta = json.loads((root / "export" / "json" / "_export.json").read_text())  # one file per export + its root
+    assert meta["files"] == ["train.json"] and meta["video_root"] == "../.."  # the root, seen from export/json
+    items = json.loads((root / "export" / "json" / "train.json").read_text())
+    assert len(items) == meta["items"] == len(exported)
     released.write_text(json.dumps(items + [{"video": "x.mp4", "conversations": [], "annotation": [None]}]))
     imported = tmp_path / "imported"
     result = _invoke("import-700k", "--json", str(released), "--videos", str(root), "--root", str(imported),

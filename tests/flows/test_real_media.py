@@ -32,9 +32,10 @@ def test_build_on_real_clips_exports_frames_of_those_videos(prefect_server, medi
     assert figures["ingest"]["items_out"] == 4
     assert figures["export"]["items_out"] > 0
     videos = set()
-    for sample in wds.WebDataset(exported_tars(root), shardshuffle=False).decode("rgb8"):
-        videos.add(Path(sample["json"]["video"]).name)
-        frames = sorted(key for key in sample if key.endswith(".jpg"))
-        assert len(frames) == 4 and sample[frames[0]].shape == (48, 48, 3)
-        assert sample[frames[0]].std() > 5  # real picture content, not a blank frame
+    for record in wds.WebDataset(exported_tars(root), shardshuffle=False).decode("rgb8"):  # one record per clip
+        videos.add(Path(record["json"]["video"]).name)
+        frames = sorted(key for key in record if key.endswith(".jpg"))
+        height, width, _ = record[frames[0]].shape
+        assert len(frames) == 4 and min(height, width) == 48 and max(height, width) > 48  # aspect ratio kept
+        assert record[frames[0]].std() > 5  # real picture content, not a blank frame
     assert videos <= set(CAPTIONS) and videos

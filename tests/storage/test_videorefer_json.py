@@ -145,3 +145,38 @@ def test_export_json_file_in_root(root: DatasetRoot) -> None:
     relative = write_export_json(root, "detailed", samples)
     assert relative == "export/json/detailed.json"
     assert read_700k(root, relative) == [item(), item(2)]
+
+
+# ---------------------------------------------------------------- one JSON per export (issue 14.9)
+
+
+def test_one_json_file_per_export_with_paths_relative_to_the_stated_video_root(tmp_path) -> None:
+    import json
+
+    from storage.videorefer_json import export_video_root, write_export_files
+
+    root = DatasetRoot(tmp_path / "ds")
+    items = [item(), {**item(2), "video": "videos/b.mp4"}]
+    root.write_json("export/json/train-000003.json", [])  # a part of an earlier, bigger export
+    written = write_export_files(root, items)
+    assert written == ["export/json/train.json", "export/json/_export.json"]
+    assert not root.exists("export/json/train-000003.json")
+    meta = root.read_json("export/json/_export.json")
+    # Videos under the dataset root: the root, stated relative to export/json (the same files on any root).
+    assert meta == {"format": "videorefer-700k", "video_root": "../..", "files": ["train.json"], "items": 2}
+    assert export_video_root(root) == str(tmp_path / "ds")
+    back = read_700k(root, "export/json/train.json")
+    assert back == items
+    samples, rejects = import_700k(back, grid=GRID, video_root=export_video_root(root))
+    assert not rejects and samples[1].video_uri == str(tmp_path / "ds" / "videos" / "b.mp4")
+
+    outside = [{**item(), "video": "/data/set/a/x.mp4"}, {**item(), "video": "/data/set/b/y.mp4"}, item()]
+    write_export_files(root, outside, max_items=2)
+    meta = json.loads((tmp_path / "ds" / "export" / "json" / "_export.json").read_text())
+    assert meta["files"] == ["train-000000.json", "train-000001.json"] and meta["items"] == 3
+    assert not root.exists("export/json/train.json")
+    videos = [i["video"] for f in meta["files"] for i in read_700k(root, f"export/json/{f}")]
+    assert meta["video_root"] == export_video_root(root) == "/"  # deepest folder of /data/set/... and the root
+    assert [f"{meta['video_root'].rstrip('/')}/{v}" for v in videos] == [
+        "/data/set/a/x.mp4", "/data/set/b/y.mp4", str(tmp_path / "ds" / "panda" / "clip_0001.mp4")]
+    assert write_export_files(root, []) == [] and not root.exists("export/json/_export.json")

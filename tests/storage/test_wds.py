@@ -273,3 +273,150 @@ def test_a_shard_is_validated_at_its_own_grid(tmp_path: Path) -> None:
     corner_27, thin_27 = verdicts[27]
     assert corner_27 is None
     assert thin_27.reason is RejectReason.MASK_VANISHES_ON_GRID and "27x27 grid" in thin_27.message
+
+
+# ---------------------------------------------------------------- clip records (issue 14.9)
+
+
+def clip_samples(count: int = 3, frames: tuple[int, ...] = (0, 5, 10)) -> list:
+    return [make_sample(f"detailed_{i:04d}", frames=frames) for i in range(count)]
+
+
+def clip_frames(indices=(0, 5, 10), seed: int = 0) -> dict[int, np.ndarray]:
+    return dict(zip(indices, make_frames(len(indices), seed=seed), strict=True))
+
+
+def test_a_clip_record_stores_its_frames_once_for_all_its_samples(tmp_path: Path) -> None:
+    samples = clip_samples(3)
+    with ShardWriter(tmp_path, grid=GRID) as writer:
+        assert writer.write_clip(samples, clip_frames()) == []
+    tar = list_tars(tmp_path)[0]
+    with tarfile.open(tar) as archive:
+        names = archive.getnames()
+    assert names == ["c0ffee.00.jpg", "c0ffee.01.jpg", "c0ffee.02.jpg", "c0ffee.json"]
+    back = list(iter_samples(tar))
+    assert [s for s, _ in back] == samples
+    assert all(len(frames) == 3 for _, frames in back)
+    assert np.abs(back[2][1][1].astype(int) - clip_frames()[5].astype(int)).mean() < 4
+    rows = read_index(tar)
+    assert [r["key"] for r in rows] == [s.key for s in samples] and {r["record"] for r in rows} == {"c0ffee"}
+    assert read_sample_at(tar, rows[1]["offset"], rows[1]["size"], key=rows[1]["key"])[0] == samples[1]
+    with pytest.raises(ValueError, match="none or several"):
+        read_sample_at(tar, rows[1]["offset"], rows[1]["size"])  # three samples: the key says which
+
+
+def test_clip_records_cut_the_bytes_per_sample(tmp_path: Path) -> None:
+    samples, frames = clip_samples(3), clip_frames()
+    with ShardWriter(tmp_path / "per_sample", grid=GRID) as writer:
+        for sample in samples:
+            writer.write(sample, np.stack([frames[i] for i in sample.stored_frame_indices]))
+    with ShardWriter(tmp_path / "per_clip", grid=GRID) as writer:
+        writer.write_clip(samples, frames)
+    per_sample = (tmp_path / "per_sample" / "train-000000.tar").stat().st_size
+    per_clip = (tmp_path / "per_clip" / "train-000000.tar").stat().st_size
+    assert per_clip < 0.5 * per_sample  # three samples, one copy of their JPEGs instead of three
+    assert [s for s, _ in iter_samples(list_tars(tmp_path / "per_clip"))] == samples
+
+
+def test_plain_webdataset_reads_every_clip_record_and_the_readme_recipe_finds_each_samples_frames(
+    tmp_path: Path,
+) -> None:
+    import webdataset as wds
+
+    one, other = clip_samples(2), [dataclasses.replace(s, key=f"{s.key}b", clip_id="beef") for s in clip_samples(1)]
+    extra = dataclasses.replace(one[1], key="detailed_extra", frame_indices=(0, 5), extra_frame_indices=(10,))
+    with ShardWriter(tmp_path, grid=GRID) as writer:
+        assert writer.write_clip([*one, extra], clip_frames()) == []
+        assert writer.write_clip(other, clip_frames(seed=1)) == []
+    ours = {s.key: frames for s, frames in iter_samples(list_tars(tmp_path))}
+    records = list(wds.WebDataset(list_tars(tmp_path), shardshuffle=False).decode("rgb8"))
+    assert [r["__key__"] for r in records] == ["c0ffee", "beef"]
+    found = {}
+    for record in records:  # the reading documented in the README's export section
+        frames = record["json"]["frames"]
+        for sample in record["json"]["samples"]:
+            stored = sample["frame_indices"] + sample["extra_frame_indices"]
+            found[sample["key"]] = [record[f"{frames.index(i):02d}.jpg"] for i in stored]
+    assert sorted(found) == sorted(ours)
+    for key, frames in found.items():
+        assert len(frames) == len(ours[key]) and all(np.array_equal(a, b) for a, b in zip(frames, ours[key]))
+
+
+def test_clip_samples_are_validated_one_by_one(tmp_path: Path) -> None:
+    good = make_sample("detailed_good", frames=(0, 5))
+    mismatch = dataclasses.replace(make_sample("detailed_bad", frames=(0, 5), regions=2), objects=good.objects)
+    missing = make_sample("detailed_missing", frames=(0, 7))
+    with ShardWriter(tmp_path, grid=GRID) as writer:
+        rejects = writer.write_clip([good, mismatch, missing], clip_frames((0, 5)))
+        assert [(r.item_id, r.reason) for r in rejects] == [
+            ("detailed_bad", RejectReason.REGION_COUNT_MISMATCH), ("detailed_missing", RejectReason.MALFORMED_SAMPLE)]
+        assert writer.write_clip([good], clip_frames((0, 5)))[0].message.startswith("duplicate sample key")
+        bad_frames = {0: make_frames(1)[0], 5: make_frames(1, height=10)[0]}
+        assert writer.write_clip([make_sample("detailed_sizes", frames=(0, 5))], bad_frames)[0].reason == (
+            RejectReason.MALFORMED_SAMPLE)
+    assert [s.key for s, _ in iter_samples(list_tars(tmp_path))] == ["detailed_good"]
+
+
+def test_a_clip_needing_more_than_100_frames_is_cut_into_records(tmp_path: Path) -> None:
+    first = make_sample("detailed_a", frames=tuple(range(0, 60)))
+    second = make_sample("detailed_b", frames=tuple(range(60, 120)))
+    frames = dict(enumerate(make_frames(120, height=16, width=16)))
+    with ShardWriter(tmp_path, grid=GRID) as writer:
+        assert writer.write_clip([first, second], frames) == []
+    keys = [raw["__key__"] for raw in read_raw(list_tars(tmp_path)[0])]
+    assert keys == ["c0ffee", "c0ffee_1"]
+    assert [s.key for s, _ in iter_samples(list_tars(tmp_path))] == ["detailed_a", "detailed_b"]
+
+
+def test_an_empty_tar_keeps_a_numbered_set_without_gaps(tmp_path: Path) -> None:
+    import webdataset as wds
+
+    with ShardWriter(tmp_path, start_index=0, max_samples_per_tar=None, empty_tar=True, grid=GRID) as writer:
+        writer.write_clip(clip_samples(1), clip_frames())
+    with ShardWriter(tmp_path, start_index=1, max_samples_per_tar=None, empty_tar=True, grid=GRID):
+        pass  # a shard that exported nothing
+    tars = list_tars(tmp_path)
+    assert [Path(t).name for t in tars] == ["train-000000.tar", "train-000001.tar"]
+    assert list(iter_samples(tars[1])) == [] and read_index(tars[1]) == []
+    url = str(tmp_path / "train-{000000..000001}.tar")  # the whole export, brace-expanded
+    assert [r["__key__"] for r in wds.WebDataset(url, shardshuffle=False)] == ["c0ffee"]
+
+
+def test_stats_of_writers_of_one_split_add_up_and_a_rewrite_replaces_its_own(tmp_path: Path) -> None:
+    for index, count in ((0, 2), (1, 3), (0, 1)):  # the last rewrites tar 0 (a re-exported shard)
+        with ShardWriter(tmp_path, start_index=index, max_samples_per_tar=None, grid=GRID) as writer:
+            writer.write_clip(clip_samples(count), clip_frames())
+    stats = DatasetRoot(tmp_path).read_json("_stats.json")
+    assert stats["splits"]["train"]["samples"] == 4 and stats["splits"]["train"]["records"] == 2
+    assert stats["splits"]["train"]["tars"] == ["train-000000.tar", "train-000001.tar"]
+    assert stats["splits"]["train"]["bytes"] == sum(p.stat().st_size for p in tmp_path.glob("*.tar"))
+
+
+def test_bounded_size_keeps_the_aspect_ratio_and_never_enlarges() -> None:
+    from storage.wds import bounded_size
+
+    assert bounded_size(720, 1280, 384) == (384, 683)
+    assert bounded_size(1280, 720, 384) == (683, 384)
+    assert bounded_size(120, 160, 384) == (120, 160)  # smaller than the vision size: stored as it is
+    assert bounded_size(100, 2000, 50) == (10, 200)  # a panorama: long side at most 4x the vision size
+
+
+def test_a_bounded_frame_stretched_by_the_processor_is_what_inference_sees() -> None:
+    # Reference (the release, videorefer/mm_utils.py process_video with image_aspect_ratio 'square', as used by
+    # train.py and the Bench inference scripts): `processor.preprocess(images)` = SigLIP's image processor, which
+    # resizes each full frame to 384 x 384 with PIL bicubic (no pad, no crop).
+    from PIL import Image
+
+    from storage.wds import bound_frames
+
+    def release_square(frame: np.ndarray, size: int) -> np.ndarray:
+        return np.asarray(Image.fromarray(frame).resize((size, size), Image.Resampling.BICUBIC)).astype(float)
+
+    native = make_frames(1, seed=3, height=360, width=640)
+    stored = bound_frames(native, 96)
+    assert stored.shape == (1, 96, 171, 3)
+    at_training = release_square(stored[0], 96)
+    at_inference = release_square(native[0], 96)
+    old_square = release_square(np.asarray(Image.fromarray(native[0]).resize((24, 24))), 96)  # a poor store
+    assert np.abs(at_training - at_inference).mean() < 1.0  # grey levels: the same picture
+    assert np.abs(old_square - at_inference).mean() > 2 * np.abs(at_training - at_inference).mean()
