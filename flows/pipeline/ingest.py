@@ -206,8 +206,12 @@ def _identify(
 def _duplicate_reject(cid: str, row: ManifestRow, earlier: ManifestRow) -> Reject:
     # Its own id (from the clip and the row), so the kept clip is not marked rejected and a re-run skips it.
     duplicate_id = ids.clip_id(f"duplicate:{cid}:row{row.row}", None, None)
-    same = row.caption == earlier.caption and row.given_objects == earlier.given_objects
-    detail = "the same caption" if same else f"a different caption {row.caption[:80]!r} (kept: row {earlier.row}'s)"
+    if row.caption != earlier.caption:
+        detail = f"a different caption {row.caption[:80]!r} (kept: row {earlier.row}'s)"
+    elif row.given_objects != earlier.given_objects:
+        detail = f"the same caption but other objects (kept: row {earlier.row}'s)"
+    else:
+        detail = "the same caption"
     message = f"manifest row {row.row} names the clip of row {earlier.row} (same video and span) with {detail}"
     return Reject(stage=INGEST, item_id=duplicate_id, clip_id=duplicate_id, reason=RejectReason.DUPLICATE_ROW,
                   message=message)
