@@ -460,3 +460,58 @@ def test_recorded_mode_reads_the_exports_field() -> None:
     assert recorded_mode({}) is None
     with pytest.raises(InvalidSampleError, match="unknown sample mode"):
         recorded_mode({"extra": {"mode": "both"}})
+
+
+# ---------------------------------------------------------------- clip records (issue 14.9: a clip's frames once)
+
+
+def _clip_record_shard(directory: Path) -> tuple[Path, list]:
+    import dataclasses
+
+    from storage.wds import ShardWriter
+    from tests.storage.conftest import GRID, make_frames, make_sample
+
+    samples = [make_sample(f"detailed_{i:04d}", frames=(0, 5, 10)) for i in range(3)]
+    other = [dataclasses.replace(samples[0], key="detailed_other", clip_id="beef")]  # a second clip
+    with ShardWriter(directory, split="clips", grid=GRID) as writer:
+        assert writer.write_clip(samples, dict(zip((0, 5, 10), make_frames(3), strict=True))) == []
+        assert writer.write_clip(other, dict(zip((0, 5, 10), make_frames(3, seed=1), strict=True))) == []
+    return directory / "clips-000000.tar", [*samples, *other]
+
+
+def test_clip_records_read_as_one_raw_sample_per_training_sample(tmp_path: Path) -> None:
+    tar, samples = _clip_record_shard(tmp_path)
+    raws = list(read_tar_samples(str(tar)))
+    assert [raw["__key__"] for raw in raws] == [s.key for s in samples]
+    assert [json.loads(raw["json"])["key"] for raw in raws] == [s.key for s in samples]
+    with tarfile.open(tar) as archive:
+        stored = {m.name: archive.extractfile(m).read() for m in archive if m.name.endswith(".jpg")}
+    assert raws[0]["01.jpg"] == raws[2]["01.jpg"] == stored["c0ffee.01.jpg"]  # shared, one copy in the tar
+    assert raws[3]["00.jpg"] == stored["beef.00.jpg"]
+    assert count_samples([str(tar)]) == 4
+
+
+def test_the_loader_trains_on_every_sample_of_clip_records(tmp_path: Path) -> None:
+    tar, samples = _clip_record_shard(tmp_path)
+    stream = _stream(tmp_path, sources=(DataSource(shards=str(tar), name="clips"),), micro=1, frames=3, buffer=1,
+                     encoder=CapturingEncoder())
+    items = [item["batch"]["items"][0] for item in _take(build_loader(stream), 4)]
+    assert sorted(i["json"]["key"] for i in items) == sorted(s.key for s in samples)
+    assert all(i["frames"].shape == (3, 48, 64, 3) for i in items)
+
+
+def test_a_broken_clip_record_is_a_bad_sample_not_a_crash(tmp_path: Path) -> None:
+    tar, _ = _clip_record_shard(tmp_path)
+    broken = tmp_path / "broken-000000.tar"
+    with tarfile.open(tar) as source, tarfile.open(broken, "w", format=tarfile.USTAR_FORMAT) as out:
+        for member in source:
+            data = source.extractfile(member).read()
+            if member.name == "c0ffee.json":
+                data = data.replace(b'"frames":[0,5,10]', b'"frames":[0,5]')  # lists fewer frames than it holds
+            member.size = len(data)
+            out.addfile(member, io.BytesIO(data))
+    stream = _stream(tmp_path, sources=(DataSource(shards=str(broken), name="x"),), micro=1, frames=3, buffer=1,
+                     encoder=CapturingEncoder())
+    first = next(iter(build_loader(stream)))
+    assert first["batch"]["items"][0]["json"]["key"] == "detailed_other"
+    assert [bad["key"] for bad in first["bad"]] == ["c0ffee"]
