@@ -268,16 +268,29 @@ def _object_problems(number: int, obj: SampleObject, sample: Sample, stored: set
                     f"{where}: mask size {rle.height}x{rle.width} != sample size {sample.height}x{sample.width}",
                 )
             )
-        if not rle_is_consistent(rle):
+        verdict = _mask_verdict(rle.counts, rle.height, rle.width, grid)
+        if verdict == "inconsistent":
             message = f"{where}: RLE counts do not cover {rle.height}x{rle.width} pixels"
             problems.append((RejectReason.MALFORMED_SAMPLE, message))
-            continue
-        mask = decode_rle(rle)
-        if not mask.any():
+        elif verdict == "empty":
             problems.append((RejectReason.EMPTY_MASKLET, f"{where}: mask is empty"))
-        elif vanishes_on_grid(mask, grid):
+        elif verdict == "vanishes":
             problems.append((RejectReason.MASK_VANISHES_ON_GRID, f"{where}: mask vanishes on the {grid}x{grid} grid"))
     return problems
+
+
+@functools.lru_cache(maxsize=4096)
+def _mask_verdict(counts: str, height: int, width: int, grid: int) -> str | None:
+    # What is wrong with one mask on one grid, if anything: a pure function of the mask, memoised because the
+    # samples of one clip (its detailed, short and QA samples) carry the same masks and the export validates
+    # each sample; decoding a mask was most of the validation's time (benchmarks/export_throughput.py).
+    rle = RleMask(height=height, width=width, counts=counts)
+    if not rle_is_consistent(rle):
+        return "inconsistent"
+    mask = decode_rle(rle)
+    if not mask.any():
+        return "empty"
+    return "vanishes" if vanishes_on_grid(mask, grid) else None
 
 
 @functools.lru_cache(maxsize=64)
