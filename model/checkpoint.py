@@ -282,17 +282,21 @@ def save_model_folder(
 
     `generation_config` defaults to one that stops at `<|im_end|>` (`model.generation`); pass the source folder's
     to carry it over (a converted release, a fine-tuned model). `state_dict` replaces the model's own (gathered
-    FSDP weights). Everything is written into a temporary folder beside `directory` first and moved in last, so a
+    FSDP weights). The folder also carries self-contained modeling files and an `auto_map` (`model.remote_code`),
+    so `AutoModelForCausalLM.from_pretrained(directory, trust_remote_code=True)` loads it without this package.
+    Everything is written into a temporary folder beside `directory` first and moved in last, so a
     crash never leaves a half-written model where a loader would find it; other files already in `directory` are
     kept.
     """
     from model.generation import default_generation_config, save_generation_config
+    from model.remote_code import write_remote_code
 
     directory = Path(directory)
     directory.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}-", dir=directory.parent))
     try:
         model.save_pretrained(str(staging), state_dict=state_dict)
+        write_remote_code(staging)  # config.json `auto_map` + modeling files: plain transformers loads the folder
         processor.save_pretrained(staging)
         save_generation_config(generation_config or default_generation_config(processor), staging)
         if not (directory / "README.md").is_file():

@@ -234,11 +234,14 @@ class VideoReferForCausalLM(VideoReferPreTrainedModel):
                 input_ids, pixel_values, frame_counts, video_frame_counts, object_masks, mask_frame_index,
                 mask_object_index, video_frame_index, attention_mask, labels,
             )
+        # transformers 5 renamed the LLM's `past_key_values` to `cache` and warns on every call that passes the old
+        # name (even as None): hand it over under the new one, accepting either from our callers.
+        cache = kwargs.pop("cache", past_key_values)
         return self.language_model(
             inputs_embeds=inputs_embeds,
             attention_mask=attention_mask,
             position_ids=position_ids,
-            past_key_values=past_key_values,
+            cache=cache,
             labels=labels,
             use_cache=use_cache,
             logits_to_keep=logits_to_keep,
