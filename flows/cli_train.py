@@ -1,7 +1,8 @@
 """`videorefer train`: run one training stage under torchrun and stream its output; the exit code propagates.
 
 The command only builds the torchrun command line (`model.training.launch.torchrun_command`) and runs it, so
-what the CLI runs is exactly what the `train_stage` Prefect flow and a cluster job script run.
+what the CLI runs is exactly what the `train_stage` Prefect flow and a cluster job script run. Afterwards it
+draws `<out>/log.jsonl` as `<out>/loss.png` (`flows.artifacts`), as the flow does for its artifact.
 """
 
 from __future__ import annotations
@@ -58,6 +59,11 @@ def register(app: typer.Typer) -> None:
             typer.echo(" ".join(command))
             return
         code = run_streaming(command)
+        from flows.artifacts import write_loss_curve
+
+        curve = write_loss_curve(out)
+        if curve is not None:
+            typer.echo(f"loss curve: {curve}")
         if code != 0:
             typer.echo(f"training failed (exit code {code})", err=True)
             raise typer.Exit(code)

@@ -5,7 +5,9 @@ checkpoints; each is evaluated into `out/<checkpoint name>/`. One Prefect task p
 never per item: the items stream through `agents.bench.job.run_bench` (what `videorefer bench` runs), which
 resumes from its prediction and
 judge files, so a scheduled deployment re-run every hour only does the work of checkpoints (and items) that
-are new. Tasks run one after another, since they share the one model in memory (and the one GPU).
+are new. Tasks run one after another, since they share the one model in memory (and the one GPU). The flow
+publishes a scores table (markdown artifact `evaluate-<model_dir name>-scores`: one row per checkpoint, benchmark
+and mode; `flows.artifacts.scores_table`).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from typing import Any
 from prefect import flow, task
 
 from agents.bench.job import BenchJob, run_bench
+from flows.artifacts import publish_evaluation, report_score
 from flows.runtime import run_name
 
 
@@ -55,6 +58,7 @@ def bench_task(
     )
     result = run_bench(job, load_model=cached_pipeline)
     return {"checkpoint": checkpoint_name, "bench": kind, "mode": mode, "headline": result.headline,
+            "score": report_score(result.report_json),
             "report": str(result.report_json), "predicted": result.predicted, "resumed": result.skipped,
             "rejected": result.rejected}
 
@@ -94,6 +98,10 @@ def evaluate_checkpoint(
                     max_new_tokens=max_new_tokens,
                 ))
                 print(f"{name}: {results[-1]['headline']}")
+    try:
+        publish_evaluation(results, key=f"evaluate-{Path(model_dir).name}", title=f"Evaluation of {model_dir}")
+    except Exception as error:  # noqa: BLE001 - the reports are on disk; the artifact is a view of them
+        print(f"could not publish the scores artifact: {error}")
     return results
 
 

@@ -144,6 +144,44 @@ def parameter_groups(model: Any, trainable: frozenset[str]) -> dict[str, list[st
     return groups
 
 
+def enable_activation_checkpointing(model: Any) -> None:
+    """Recompute activations in the backward pass (non-reentrant), under transformers 5's name for it.
+
+    `gradient_checkpointing_enable` still works there but warns that it is deprecated; the new name is used when
+    the installed transformers has it.
+    """
+    kwargs = {"use_reentrant": False}
+    if hasattr(model, "activation_checkpointing_enable"):
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+    elif hasattr(model, "gradient_checkpointing_enable"):
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+
+
+def warn_once_per_run() -> None:
+    """Show each distinct warning (category and text) at most once in this process, wherever it is raised.
+
+    Python's filters show a warning once per code location, but forget what they showed whenever any library
+    changes the filters (every registry, the "once" one included, is cleared then), so a warning raised inside the
+    step comes back every few steps. This wraps `warnings.showwarning`, which runs after the filters: what the
+    filters hide stays hidden, and a user's `-W` / PYTHONWARNINGS choice is left alone.
+    """
+    import warnings
+
+    if sys.warnoptions:
+        return
+    shown: set[tuple[type, str]] = set()
+    show = warnings.showwarning
+
+    def show_once(message: Any, category: type, filename: str, lineno: int, file: Any = None,
+                  line: str | None = None) -> None:
+        key = (category, str(message))
+        if key not in shown:
+            shown.add(key)
+            show(message, category, filename, lineno, file, line)
+
+    warnings.showwarning = show_once
+
+
 def shard_model(model: Any, runtime: Runtime) -> Any:
     """FSDP2 across processes: one unit per transformer layer (LLM and vision tower), then the root.
 
@@ -313,8 +351,8 @@ def train(recipe: TrainingRecipe, out: Path, *, resume: bool = False, overwrite:
     if hasattr(processor, "max_length"):
         processor.max_length = recipe.max_length
     groups = parameter_groups(model, recipe.trainable)
-    if recipe.activation_checkpointing and hasattr(model, "gradient_checkpointing_enable"):
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    if recipe.activation_checkpointing:
+        enable_activation_checkpointing(model)
     model.train()
     model = shard_model(model, runtime)
     optimizer = build_optimizer(model, recipe, groups)
@@ -363,7 +401,7 @@ def train(recipe: TrainingRecipe, out: Path, *, resume: bool = False, overwrite:
             autocast = (torch.autocast("cuda", dtype=torch.bfloat16)
                         if runtime.dtype == torch.bfloat16 and runtime.world_size == 1 else contextlib.nullcontext())
             with autocast:
-                output = model(**batch)
+                output = model(**batch, use_cache=False)  # no KV cache in training (checkpointing warns otherwise)
             micro_tokens = _label_tokens(batch)
             # A micro-batch whose answers were all cut by max_length has a NaN mean loss and no tokens.
             token_loss_sum = torch.nan_to_num(output.loss.float()) * micro_tokens
@@ -498,4 +536,5 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    warn_once_per_run()
     sys.exit(main())

@@ -55,3 +55,21 @@ def test_flow_evaluates_each_checkpoint_and_resumes(tmp_path: Path, prefect_serv
     report = json.loads((tmp_path / "eval" / "step-1" / "d-single.report.json").read_text())
     assert report["score"]["average"] == pytest.approx(2.0)
     assert (tmp_path / "eval" / "step-1" / "q-single.report.md").is_file()
+    assert first[1]["score"] == pytest.approx(2.0) and first[0]["score"] is not None
+
+
+def test_the_flow_publishes_a_scores_table(tmp_path: Path, prefect_server: str) -> None:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
+    from model.inference import save_tiny_model
+
+    save_tiny_model(tmp_path / "runs" / "s25" / "model", seed=0)  # what train-stage writes
+    bench_q = make_synthetic_bench(tmp_path / "bench", kind="q", num_items=1, seed=7, num_frames=12)
+    results = evaluate_checkpoint(model_dir=str(tmp_path / "runs"), out=str(tmp_path / "eval"), bench_q=str(bench_q),
+                                  modes=["single"], max_new_tokens=2)
+    with get_client(sync_client=True) as client:
+        (artifact,) = client.read_artifacts(
+            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["evaluate-runs-scores"])))
+    assert artifact.type == "markdown" and f"Evaluation of {tmp_path / 'runs'}" in artifact.data
+    assert f"| s25 | Bench-Q | single | {results[0]['score']:.2f} % | 1 | 0 |" in artifact.data
