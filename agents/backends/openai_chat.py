@@ -16,7 +16,8 @@ rate; `sdk` goes through `AsyncOpenAI`'s documented raw `post` with the body alr
 and the raw `httpx2.Response` back (`cast_to`), over `PooledHttp11Transport` behind `LeanAsyncClient` or the
 SDK's own httpx transport (`config.transport`); it is the path for https:// and proxies. Either way the reply
 JSON is read by `_reply` (no second validation of our own payload, no SDK models) and an HTTP error status is
-sorted by `_status_error`.
+sorted by `_status_error`. `timeout_s` bounds each attempt as a whole on the lean path (connect, send and
+reply: one timer), and each phase on the SDK path (httpx's connect/write/read timeouts).
 """
 
 from __future__ import annotations
