@@ -1,14 +1,16 @@
 """Training step time and peak memory: a tiny VideoRefer on CPU, or a Qwen2-0.5B-sized stage-3 step on CUDA.
 
 CPU (default): the tiny preset, stage-3 trainable groups, a micro-batch of synthetic samples encoded by the real
-processor; reports the mean step time (forward + backward + AdamW) over `--steps` after a warm-up, the process's
+processor; reports the median step time (forward + backward + AdamW) over `--steps` after a warm-up, the process's
 peak resident memory, and as a same-run baseline the step time of the bare tiny Qwen2 LLM on the same number of
-tokens (`ratio` = VideoRefer step / LLM-only step: what the vision tower, connector and object encoder add).
+tokens (`ratio` = VideoRefer step / LLM-only step: what the vision tower, connector and object encoder add). The
+two steps alternate (A B, B A, ...) so that load from other processes hits both alike; each time is a median.
 
 `--cuda`: SigLIP so400m at 384 px (frozen) + STC connector + a Qwen2-0.5B-sized LLM (24 layers, hidden 896),
 16 frames per sample, bf16 autocast, flash-attention 2 when installed (SDPA otherwise); reports tokens/s, peak
 GPU memory and MFU (FLOPs of one step counted by `torch.utils.flop_counter` over the step time and the GPU's peak
-dense bf16 rate, `--peak-tflops` or a table of known GPUs). Prints ONE JSON line either way.
+dense bf16 rate, `--peak-tflops` or a table of known GPUs), with the same alternating LLM-only baseline.
+Prints ONE JSON line either way.
 
     .venv/bin/python benchmarks/train_step.py [--steps 10] [--micro-batch 4]
     python benchmarks/train_step.py --cuda [--micro-batch 2]
@@ -93,14 +95,40 @@ def _step_fn(model, batch, optimizer, autocast):
     return step
 
 
-def _time(step, steps: int, sync) -> float:
-    step()
+def _paired_times(first, second, steps: int, sync) -> tuple[float, float]:
+    """Median seconds per step of `first` and `second`, run alternately (order swapped each round) after a warm-up."""
+    import statistics
+
+    times: tuple[list[float], list[float]] = ([], [])
+    first(), second()
     sync()
-    started = time.perf_counter()
-    for _ in range(steps):
-        step()
-    sync()
-    return (time.perf_counter() - started) / steps
+    for round_index in range(steps):
+        order = ((0, first), (1, second)) if round_index % 2 == 0 else ((1, second), (0, first))
+        for index, step in order:
+            started = time.perf_counter()
+            step()
+            sync()
+            times[index].append(time.perf_counter() - started)
+    return statistics.median(times[0]), statistics.median(times[1])
+
+
+def _llm_only_step(model, batch, lr: float, autocast):
+    """The baseline: the model's bare LLM trained on random text of the batch's shape (as many tokens)."""
+    import torch
+
+    llm = model.language_model
+    ids = torch.randint(4, int(model.config.text_config.vocab_size), batch["input_ids"].shape,
+                        device=batch["input_ids"].device)
+    optimizer = torch.optim.AdamW(llm.parameters(), lr=lr)
+
+    def step() -> None:
+        with autocast():
+            loss = llm(input_ids=ids, labels=ids).loss
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    return step
 
 
 def _peak_rss_mb() -> float:
@@ -117,20 +145,10 @@ def run_cpu(args: argparse.Namespace) -> dict:
     batch = _batch(processor, samples=args.micro_batch, frames=4, size=config.image_size)
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
     rss_before = _peak_rss_mb()
-    step_s = _time(_step_fn(model, batch, optimizer, contextlib.nullcontext), args.steps, lambda: None)
+    step = _step_fn(model, batch, optimizer, contextlib.nullcontext)
+    llm_step = _llm_only_step(model, batch, 1e-4, contextlib.nullcontext)
+    step_s, llm_s = _paired_times(step, llm_step, args.steps, lambda: None)
     peak_rss = _peak_rss_mb()
-
-    # Baseline: the same LLM on text only, as many tokens per sequence.
-    llm = model.language_model
-    ids = torch.randint(4, int(config.text_config.vocab_size), batch["input_ids"].shape)
-    llm_optimizer = torch.optim.AdamW(llm.parameters(), lr=1e-4)
-
-    def llm_step() -> None:
-        llm(input_ids=ids, labels=ids).loss.backward()
-        llm_optimizer.step()
-        llm_optimizer.zero_grad(set_to_none=True)
-
-    llm_s = _time(llm_step, args.steps, lambda: None)
     tokens = int(batch["attention_mask"].sum())
     return {
         "benchmark": "train_step", "device": "cpu", "preset": "tiny", "threads": args.threads,
@@ -165,7 +183,7 @@ def run_cuda(args: argparse.Namespace) -> dict:
     flops = counter.get_total_flops()
     if on_cuda:
         torch.cuda.reset_peak_memory_stats()
-    step_s = _time(step, args.steps, sync)
+    step_s, llm_s = _paired_times(step, _llm_only_step(model, batch, 1e-5, autocast), args.steps, sync)
     tokens = int(batch["attention_mask"].sum())
     name = torch.cuda.get_device_name() if on_cuda else "cpu"
     peak = args.peak_tflops * 1e12 if args.peak_tflops else next(
@@ -176,6 +194,7 @@ def run_cuda(args: argparse.Namespace) -> dict:
         "micro_batch": args.micro_batch, "tokens_per_step": tokens, "step_s": round(step_s, 4),
         "tokens_per_s": round(tokens / step_s, 1), "flops_per_step": flops,
         "mfu": round(flops / step_s / peak, 4) if peak else None,
+        "llm_only_step_s": round(llm_s, 4), "ratio_vs_llm_only": round(step_s / llm_s, 2),
         "peak_gpu_memory_gb": round(torch.cuda.max_memory_allocated() / 2**30, 2) if on_cuda else None,
         "peak_rss_mb": round(_peak_rss_mb(), 1),
     }
