@@ -232,6 +232,8 @@ def _json_700k(samples: Sequence[Sample]) -> list[dict[str, Any]]:
 
 def clear_shard_export(root: DatasetRoot, shard_id: str) -> None:
     """Remove a shard's exported files (before a re-export), leaving other shards' files alone."""
+    from storage.wds import STATS_NAME
+
     stem = tar_stem(shard_id)
     legacy = f"{SPLIT}-{shard_id}-"  # the earlier naming, `train-shard-NNNNNN-NNNNNN.tar`
     for name in root.listdir(WDS_DIR):
@@ -239,6 +241,13 @@ def clear_shard_export(root: DatasetRoot, shard_id: str) -> None:
             root.delete(f"{WDS_DIR}/{name}")
     root.delete(f"{JSON_DIR}/{shard_id}.json")  # the earlier per-shard JSON
     root.delete(f"{JSON_PARTS_DIR}/{shard_id}.json")
+    stats_path = f"{WDS_DIR}/{STATS_NAME}"
+    with _STATS_LOCK:
+        if root.exists(stats_path):
+            stats = root.read_json(stats_path)
+            if legacy[:-1] in stats.get("splits", {}):  # the earlier naming kept one split per shard
+                del stats["splits"][legacy[:-1]]
+                root.write_json(stats_path, stats)
 
 
 def finalize_export(root: layout.RootLike) -> list[str]:

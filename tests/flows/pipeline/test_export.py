@@ -53,9 +53,15 @@ def test_re_exporting_one_shard_renumbers_and_rewrites_no_other_tar(corpus) -> N
     before = _digests(root)
     legacy = root / "export" / "wds" / "train-shard-000001-000000.tar"  # the earlier naming of that shard's tar
     legacy.write_bytes(b"")
+    stats_path = root / "export" / "wds" / "_stats.json"
+    stats = json.loads(stats_path.read_text())
+    before_stats = json.loads(json.dumps(stats))
+    stats["splits"]["train-shard-000001"] = {"tars": ["train-shard-000001-000000.tar"], "samples": 7}
+    stats_path.write_text(json.dumps(stats))
     other = (root / "export" / "wds" / "train-000000.tar").stat().st_mtime_ns
     run_stage(root, EXPORT, "shard-000001", tiny_config(), force=True)
     assert not legacy.exists()
+    assert json.loads(stats_path.read_text()) == before_stats  # the old split's figures are not counted twice
     assert _digests(root) == before
     assert (root / "export" / "wds" / "train-000000.tar").stat().st_mtime_ns == other
 
