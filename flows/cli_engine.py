@@ -179,10 +179,12 @@ def register(app: typer.Typer) -> None:
 
 
 def _quiet() -> None:
-    """Quiet offline Prefect defaults; must run before prefect is imported (its logging is set up then)."""
-    from flows.runtime import quiet_prefect_env
+    """Quiet offline Prefect defaults; must run before prefect is imported (its logging is set up then). Without
+    PREFECT_API_URL the local API starts now, so it comes up while prefect and the pipeline import."""
+    from flows.runtime import quiet_prefect_env, start_local_api
 
     quiet_prefect_env()
+    start_local_api()
 
 
 def _config_allowing(root: Path, config: str | None, folder: Path) -> str:

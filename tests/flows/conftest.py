@@ -6,6 +6,7 @@ the heartbeat thread is switched off inside it. Corpora are the demo's synthetic
 
 from __future__ import annotations
 
+import os
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -51,7 +52,16 @@ def prefect_server() -> Iterator[str]:
         prefect_test_harness(server_startup_timeout=60),
         temporary_settings(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}),
     ):
-        yield str(PREFECT_API_URL.value())
+        url = str(PREFECT_API_URL.value())
+        before = os.environ.get("PREFECT_API_URL")
+        os.environ["PREFECT_API_URL"] = url  # CLI commands see a server, so they start no local API of their own
+        try:
+            yield url
+        finally:
+            if before is None:
+                os.environ.pop("PREFECT_API_URL", None)
+            else:
+                os.environ["PREFECT_API_URL"] = before
 
 
 @pytest.fixture(scope="session")
