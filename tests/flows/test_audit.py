@@ -249,8 +249,9 @@ def test_real_clips_against_a_hand_drawn_box(media_dir: Path, tmp_path: Path) ->
     rows = [{"video": str(media_dir / "dog.mp4"), "caption": "a dog runs on the grass"},
             {"video": str(media_dir / "demo2.mp4"), "caption": "a man walks with a dog"}]
     manifest.write_text("".join(json.dumps(row) + "\n" for row in rows))
-    build(root, manifest, tiny_config(max_reject_fraction=1.0),
-          stages=("analyze", "annotate", "segment", "review", "short_captions"))
+    # The shared media lie outside the manifest's folder and the root: allowed explicitly (issue 15, point 6).
+    config = tiny_config(max_reject_fraction=1.0, paths={"allowed_roots": [str(media_dir)]})
+    build(root, manifest, config, stages=("analyze", "annotate", "segment", "review", "short_captions"))
     info = probe(media_dir / "dog.mp4")
     # Off synthetic clips the fake segmenter fills the noun's hashed central box on every frame. The truth: that
     # box moved right by a quarter of its width, drawn by hand on every frame of dog.mp4 (DAVIS layout).

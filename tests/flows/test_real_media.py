@@ -26,7 +26,9 @@ def test_build_on_real_clips_exports_frames_of_those_videos(prefect_server, medi
     # The fakes read only pixels and prompts: on real footage the fake region captioner cannot tell a dog from the
     # background, so the reviewer may reject every detailed candidate. This test is about real media through every
     # stage (decoding, spans, export), so a fully rejecting review must not fail the run.
-    config = write_config(tmp_path / "tiny.yaml", shard_size=2, max_reject_fraction=1.0)
+    # The shared media lie outside the manifest's folder and the root: allowed explicitly (`paths.allowed_roots`).
+    config = write_config(tmp_path / "tiny.yaml", shard_size=2, max_reject_fraction=1.0,
+                          paths={"allowed_roots": [str(media_dir)]})
     report = run_flow(engine_flows.build, root=str(root), manifest=str(manifest), config_path=str(config))
     figures = {row["stage"]: row for row in report["stages"]}
     assert figures["ingest"]["items_out"] == 4
