@@ -8,6 +8,7 @@ Every command runs the Prefect flows of `flows.engine_flows` on Prefect's local 
 from __future__ import annotations
 
 import contextlib
+import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -35,9 +36,9 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Run the whole data engine offline (fake backends) on synthetic clips and export WebDataset shards."""
         _quiet()
-        from flows.demo import prepare_demo
-
         with _engine_errors(), _writer_lock(root):
+            from flows.demo import prepare_demo
+
             root.mkdir(parents=True, exist_ok=True)
             with _spinner(f"making {clips} synthetic clips in {root}/videos"):
                 manifest = prepare_demo(root, clips=clips, videos=videos)
@@ -60,10 +61,10 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Probe the manifest's new rows and pin them into new shards."""
         _quiet()
-        from flows import engine_flows
-        from flows.runtime import run_flow
-
         with _engine_errors(), _writer_lock(root):
+            from flows import engine_flows
+            from flows.runtime import run_flow
+
             report = run_flow(engine_flows.ingest, root=root, manifest=str(manifest), config_path=_opt(config))
             _print_report(report)
 
@@ -93,11 +94,11 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Run one stage over all (or the selected) shards."""
         _quiet()
-        from flows import engine_flows
-        from flows.pipeline.stages import check_stage
-        from flows.runtime import run_flow
-
         with _engine_errors(), _writer_lock(root):
+            from flows import engine_flows
+            from flows.pipeline.stages import check_stage
+            from flows.runtime import run_flow
+
             flow_obj = engine_flows.STAGE_FLOWS[check_stage(name.replace("-", "_"))]
             report = run_flow(flow_obj, runner=runner, root=root, config_path=_opt(config), shards=shard or None,
                               force=force)
@@ -111,10 +112,10 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Write WebDataset shards and the 700K-style JSON from the finished stages."""
         _quiet()
-        from flows import engine_flows
-        from flows.runtime import run_flow
-
         with _engine_errors(), _writer_lock(root):
+            from flows import engine_flows
+            from flows.runtime import run_flow
+
             report = run_flow(engine_flows.export, root=root, config_path=_opt(config), force=force)
             _print_report(report)
             _print_outputs(Path(root))
@@ -128,10 +129,10 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Validate and shard released 700K samples into WebDataset tars (no engine run)."""
         _quiet()
-        from flows import engine_flows
-        from flows.runtime import run_flow
-
         with _engine_errors(), _writer_lock(root):
+            from flows import engine_flows
+            from flows.runtime import run_flow
+
             report = run_flow(engine_flows.import_700k, root=root, json_path=str(json_file),
                               video_root=str(videos), config_path=_opt(config))
             _print_report(report)
@@ -179,12 +180,10 @@ def register(app: typer.Typer) -> None:
 
 
 def _quiet() -> None:
-    """Quiet offline Prefect defaults; must run before prefect is imported (its logging is set up then). Without
-    PREFECT_API_URL the local API starts now, so it comes up while prefect and the pipeline import."""
-    from flows.runtime import quiet_prefect_env, start_local_api
+    """Quiet offline Prefect defaults; must run before prefect is imported (its logging is set up then)."""
+    from flows.runtime import quiet_prefect_env
 
     quiet_prefect_env()
-    start_local_api()
 
 
 def _config_allowing(root: Path, config: str | None, folder: Path) -> str:
@@ -218,11 +217,15 @@ def _run_build(root: str, *, manifest: str | None, config: str | None, runner: s
 def _engine_errors() -> Iterator[None]:
     """Engine errors (config, backend down, too many rejects, failed stages) -> one line and exit code 1."""
     from engine.errors import VideoReferError
-    from flows.engine_flows import StageFailedError
 
     try:
         yield
-    except (VideoReferError, StageFailedError) as exc:
+    except Exception as exc:
+        # StageFailedError only exists once the flows are imported (importing them loads prefect: not for this).
+        engine_flows = sys.modules.get("flows.engine_flows")
+        failed = engine_flows is not None and isinstance(exc, engine_flows.StageFailedError)
+        if not (isinstance(exc, VideoReferError) or failed):
+            raise
         typer.secho(f"error: {type(exc).__name__}: {exc}", fg=typer.colors.RED, err=True)
         raise typer.Exit(1) from exc
 
@@ -230,12 +233,17 @@ def _engine_errors() -> Iterator[None]:
 @contextlib.contextmanager
 def _writer_lock(root: str | Path) -> Iterator[None]:
     """The root's writer lock for the whole command, taken before Prefect starts, so a second writer fails at once
-    (the flow takes it again, re-entrantly; a deployment's flow run takes it by itself)."""
-    import sys
+    (the flow takes it again, re-entrantly; a deployment's flow run takes it by itself). Then, without
+    PREFECT_API_URL, the local API starts, so it comes up while prefect and the pipeline import in the block."""
+    from flows.runtime import start_local_api
+    from storage.root import DatasetRoot
 
-    from flows.pipeline import layout
+    if not str(root).strip():
+        from flows.pipeline import layout
 
-    with layout.open_root(str(root)).lock("videorefer " + " ".join(sys.argv[1:])):
+        layout.open_root(str(root))  # the empty-root ConfigError, with its hint
+    with DatasetRoot(str(root)).lock("videorefer " + " ".join(sys.argv[1:])):
+        start_local_api()
         yield
 
 

@@ -256,6 +256,19 @@ def stop_local_api() -> None:
         api.stop()
 
 
+@contextlib.contextmanager
+def _environ(name: str, value: str) -> Iterator[None]:
+    before = os.environ.get(name)
+    os.environ[name] = value
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = before
+
+
 def run_name(kind: str, *keys: str) -> Any:
     """A `flow_run_name` callable: `<kind>-<last path part of each parameter in keys>-<UTC time>`, e.g.
     `build-demo_out-20261201T231500` or `stage-refine-demo_out-...`, so a run list says what each run did."""
@@ -288,7 +301,9 @@ def run_flow(flow_obj: Any, *, runner: str = "local", **params: Any) -> Any:
         else:
             api = start_local_api(force=True)
             assert api is not None
-            stack.enter_context(temporary_settings(updates={PREFECT_API_URL: api.wait_ready()}))
+            url = api.wait_ready()
+            stack.enter_context(temporary_settings(updates={PREFECT_API_URL: url}))
+            stack.enter_context(_environ("PREFECT_API_URL", url))  # worker processes (Ray) find the same API
         stack.enter_context(fast_prefect())
         if runner != "local":
             from flows.engine_flows import task_runner
