@@ -276,17 +276,18 @@ def stored_dtype(state: Mapping[str, torch.Tensor]) -> torch.dtype:
 
 
 def save_model_folder(
-    model: Any, processor: Any, directory: str | Path, *, generation_config: Any = None, state_dict: Any = None
+    model: Any, processor: Any, directory: str | Path, *, generation_config: Any = None, state_dict: Any = None,
+    card_name: str | None = None,
 ) -> Path:
     """Write `model`, `processor` and a `generation_config.json` into `directory`, atomically per file.
 
     `generation_config` defaults to one that stops at `<|im_end|>` (`model.generation`); pass the source folder's
     to carry it over (a converted release, a fine-tuned model). `state_dict` replaces the model's own (gathered
-    FSDP weights). The folder also carries self-contained modeling files and an `auto_map` (`model.remote_code`),
-    so `AutoModelForCausalLM.from_pretrained(directory, trust_remote_code=True)` loads it without this package.
-    Everything is written into a temporary folder beside `directory` first and moved in last, so a
-    crash never leaves a half-written model where a loader would find it; other files already in `directory` are
-    kept.
+    FSDP weights); `card_name` titles the model card (default: the folder's name). The folder also carries
+    self-contained modeling files and an `auto_map` (`model.remote_code`), so
+    `AutoModelForCausalLM.from_pretrained(directory, trust_remote_code=True)` loads it without this package.
+    Everything is written into a temporary folder beside `directory` first and moved in last, so a crash never
+    leaves a half-written model where a loader would find it; other files already in `directory` are kept.
     """
     from model.generation import default_generation_config, save_generation_config
     from model.remote_code import write_remote_code
@@ -300,7 +301,7 @@ def save_model_folder(
         processor.save_pretrained(staging)
         save_generation_config(generation_config or default_generation_config(processor), staging)
         if not (directory / "README.md").is_file():
-            (staging / "README.md").write_text(model_card(model.config, directory.name), encoding="utf-8")
+            (staging / "README.md").write_text(model_card(model.config, card_name or directory.name), encoding="utf-8")
         for path in staging.iterdir():  # safetensors writes 0600: a model folder is shared, make it readable
             path.chmod(0o644)
         directory.mkdir(exist_ok=True)

@@ -482,7 +482,8 @@ def save_final(
     from model.checkpoint import save_model_folder
 
     shutil.rmtree(staging, ignore_errors=True)
-    save_model_folder(model, processor, staging, generation_config=generation_config, state_dict=state)
+    save_model_folder(model, processor, staging, generation_config=generation_config, state_dict=state,
+                      card_name=f"{directory.parent.name}/{directory.name}")  # the run's name, not the staging's
     shutil.rmtree(directory, ignore_errors=True)
     os.replace(staging, directory)
 
