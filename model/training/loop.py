@@ -10,7 +10,8 @@ processes x 1 micro-batch compute the same thing), gradients are clipped, AdamW 
 step. Every `checkpoint_every` steps and at the end a distributed checkpoint (model, optimizer, scheduler, RNG, data
 position) is written; `--resume` continues from the last one exactly. Logs go to `<out>/log.jsonl` (and a rich
 progress bar on a TTY); bad samples to `<out>/rejects-rank-R.jsonl`; the trained model and processor to
-`<out>/model` (save_pretrained), which the next stage's `--init-from` and `videorefer infer` load.
+`<out>/model` (save_pretrained), which the next stage's `--init-from` and `videorefer infer` load. Run as a
+process (`-m model.training.loop`), it shows each distinct warning at most once (`warn_once_per_run`).
 """
 
 from __future__ import annotations
