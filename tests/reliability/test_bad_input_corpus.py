@@ -236,3 +236,15 @@ def test_every_bad_700k_item_gets_its_reason_and_the_good_ones_are_imported(tmp_
     assert sorted(r.reason for r in rejects) == expected
     samples = list(iter_samples(exported_tars(root)))
     assert len(samples) == sum(reason == GOOD for _, _, reason in cases) == len(cases) - len(rejects)
+
+
+def test_demo_videos_outside_the_root_are_allowed_because_the_user_named_them(tmp_path: Path) -> None:
+    videos = tmp_path / "my_videos"
+    make_clip(videos / "a.mp4", seed=9, num_frames=FRAMES, width=W, height=H, fps=FPS)
+    (videos / "a.txt").write_text("a red ball bounces\n")
+    root = tmp_path / "demo"
+    _cli("demo", "--root", str(root), "--clips", "1", "--videos", str(videos))
+    droot = layout.open_root(root)
+    assert not [r for r in layout.ingest_rejects(droot) if r.reason == R.PATH_NOT_ALLOWED]
+    clips = [c for s in layout.shards(droot) for c in layout.shard_clips(droot, s)]
+    assert str((videos / "a.mp4").resolve()) in {c.video_uri for c in clips}
