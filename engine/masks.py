@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import functools
 import math
+import numbers
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -66,7 +67,7 @@ def check_rle(rle: Mapping[str, Any] | RleMask, *, max_side: int = MAX_MASK_SIDE
     height, width = _size(rle["size"], max_side)
     counts = rle["counts"]
     if isinstance(counts, list):
-        if not all(isinstance(c, int) and not isinstance(c, bool) for c in counts):
+        if not all(isinstance(c, numbers.Integral) and not isinstance(c, bool) for c in counts):
             raise InvalidMaskError("uncompressed RLE counts must be integers")
         negative, total = any(c < 0 for c in counts), sum(counts)
     elif isinstance(counts, str | bytes):
@@ -86,12 +87,19 @@ def check_rle(rle: Mapping[str, Any] | RleMask, *, max_side: int = MAX_MASK_SIDE
 def _size(size: Any, max_side: int) -> tuple[int, int]:
     if not isinstance(size, Sequence) or isinstance(size, str) or len(size) != 2:
         raise InvalidMaskError(f"RLE size must be [height, width], got {size!r}")
-    if not all(isinstance(v, int) and not isinstance(v, bool) for v in size):
+    if not all(_integral(v) for v in size):
         raise InvalidMaskError(f"RLE size must be two integers, got {size!r}")
     height, width = int(size[0]), int(size[1])
     if height <= 0 or width <= 0 or max(height, width) > max_side:
         raise InvalidMaskError(f"RLE size {height}x{width} is not between 1 and {max_side} pixels per side")
     return height, width
+
+
+def _integral(value: Any) -> bool:
+    """An integer (numpy's too) or a float with an integer value (`720.0`), never a bool or a string."""
+    if isinstance(value, bool):
+        return False
+    return isinstance(value, numbers.Integral) or (isinstance(value, float) and value.is_integer())
 
 
 _MAX_CHARS_PER_COUNT = 7  # 35 bits: any run of a mask up to MAX_MASK_SIDE squared needs at most 6 characters
