@@ -58,7 +58,7 @@ def main() -> None:
     args = parser.parse_args()
     clips = sorted(args.media.glob("*.mp4"))
     if not clips:
-        print(json.dumps({"error": f"no .mp4 clips in {args.media}"}))
+        print(json.dumps({"benchmark": "frame_sampling", "error": f"no .mp4 clips in {args.media}"}))
         sys.exit(1)
     import av  # noqa: F401  (import cost outside the timings)
     import cv2  # noqa: F401
