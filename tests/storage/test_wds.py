@@ -339,7 +339,7 @@ def test_plain_webdataset_reads_every_clip_record_and_the_readme_recipe_finds_ea
             found[sample["key"]] = [record[f"{frames.index(i):02d}.jpg"] for i in stored]
     assert sorted(found) == sorted(ours)
     for key, frames in found.items():
-        assert len(frames) == len(ours[key]) and all(np.array_equal(a, b) for a, b in zip(frames, ours[key]))
+        assert all(np.array_equal(a, b) for a, b in zip(frames, ours[key], strict=True))
 
 
 def test_clip_samples_are_validated_one_by_one(tmp_path: Path) -> None:
