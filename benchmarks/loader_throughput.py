@@ -6,18 +6,21 @@ Writes synthetic WebDataset shards (16 frames at 384 px, multi-frame masks), the
 loop takes them) with (b) a baseline that only reads the same tars and decodes every JPEG to RGB uint8 (OpenCV,
 the loader's own `decode_jpeg`), stacked into micro-batches. Both read the same shards with the same split.
 
-Measured twice, each as `--rounds` pairs of rounds that alternate which side goes first (A B, B A, ...), so that
-load from other processes on a shared machine hits both sides alike; a figure is the median over rounds:
-- in-process (no DataLoader workers): CPU ms per sample of this process and samples/s (wall), per side; its
-  `ratio` is the pair's raw CPU / loader CPU (the CPU a trainer process spends per sample; wall time on a shared
-  machine also counts the time the process waited for a core), `wall_ratio` the same from wall time;
+Measured twice, each as rounds in which both sides run, interleaved so that load from other processes on a
+shared machine hits both alike; a figure is the median over rounds, `ratio_min`/`ratio_max` its spread:
+- in-process (no DataLoader workers): a round is one pass over the shards (`--samples`, 64) for each side, the
+  two sides taking turns batch by batch (the order swapped each batch), so the sides of a pair run within a
+  fraction of a second of each other and over the same samples. CPU ms per sample of this process and samples/s
+  (wall) per side; `ratio` is the round's raw CPU / loader CPU (what a trainer process spends per sample; on a
+  shared machine wall time also counts waiting for a core), `wall_ratio` the same from wall time;
 - with `--workers` DataLoader workers: samples/s. Each round starts a fresh DataLoader iterator for its side
   and shuts it down before the other side starts (an idle persistent loader would keep prefetching during the
-  other side's round), and times `--samples` samples after a warm-up of two batches per worker; its `ratio` is
-  the pair's loader rate / raw rate.
-Target: `ratio` >= 0.8 in both modes; `ratio_min`/`ratio_max` give the spread over the pairs. Prints ONE JSON line.
+  other side's round), and times `--worker-samples` samples after a warm-up of two batches per worker; the
+  sides alternate which goes first. `ratio` is the round's loader rate / raw rate.
+Target: `ratio` >= 0.8 in both modes. Prints ONE JSON line.
 
-    .venv/bin/python benchmarks/loader_throughput.py [--samples 16] [--rounds 9] [--workers 2] [--micro-batch 4]
+    .venv/bin/python benchmarks/loader_throughput.py [--rounds 5] [--workers 2] [--worker-rounds 9]
+        [--worker-samples 16] [--micro-batch 4]
 """
 
 from __future__ import annotations
@@ -77,6 +80,25 @@ def timed(iterator: Iterator, warmup: int, batches: int) -> tuple[float, float]:
     return time.perf_counter() - wall, time.process_time() - cpu
 
 
+def interleaved_rounds(sides: dict[str, Iterator], batches: int, rounds: int) -> dict[str, list]:
+    """Per side the (wall, cpu) of each round of `batches` batches, the sides taking turns batch by batch."""
+    names = list(sides)
+    for name in names:  # warm-up (the loader's first batch also fills its shuffle buffer)
+        next(sides[name])
+    results: dict[str, list] = {name: [] for name in names}
+    for _ in range(rounds):
+        totals = {name: [0.0, 0.0] for name in names}
+        for batch in range(batches):
+            for name in names if batch % 2 == 0 else names[::-1]:
+                wall, cpu = time.perf_counter(), time.process_time()
+                next(sides[name])
+                totals[name][0] += time.perf_counter() - wall
+                totals[name][1] += time.process_time() - cpu
+        for name in names:
+            results[name].append(tuple(totals[name]))
+    return results
+
+
 def paired_rounds(sides: dict[str, Callable[[], tuple[float, float]]], rounds: int) -> dict[str, list]:
     """Run each side once per round, alternating which goes first; per side the (wall, cpu) of every round."""
     names = list(sides)
@@ -112,8 +134,10 @@ def summary(results: dict[str, list], samples: int, cpu: bool) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--samples", type=int, default=16, help="samples timed per side and round")
-    parser.add_argument("--rounds", type=int, default=9, help="rounds per mode (each times both sides)")
+    parser.add_argument("--samples", type=int, default=64, help="in-process: samples per side and round (a pass)")
+    parser.add_argument("--rounds", type=int, default=5, help="in-process rounds (each times both sides)")
+    parser.add_argument("--worker-samples", type=int, default=16, help="with workers: samples per side and round")
+    parser.add_argument("--worker-rounds", type=int, default=9, help="rounds with workers")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--micro-batch", type=int, default=4)
     parser.add_argument("--frames", type=int, default=16)
@@ -133,6 +157,8 @@ def main() -> None:
     encoder = Uint8FramesEncoder(processor)
     batches = max(1, args.samples // args.micro_batch)
     samples = batches * args.micro_batch
+    worker_batches = max(1, args.worker_samples // args.micro_batch)
+    worker_samples = worker_batches * args.micro_batch
     with tempfile.TemporaryDirectory(prefix="loader-bench-") as directory:
         write_synthetic_shards(directory, shards=4, samples_per_shard=16, frames=args.frames, size=args.size,
                                multi_frame_every=1)
@@ -145,17 +171,14 @@ def main() -> None:
             spec = LoaderSpec(mixture=mixture, micro_batch=args.micro_batch, num_workers=workers)
             return TrainingStream(spec, encoder)
 
-        # In-process: one iterator per side for the whole run (nothing runs in the background between rounds).
-        loader_batches = stream(0).iterate(0)
-        raw_batches = raw_decode_batches(paths, args.micro_batch)
-        in_process = paired_rounds({"loader": lambda: timed(loader_batches, 1, batches),
-                                    "raw": lambda: timed(raw_batches, 1, batches)}, args.rounds)
+        in_process = interleaved_rounds({"loader": stream(0).iterate(0),
+                                         "raw": raw_decode_batches(paths, args.micro_batch)}, batches, args.rounds)
 
         # Workers: a fresh iterator per round, shut down before the other side runs.
         def workers_round(make_loader: Callable[[], object]) -> tuple[float, float]:
             iterator = iter(make_loader())
             try:
-                return timed(iterator, 2 * args.workers, batches)
+                return timed(iterator, 2 * args.workers, worker_batches)
             finally:
                 iterator._shutdown_workers()  # noqa: SLF001 - stop prefetching now, not when garbage-collected
 
@@ -163,12 +186,12 @@ def main() -> None:
         with_workers = paired_rounds({
             "loader": lambda: workers_round(lambda: build_loader(worker_stream)),
             "raw": lambda: workers_round(lambda: raw_decode_loader(paths, args.workers, args.micro_batch)),
-        }, args.rounds)
-    inline, workers = summary(in_process, samples, cpu=True), summary(with_workers, samples, cpu=False)
+        }, args.worker_rounds)
+    inline, workers = summary(in_process, samples, cpu=True), summary(with_workers, worker_samples, cpu=False)
     print(json.dumps({
         "benchmark": "loader_throughput",
         "frames": args.frames, "size": args.size, "workers": args.workers, "micro_batch": args.micro_batch,
-        "samples_per_round": samples, "rounds": args.rounds,
+        "samples_per_round": [samples, worker_samples], "rounds": [args.rounds, args.worker_rounds],
         "in_process": inline, "with_workers": workers,
         "ratio": min(inline["ratio"], workers["ratio"]), "target_ratio": 0.8,
         "target_met": min(inline["ratio"], workers["ratio"]) >= 0.8,
