@@ -8,7 +8,11 @@ back with the order alternated, so that load from other processes hits both alik
 median seconds per path, and `ratio` = the median of the pairs' loop / batched ratios (target >= 5), with its
 spread, for both variants; `ratio` alone is the pooling + merge one.
 
-    .venv/bin/python benchmarks/object_encoder.py [--objects 64] [--frames 32] [--repeats 3] [--threads 0]
+    .venv/bin/python benchmarks/object_encoder.py [--objects 64] [--frames 32] [--repeats 3] [--threads 1]
+
+One torch thread by default: with torch's default (a thread per core) the loop's thousands of small ops spin
+against other processes on a busy machine, and the loop took 28 s at load 5 against 0.3 s at load 0.5 (ratio 47
+against 3.5), so the ratio measured the machine, not the two paths.
 """
 
 from __future__ import annotations
@@ -89,7 +93,7 @@ def main() -> None:
     parser.add_argument("--frames", type=int, default=32)
     parser.add_argument("--mask-size", type=int, default=384)
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (0: torch's default)")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
