@@ -15,6 +15,7 @@ from __future__ import annotations
 import functools
 import math
 import numbers
+import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -23,6 +24,11 @@ from pycocotools import mask as coco_mask
 
 from engine.errors import InvalidMaskError, RejectReason
 from engine.types import RleMask
+
+# pycocotools' compiled decoder asks numpy 2 for `__array__(copy=False)` on every mask it decodes; the warning is
+# about its own code, says nothing about ours, and would print once per mask wherever warnings are shown.
+warnings.filterwarnings("ignore", message="__array__ implementation doesn't accept a copy keyword",
+                        category=DeprecationWarning)
 
 MAX_MASK_SIDE = 8192  # as engine.video.MAX_SIDE: a mask larger than any acceptable frame is refused before decoding
 
