@@ -1,4 +1,5 @@
-"""`videorefer` engine commands: demo, ingest, build, stage, export, import-700k, validate, status.
+"""`videorefer` engine commands: demo, ingest, build, stage, export, import-700k, validate, status,
+doctor.
 
 Every command runs the Prefect flows of `flows.engine_flows` on Prefect's local ephemeral API unless
 `PREFECT_API_URL` points at a server; prefect and the pipeline are imported inside the commands so that
@@ -177,6 +178,30 @@ def register(app: typer.Typer) -> None:
             table.add_row(*(str(row[key]) for key in ("stage", "done", "stale", "todo", "items_in", "items_out",
                                                        "rejected")))
         Console().print(table)
+
+
+    @app.command()
+    def doctor(root: str = _ROOT, config: Path | None = _CONFIG,
+               as_json: bool = typer.Option(False, "--json", help="one JSON object per finding")) -> None:
+        """Deep re-check of a root: lock, temp files, videos, texts, masks, counts, shards and 700K JSON paths."""
+        import dataclasses
+        import json
+
+        from flows.pipeline.doctor import diagnose
+
+        with _engine_errors():
+            findings = diagnose(root, _opt(config))
+        for finding in findings:
+            if as_json:
+                typer.echo(json.dumps(dataclasses.asdict(finding)))
+            else:
+                typer.echo(f"{finding.severity:7} {finding.kind:9} {finding.where}: {finding.message}")
+        errors = sum(f.severity == "error" for f in findings)
+        warnings = sum(f.severity == "warning" for f in findings)
+        if not as_json:
+            typer.echo(f"doctor {root}: {errors} errors, {warnings} warnings")
+        if errors:
+            raise typer.Exit(1)
 
 
 def _quiet() -> None:

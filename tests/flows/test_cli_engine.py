@@ -58,6 +58,12 @@ def test_demo_is_deterministic_and_its_shards_read_with_plain_webdataset(prefect
     status = _invoke("status", "--root", str(first))
     assert "export" in status.output and "generate_qa" in status.output
 
+    assert "0 errors" in _invoke("doctor", "--root", str(first)).output
+    (first / "export" / "json" / "train.json").write_text(json.dumps([{"video": "../../../etc/passwd"}]))
+    damaged = runner.invoke(app, ["doctor", "--root", str(first), "--json"])
+    assert damaged.exit_code == 1
+    assert any(json.loads(line)["kind"] == "json" for line in damaged.output.splitlines())
+
 
 def test_ingest_stage_export_and_import_commands(prefect_server, tmp_path: Path) -> None:
     root = tmp_path / "root"
