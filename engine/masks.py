@@ -66,6 +66,15 @@ def check_rle(rle: Mapping[str, Any] | RleMask, *, max_side: int = MAX_MASK_SIDE
     non-negative run lengths (a list of integers, or the compressed string's valid characters) and they add up
     to exactly height x width.
     """
+    height, width, _ = checked_runs(rle, max_side=max_side)
+    return height, width
+
+
+def checked_runs(rle: Mapping[str, Any] | RleMask, *, max_side: int = MAX_MASK_SIDE) -> tuple[int, int, np.ndarray]:
+    """`check_rle`'s checks, also returning the run lengths it read (int64, background first, column-major).
+
+    For callers that go on to use the runs (`rle_to_grid`): the counts are parsed once, not again to decode.
+    """
     if isinstance(rle, RleMask):
         rle = rle.to_coco()
     if not isinstance(rle, Mapping) or "size" not in rle or "counts" not in rle:
@@ -76,6 +85,7 @@ def check_rle(rle: Mapping[str, Any] | RleMask, *, max_side: int = MAX_MASK_SIDE
         if not all(isinstance(c, numbers.Integral) and not isinstance(c, bool) for c in counts):
             raise InvalidMaskError("uncompressed RLE counts must be integers")
         negative, total = any(c < 0 for c in counts), sum(counts)
+        runs = None if negative or total != height * width else np.asarray(counts, dtype=np.int64)
     elif isinstance(counts, str | bytes):
         runs = string_counts(counts)
         negative, total = bool(runs.size and runs.min() < 0), int(runs.sum())
@@ -87,7 +97,7 @@ def check_rle(rle: Mapping[str, Any] | RleMask, *, max_side: int = MAX_MASK_SIDE
         raise InvalidMaskError(
             f"RLE counts cover {total} pixels, a {height}x{width} mask has {height * width}"
         )
-    return height, width
+    return height, width, runs
 
 
 def _size(size: Any, max_side: int) -> tuple[int, int]:
@@ -308,6 +318,33 @@ def resize_to_grid(mask: np.ndarray, grid_h: int, grid_w: int | None = None) -> 
     # For 0/1 (and integer) masks every product is exact, so the values are the dense form's bit for bit.
     rows = top_weight[:, None] * source[top] + bottom_weight[:, None] * source[bottom]
     return rows[:, left] * left_weight + rows[:, right] * right_weight
+
+
+def rle_to_grid(rle: Mapping[str, Any] | RleMask, grid_h: int, grid_w: int | None = None) -> np.ndarray:
+    """`resize_to_grid(decode_rle(rle), grid_h, grid_w)` bit for bit, without decoding the mask.
+
+    The bilinear grid reads at most 2x2 source pixels per cell (`_linear_weights`), so only those are looked up
+    in the runs (a pixel's value is the parity of the run holding its column-major index) and combined in the
+    same order as `resize_to_grid`, giving the same float64 values. The RLE is checked as `decode_rle` checks it
+    (`checked_runs`: the same `InvalidMaskError`s); the cost follows the grid and the runs, not height x width.
+    """
+    grid_w = grid_h if grid_w is None else grid_w
+    if grid_h <= 0 or grid_w <= 0:
+        raise ValueError(f"rle_to_grid needs a positive grid, got {grid_h}x{grid_w}")
+    height, width, runs = checked_runs(rle)
+    top, bottom, top_weight, bottom_weight = _linear_weights(height, grid_h)
+    left, right, left_weight, right_weight = _linear_weights(width, grid_w)
+    ends = np.cumsum(runs)
+    rows = np.concatenate((top, bottom))  # one lookup for all four tap pairs
+    columns = np.concatenate((left, right))
+    inside = np.searchsorted(ends, columns[None, :] * height + rows[:, None], side="right") & 1
+    pixels = inside.astype(np.float64)
+    top_left, top_right = pixels[:grid_h, :grid_w], pixels[:grid_h, grid_w:]
+    bottom_left, bottom_right = pixels[grid_h:, :grid_w], pixels[grid_h:, grid_w:]
+    top_weight, bottom_weight = top_weight[:, None], bottom_weight[:, None]
+    # resize_to_grid's order: rows = tw * src[top] + bw * src[bottom], then rows[:, left] * lw + rows[:, right] * rw.
+    return ((top_weight * top_left + bottom_weight * bottom_left) * left_weight
+            + (top_weight * top_right + bottom_weight * bottom_right) * right_weight)
 
 
 def grid_occupancy(mask: np.ndarray, grid: int = 27) -> int:

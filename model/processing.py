@@ -52,7 +52,7 @@ import torch
 import torch.nn.functional as F
 
 from engine.errors import InvalidSampleError, RejectReason
-from engine.masks import decode_rle, resize_to_grid
+from engine.masks import decode_rle, resize_to_grid, rle_to_grid
 from engine.types import RleMask
 from model.configuration import TINY_SPECIAL_TOKENS, VIDEO_PLACEHOLDER_ID, VideoReferConfig, video_token_count
 
@@ -61,6 +61,7 @@ REGION = "<region>"
 VIDEO_MARKERS = ("<video>", "<image>")
 DEFAULT_SYSTEM_PROMPT = "You are a helpful assistant."
 IGNORE_INDEX = -100
+_TOKEN_CACHE_SIZE = 4096  # text pieces kept per processor (the template's few, then the most frequent first come)
 _MARKER_PATTERN = re.compile(r"(<video>|<image>|<region>)")
 _ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "system": "system"}
 
@@ -80,6 +81,14 @@ def decode_mask(mask: MaskLike) -> np.ndarray:
     if isinstance(mask, RleMask | Mapping):
         return decode_rle(mask)
     raise InvalidSampleError(f"unsupported mask type {type(mask).__name__}", reason=RejectReason.MALFORMED_SAMPLE)
+
+
+def mask_grid(mask: MaskLike, grid: int) -> np.ndarray:
+    """`resize_to_grid(decode_mask(mask), grid) > 0`: an RLE is sampled on the grid from its runs, never decoded."""
+    rle = mask["segmentation"] if isinstance(mask, Mapping) and "segmentation" in mask else mask
+    if isinstance(rle, RleMask | Mapping):
+        return rle_to_grid(rle, grid) > 0
+    return resize_to_grid(decode_mask(mask), grid) > 0  # arrays; and decode_mask's errors for anything else
 
 
 class VideoReferProcessor:
@@ -116,6 +125,7 @@ class VideoReferProcessor:
             raise ValueError("the tokenizer has no <region> token")
         self.im_end_id = int(tokenizer.convert_tokens_to_ids("<|im_end|>"))
         self.pad_token_id = int(tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.im_end_id)
+        self._token_cache: dict[str, tuple[int, ...]] = {}  # text piece -> ids: the chat template's pieces repeat
 
     # ------------------------------------------------------------ construction and persistence
 
@@ -246,11 +256,12 @@ class VideoReferProcessor:
         used_extras = sorted({index for frames_of in chosen for index in frames_of} - set(sampled))
         pixel_order = distinct + used_extras  # every distinct frame once: the vision tower never sees one twice
         pixel_row = {index: row for row, index in enumerate(pixel_order)}
+        rows = [supplied[index] for index in pixel_order]  # the frames' rows in pixel order (often all, in order)
 
         grid_masks, mask_rows, mask_objects = [], [], []
         for object_number, (obj, frames_of) in enumerate(zip(masks_by_object, chosen, strict=True)):
             for index in frames_of:
-                grid_masks.append(resize_to_grid(decode_mask(obj[index]), self.grid) > 0)
+                grid_masks.append(mask_grid(obj[index], self.grid))
                 mask_rows.append(pixel_row[index])
                 mask_objects.append(object_number)
 
@@ -262,7 +273,7 @@ class VideoReferProcessor:
             "input_ids": torch.tensor(input_ids, dtype=torch.long),
             "labels": torch.tensor(labels, dtype=torch.long),
             "attention_mask": torch.ones(len(input_ids), dtype=torch.long),
-            "pixel_values": self.preprocess_frames(frames[[supplied[index] for index in pixel_order]]),
+            "pixel_values": self.preprocess_frames(frames if rows == list(range(frames.shape[0])) else frames[rows]),
             "frame_counts": torch.tensor(len(pixel_order), dtype=torch.long),
             "video_frame_index": torch.tensor([pixel_row[index] for index in sampled], dtype=torch.long),
             "video_frame_counts": torch.tensor(len(sampled), dtype=torch.long),
@@ -367,12 +378,7 @@ class VideoReferProcessor:
         """
         size = self.image_size
         if frames.dtype == np.uint8:
-            if tuple(frames.shape[1:3]) != (size, size):
-                from PIL import Image  # lazy: only resizing needs Pillow
-
-                bicubic = Image.Resampling.BICUBIC
-                frames = np.stack([np.asarray(Image.fromarray(f).resize((size, size), bicubic)) for f in frames])
-            pixels = torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2).float() / 255.0
+            pixels = torch.from_numpy(self.resize_frames(frames)).permute(0, 3, 1, 2).float() / 255.0
         else:
             pixels = torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2).float()
             if tuple(pixels.shape[-2:]) != (size, size):
@@ -382,6 +388,21 @@ class VideoReferProcessor:
         mean = torch.tensor(self.image_mean).view(1, 3, 1, 1)
         std = torch.tensor(self.image_std).view(1, 3, 1, 1)
         return (pixels - mean) / std
+
+    def resize_frames(self, frames: np.ndarray) -> np.ndarray:
+        """uint8 `[n, h, w, 3]` -> uint8 `[n, S, S, 3]` (contiguous) as the release's SigLIP processor resizes them:
+        Pillow, bicubic, stretched (no crop); frames already S x S are returned as they are (no copy)."""
+        size = self.image_size
+        frames = np.ascontiguousarray(frames)
+        if tuple(frames.shape[1:3]) == (size, size):
+            return frames
+        from PIL import Image  # lazy: only resizing needs Pillow
+
+        bicubic = Image.Resampling.BICUBIC
+        out = np.empty((frames.shape[0], size, size, 3), dtype=np.uint8)
+        for row, frame in enumerate(frames):
+            out[row] = np.asarray(Image.fromarray(frame).resize((size, size), bicubic))
+        return out
 
     def decode(self, token_ids: Sequence[int] | torch.Tensor) -> str:
         """Text of generated ids, special tokens dropped."""
@@ -405,7 +426,14 @@ class VideoReferProcessor:
         return frames
 
     def _text_ids(self, text: str) -> list[int]:
-        return list(self.tokenizer(text, add_special_tokens=False)["input_ids"]) if text else []
+        if not text:
+            return []
+        ids = self._token_cache.get(text)
+        if ids is None:
+            ids = tuple(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+            if len(self._token_cache) < _TOKEN_CACHE_SIZE:
+                self._token_cache[text] = ids
+        return list(ids)
 
     def tokenize(
         self,

@@ -498,8 +498,9 @@ class Uint8FramesEncoder:
 
     Float frames are 4x the bytes of uint8 ones, and building, collating and passing them between processes was
     most of a worker's time (16 frames at 384 px are 28 MB as float32). The processor's own `preprocess_frames`
-    is replaced on a shallow copy only: frames already at the vision size (what the export writes) are just
-    transposed; other sizes go through the processor's resize and are rounded back to uint8.
+    is replaced on a shallow copy only: frames already at the vision size are just transposed; other uint8 frames
+    (the export's, aspect ratio kept) get the processor's own resize (`resize_frames`, Pillow on uint8: the very
+    pixels its float path normalises); other float frames go through its float resize, rounded back to uint8.
     """
 
     def __init__(self, processor: Any) -> None:
@@ -518,6 +519,8 @@ class Uint8FramesEncoder:
         if tuple(frames.shape[1:3]) == (self.image_size, self.image_size):
             # A channels-last view: `collate`'s concatenation is the one copy that lays it out.
             return torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2)
+        if frames.dtype == np.uint8:  # the export's frames (aspect kept): the processor's own Pillow resize, to uint8
+            return torch.from_numpy(self.inner.resize_frames(frames)).permute(0, 3, 1, 2)
         pixels = self.inner.preprocess_frames(frames)
         mean = torch.tensor(self.mean).view(1, 3, 1, 1)
         std = torch.tensor(self.std).view(1, 3, 1, 1)

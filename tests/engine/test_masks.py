@@ -17,6 +17,7 @@ from engine.masks import (
     iou,
     resize_mask,
     resize_to_grid,
+    rle_to_grid,
     to_rle_mask,
 )
 from engine.types import RleMask
@@ -224,7 +225,7 @@ def test_rle_that_does_not_cover_its_size_is_refused_before_decoding(rle: dict) 
     from engine.errors import InvalidMaskError, RejectReason
     from engine.masks import check_rle, validated_mask
 
-    for use in (check_rle, decode_rle, area, to_rle_mask, validated_mask):
+    for use in (check_rle, decode_rle, area, to_rle_mask, validated_mask, lambda value: rle_to_grid(value, 27)):
         with pytest.raises(InvalidMaskError) as caught:
             use(rle)
         assert caught.value.reason == RejectReason.INVALID_MASK
@@ -274,3 +275,55 @@ def test_polygon_outside_the_image_or_malformed_is_refused(polygon: list) -> Non
         assert caught.value.reason == RejectReason.INVALID_MASK
     edge = [[0.0, 0.0, 10.0, 0.0, 10.0, 12.0, 0.0, 12.0]]  # the image's own edges are inside
     assert area(validated_mask(edge, height=12, width=10)) == 120
+
+
+def _random_rle_cases(seed: int, count: int):
+    """Random masks of odd and even sizes (empty, full, noise, thin stripes, single pixels) in every RLE form."""
+    rng = np.random.default_rng(seed)
+    for case in range(count):
+        height, width = (int(v) for v in rng.integers(1, 97, 2))
+        kind = case % 5
+        if kind == 0:
+            mask = np.full((height, width), case % 10 == 0)  # all empty / all full
+        elif kind == 1:
+            mask = rng.random((height, width)) < rng.random()
+        elif kind == 2:  # a thin stripe: most grid taps miss it
+            mask = np.zeros((height, width), dtype=bool)
+            mask[int(rng.integers(0, height)), :] = True
+        elif kind == 3:
+            mask = np.zeros((height, width), dtype=bool)
+            mask[int(rng.integers(0, height)), int(rng.integers(0, width))] = True
+        else:
+            mask = np.zeros((height, width), dtype=bool)
+            top, left = int(rng.integers(0, height)), int(rng.integers(0, width))
+            mask[top : top + int(rng.integers(1, height + 1)), left : left + int(rng.integers(1, width + 1))] = True
+        compressed = encode_rle(mask)
+        form = (compressed, _uncompressed(mask), RleMask.from_coco(compressed),
+                {"size": compressed["size"], "counts": compressed["counts"].encode("ascii")})[case % 4]
+        yield mask, form
+
+
+@pytest.mark.parametrize("grid", [(27, 27), (1, 1), (7, 5), (24, 31), (120, 97)])
+def test_rle_to_grid_is_resize_to_grid_of_the_decoded_mask_bit_for_bit(grid: tuple[int, int]) -> None:
+    for mask, rle in _random_rle_cases(sum(grid), 150):
+        ours = rle_to_grid(rle, *grid)
+        reference = resize_to_grid(decode_rle(rle), *grid)
+        assert np.array_equal(decode_rle(rle), mask)
+        assert ours.dtype == reference.dtype == np.float64 and ours.shape == grid
+        assert np.array_equal(ours.view(np.int64), reference.view(np.int64))  # the same bits, not just close
+        assert np.array_equal(ours > 0, reference > 0)
+
+
+def test_rle_to_grid_of_source_sized_masks_is_resize_to_grid_bit_for_bit() -> None:
+    # Masks at video sizes (what the export stores), including the clamped last row and column.
+    for height, width in ((480, 640), (720, 1280), (383, 511)):
+        mask = np.zeros((height, width), dtype=bool)
+        mask[height // 5 : height // 2, width // 3 : width // 3 + 37] = True
+        mask[-1, -1] = True
+        ours, reference = rle_to_grid(encode_rle(mask), 27), resize_to_grid(mask, 27)
+        assert np.array_equal(ours.view(np.int64), reference.view(np.int64))
+
+
+def test_rle_to_grid_refuses_a_grid_that_is_not_positive() -> None:
+    with pytest.raises(ValueError, match="positive grid"):
+        rle_to_grid(encode_rle(np.ones((4, 4), bool)), 0)

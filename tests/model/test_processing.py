@@ -198,3 +198,47 @@ def test_float_frames_in_zero_one_match_uint8_frames(tiny_processor: VideoReferP
     at_size = _frames(n=2)[:, :1, :1].repeat(64, axis=1).repeat(64, axis=2)
     assert torch.allclose(tiny_processor.preprocess_frames(at_size),
                           tiny_processor.preprocess_frames(at_size.astype(np.float32) / 255.0), atol=1e-5)
+
+
+def test_tokenizing_through_the_piece_cache_gives_the_tokenizers_ids(monkeypatch) -> None:
+    import model.processing as processing
+
+    monkeypatch.setattr(processing, "_TOKEN_CACHE_SIZE", 3)  # a full cache early: later pieces go uncached
+    tokenizer = build_tiny_tokenizer()
+    processor = VideoReferProcessor(tokenizer, 64)
+    answers = ["It runs away.", "A dog runs across the green grass.", "It sits.", "It runs away."]
+    for answer in answers * 2:
+        conversation = [QUESTION[0], {"from": "gpt", "value": answer}]
+        ids, labels = processor.tokenize(conversation, 8, [1], add_generation_prompt=False)
+        learnt = [token for token in labels if token != IGNORE_INDEX]
+        assert learnt == tokenizer(answer, add_special_tokens=False)["input_ids"] + [processor.im_end_id]
+        system = tokenizer(f"<|im_start|>system\n{processor.system_prompt}<|im_end|>\n",
+                           add_special_tokens=False)["input_ids"]
+        assert ids[: len(system)] == system
+
+
+def test_resize_frames_gives_the_release_siglip_pixels_as_uint8() -> None:
+    from transformers.models.siglip.image_processing_pil_siglip import SiglipImageProcessorPil
+
+    processor = VideoReferProcessor(build_tiny_tokenizer(), 64)
+    for height, width in ((48, 64), (64, 85), (40, 56), (64, 64)):  # 4:3 and 16:9 at the short side, smaller, square
+        frames = _frames(n=3, height=height, width=width, seed=height + width)
+        reference = SiglipImageProcessorPil(size={"height": 64, "width": 64}).preprocess(
+            list(frames), return_tensors="pt"
+        )["pixel_values"]
+        resized = processor.resize_frames(frames)
+        assert resized.dtype == np.uint8 and resized.shape == (3, 64, 64, 3)
+        as_uint8 = ((reference * 0.5 + 0.5) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
+        assert np.array_equal(resized, as_uint8)
+        assert torch.equal(processor.preprocess_frames(frames),
+                           (torch.from_numpy(resized).permute(0, 3, 1, 2).float() / 255.0 - 0.5) / 0.5)
+
+
+def test_mask_forms_keep_their_errors(tiny_processor: VideoReferProcessor) -> None:
+    cases = [({"segmentation": _mask()}, RejectReason.MALFORMED_SAMPLE),  # an array under segmentation: unsupported
+             ("not a mask", RejectReason.MALFORMED_SAMPLE),
+             ({"size": [48, 80], "counts": [5, 5]}, RejectReason.INVALID_MASK)]  # counts short of 48 x 80
+    for mask, reason in cases:
+        with pytest.raises((InvalidSampleError, ValueError)) as caught:
+            tiny_processor.encode(frames=_frames(), frame_indices=SAMPLED, objects=[{4: mask}], conversations=QUESTION)
+        assert caught.value.reason == reason

@@ -244,8 +244,9 @@ def test_count_samples_reads_headers(shards: Path) -> None:
     assert count_samples(sorted(str(p) for p in shards.glob("a-*.tar"))) == 12
 
 
-@pytest.mark.parametrize("size", [64, 48])  # at the vision size (the export's), and one that needs a resize
-def test_uint8_frames_normalise_to_the_processors_pixels(size: int) -> None:
+# At the vision size; a smaller square; the export's layout (aspect kept, short side 64, masks at the source size).
+@pytest.mark.parametrize(("size", "width"), [(64, 64), (48, 48), (64, 85)])
+def test_uint8_frames_normalise_to_the_processors_pixels(size: int, width: int) -> None:
     from model.configuration import VideoReferConfig
     from model.processing import VideoReferProcessor, build_tiny_tokenizer
     from model.training.loader import Uint8FramesEncoder, normalize_pixels
@@ -254,14 +255,15 @@ def test_uint8_frames_normalise_to_the_processors_pixels(size: int) -> None:
 
     processor = VideoReferProcessor.from_config(build_tiny_tokenizer(), VideoReferConfig.preset("tiny"))
     sample, images = synthetic_sample(0, frames=4, size=size)
-    items = [sample_to_json(sample), np.stack(images)]
+    frames = np.stack(images)
+    frames = np.concatenate([frames, frames[:, :, : width - size]], axis=2)  # wider than high when width > size
+    items = [sample_to_json(sample), frames]
     expected = processor.collate([processor.encode_wds(*items)])
     encoder = Uint8FramesEncoder(processor)
     got = encoder.collate([encoder.encode_wds(*items)])
     assert got["pixel_values"].dtype == torch.uint8
     pixels = normalize_pixels(got["pixel_values"], processor)
-    tolerance = 0.0 if size == 64 else 1.0 / 255 * 2  # rounding to uint8 after the resize
-    torch.testing.assert_close(pixels, expected["pixel_values"], rtol=0, atol=tolerance + 1e-6)
+    assert torch.equal(pixels, expected["pixel_values"])  # the same Pillow resize on uint8: the very same pixels
     assert all(torch.equal(got[key], expected[key]) for key in expected if key != "pixel_values")
 
 
