@@ -14,7 +14,14 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
-from engine.errors import BackendUnavailableError, ConfigError, RejectReason, ReplayMissError, VideoReferError
+from engine.errors import (
+    DATA_ERRORS,
+    BackendUnavailableError,
+    ConfigError,
+    RejectReason,
+    ReplayMissError,
+    VideoReferError,
+)
 from engine.types import Reject
 
 RecordT = TypeVar("RecordT")
@@ -23,9 +30,6 @@ ItemT = TypeVar("ItemT")
 # Errors that say "the run is misconfigured or the backend is gone", never "this item is bad".
 RUN_FATAL_ERRORS: tuple[type[BaseException], ...] = (BackendUnavailableError, ConfigError, ReplayMissError)
 
-# Untyped errors that, raised while one item is processed, come from that item's data (a mask of the wrong size,
-# garbage RLE, a frame index of -1, a NaN span), not from a broken backend.
-DATA_ERRORS: tuple[type[BaseException], ...] = (ValueError, LookupError, TypeError, ArithmeticError)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -146,3 +146,9 @@ class InvalidMaskError(InvalidSampleError, ValueError):
 
     def __init__(self, message: str, *, reason: RejectReason = RejectReason.INVALID_MASK) -> None:
         super().__init__(message, reason=reason)
+
+
+# Untyped errors that, raised while one item is processed, come from that item's data (a mask of the wrong size,
+# garbage RLE, a frame index of -1, a NaN span), not from a broken backend: per-item work makes them an
+# `item_error` reject of that item.
+DATA_ERRORS: tuple[type[BaseException], ...] = (ValueError, LookupError, TypeError, ArithmeticError)

@@ -19,7 +19,7 @@ import posixpath
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from engine.errors import InvalidSampleError, PathNotAllowedError, RejectReason
+from engine.errors import DATA_ERRORS, InvalidSampleError, PathNotAllowedError, RejectReason
 from engine.ids import clip_id as make_clip_id
 from engine.ids import sample_key, stable_hash
 from engine.masks import validated_mask
@@ -188,15 +188,19 @@ def import_700k(
     rejects: list[Reject] = []
     for position, item in enumerate(items):
         item_id = f"item{position}"
+        video = item.get("video") if isinstance(item, Mapping) else None
+        clip = make_clip_id(str(video), None, None) if isinstance(video, str) else ""
         try:
             sample = _item_sample(item, position, video_root, task, checks)
+            # Frames are decoded at training time for imported items, so no frame-membership check (no indices).
+            problems = validate_sample(sample, grid=grid)
         except InvalidSampleError as exc:
-            video = item.get("video") if isinstance(item, Mapping) else None
-            clip = make_clip_id(str(video), None, None) if isinstance(video, str) else ""
             rejects.append(Reject(stage=STAGE, item_id=item_id, clip_id=clip, reason=exc.reason, message=str(exc)))
             continue
-        # Frames are decoded at training time for imported items, so no frame-membership check (no frame indices).
-        problems = validate_sample(sample, grid=grid)
+        except DATA_ERRORS as exc:  # a case no check names: this item's data, never the whole import
+            rejects.append(Reject(stage=STAGE, item_id=item_id, clip_id=clip, reason=RejectReason.ITEM_ERROR,
+                                  message=f"{type(exc).__name__}: {exc}"))
+            continue
         if problems:
             message = "; ".join(text for _, text in problems)
             rejects.append(

@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from engine.config import EngineConfig
-from engine.errors import ConfigError, RejectReason, VideoReferError
+from engine.errors import DATA_ERRORS, ConfigError, RejectReason, VideoReferError
 from engine.ids import stable_hash
 from engine.types import Reject, Sample
 from flows.pipeline import layout
@@ -104,9 +104,11 @@ def import_700k_shard(
         for video in sorted(by_video):
             try:
                 framed = _with_frames(video, by_video[video], config)
-            except VideoReferError as exc:
+            except (VideoReferError, *DATA_ERRORS) as exc:  # this video's samples, never the whole chunk
+                reason = exc.reason if isinstance(exc, VideoReferError) else RejectReason.ITEM_ERROR
                 rejects.extend(
-                    Reject(stage=STAGE, item_id=s.key, clip_id=s.clip_id, reason=exc.reason, message=str(exc))
+                    Reject(stage=STAGE, item_id=s.key, clip_id=s.clip_id, reason=reason,
+                           message=str(exc) if isinstance(exc, VideoReferError) else f"{type(exc).__name__}: {exc}")
                     for s in by_video[video]
                 )
                 continue
@@ -117,7 +119,11 @@ def import_700k_shard(
                         Reject(stage=STAGE, item_id=sample.key, clip_id=sample.clip_id, reason=reason, message=message)
                     )
                     continue
-                reject = writer.write(sample, frames)
+                try:
+                    reject = writer.write(sample, frames)
+                except DATA_ERRORS as exc:
+                    reject = Reject(stage=STAGE, item_id=sample.key, clip_id=sample.clip_id,
+                                    reason=RejectReason.ITEM_ERROR, message=f"{type(exc).__name__}: {exc}")
                 if reject is None:
                     written += 1
                 else:
