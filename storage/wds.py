@@ -448,6 +448,22 @@ class ShardWriter:
         return stats
 
 
+def write_split_stats(folder: DatasetRoot, split: str, writers: Sequence[Mapping[str, Any]]) -> None:
+    """Rewrite the `_stats.json` of `folder` with exactly `writers` (each a `ShardWriter.stats()`) for `split`,
+    keeping the writers of other splits: how an export repairs a merge lost to writers in parallel processes
+    (each `close` is a read-modify-write of the one file)."""
+    merged: dict[str, Any] = {}
+    if folder.exists(STATS_NAME):
+        with suppress(ValueError):
+            merged = folder.read_json(STATS_NAME)
+    kept = {tar: w for tar, w in (merged.get("writers") or {}).items() if w.get("split") != split}
+    kept |= {w["tars"][0]: dict(w) for w in writers if w.get("tars")}
+    splits = {name: v for name, v in (merged.get("splits") or {}).items() if name != split}
+    if writers:
+        splits[split] = _summed(list(writers), split)
+    folder.write_json(STATS_NAME, {"splits": dict(sorted(splits.items())), "writers": dict(sorted(kept.items()))})
+
+
 def _summed(writers: Sequence[Mapping[str, Any]], split: str) -> dict[str, Any]:
     # The figures of one split over its writers, in the shape a single writer's `stats()` has.
     samples: Counter[str] = Counter()

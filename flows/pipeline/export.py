@@ -197,7 +197,7 @@ def export_shard(
         seconds=time.perf_counter() - started,
     )
     droot.write_json(layout.stage_report_path(EXPORT, shard_id), report.to_json())
-    droot.mark_done(EXPORT, shard_id, config_hash, files=files, samples=len(written))
+    droot.mark_done(EXPORT, shard_id, config_hash, files=files, samples=len(written), stats=stats)
     return report
 
 
@@ -255,16 +255,26 @@ def finalize_export(root: layout.RootLike) -> list[str]:
     `_export.json` (video root, files, item count); return the files written (none when nothing is exported).
 
     Run after the export stage's tasks (`flows.engine_flows.run_stages`): a plain function of the stored parts, so
-    running it again, or after one shard's re-export, gives the same files.
+    running it again, or after one shard's re-export, gives the same files. It also rewrites `_stats.json` from
+    the figures each shard's done marker keeps, so merges lost between export tasks in parallel processes (Ray)
+    are repaired.
     """
     from storage.videorefer_json import write_export_files
+    from storage.wds import write_split_stats
 
     droot = layout.open_root(root)
     items: list[dict[str, Any]] = []
+    writers: list[dict[str, Any]] = []
     for shard_id in sorted(layout.shards(droot)):
         part = f"{JSON_PARTS_DIR}/{shard_id}.json"
-        if droot.read_done(EXPORT, shard_id) is not None and droot.exists(part):
+        marker = droot.read_done(EXPORT, shard_id)
+        if marker is not None and droot.exists(part):
             items.extend(droot.read_json(part))
+        if marker is not None and marker.get("stats"):
+            writers.append(marker["stats"])
+    if writers:  # shards exported in parallel processes may have lost each other's `_stats.json` merges
+        with _STATS_LOCK:
+            write_split_stats(droot.sub(WDS_DIR), SPLIT, writers)
     return write_export_files(droot, items, name=SPLIT, max_items=MAX_JSON_ITEMS)
 
 

@@ -86,3 +86,17 @@ def test_finalize_merges_every_exported_shard_into_one_json_with_its_video_root(
     assert sorted(s.conversations[-1].value for s in samples) == ours
     assert finalize_export(root) == written  # a plain function of the stored parts
     assert json.loads((root / "export" / "json" / "train.json").read_text()) == items
+
+
+def test_finalize_repairs_stats_merges_lost_between_parallel_export_processes(corpus) -> None:
+    root, manifest = corpus
+    _build(root, manifest)
+    finalize_export(root)
+    stats_path = root / "export" / "wds" / "_stats.json"
+    complete = json.loads(stats_path.read_text())
+    assert len(complete["writers"]) == len(layout.shards(layout.open_root(root))) > 1
+    # Two export tasks in different processes both read the file before either wrote: one merge is lost.
+    lost = dict(complete, writers=dict(list(complete["writers"].items())[:1]))
+    stats_path.write_text(json.dumps(lost))
+    finalize_export(root)
+    assert json.loads(stats_path.read_text()) == complete
