@@ -1,10 +1,15 @@
 """Training loader throughput versus raw JPEG decoding of the same frames: paired, interleaved rounds in one run.
 
-Writes synthetic WebDataset shards (16 frames at 384 px, multi-frame masks), then compares (a) the training loader
+Writes WebDataset shards laid out as the export writes them (`write_export_like_shards`: 16 textured frames per
+sample stored with the source's aspect ratio kept, short side 384, so 384 x 512 for the default 480 x 640 source;
+masks as RLE at the source size), then compares (a) the training loader
 (`model.training.loader`: shard split, shuffle buffer, JPEG decode, RLE masks and tokenisation through the real
 `VideoReferProcessor` at VideoRefer-7B sizes with a tiny tokenizer, collation, frames kept uint8 as the training
-loop takes them) with (b) a baseline that only reads the same tars and decodes every JPEG to RGB uint8 (OpenCV,
-the loader's own `decode_jpeg`), stacked into micro-batches. Both read the same shards with the same split.
+loop takes them; the export's frames leave at their stored size, the stretch to S x S (Pillow's bicubic, bit for
+bit) is done by `normalize_pixels` on the trainer's device and is not counted here: `--eager-resize` counts it,
+done in the loader with Pillow) with (b) a baseline that only reads the same tars and decodes every JPEG to RGB
+uint8 (OpenCV, the loader's own `decode_jpeg`), stacked into micro-batches. Both read the same shards with the
+same split.
 
 Measured twice, each as rounds in which both sides run, interleaved so that load from other processes on a
 shared machine hits both alike; a figure is the median over rounds, `ratio_min`/`ratio_max` its spread:
@@ -39,6 +44,67 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 # One BLAS/OpenMP thread per process, as torchrun gives each trainer: more only spin against the workers.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
+
+def write_export_like_shards(directory: str, *, shards: int, samples_per_shard: int, frames: int, size: int,
+                             source: tuple[int, int]) -> dict:
+    """Shards laid out as the export writes them: frames stored with the source's aspect ratio kept (short side
+    `size`, `storage.wds.bound_frames`), masks as COCO RLE at the SOURCE size, every sample multi-frame.
+
+    Frames are textured (smooth pattern plus noise: JPEGs of about the size of natural video frames, so the JPEG
+    decode the baseline measures is not a flat-colour one) with a square moving over them, its mask on each frame.
+    Returns the stored frame size and the mean JPEG bytes per frame, for the JSON line.
+    """
+    import random
+
+    import numpy as np
+    import webdataset as wds
+
+    from engine.ids import sample_key, stable_hash
+    from engine.masks import encode_rle
+    from engine.types import REGION_TOKEN, VIDEO_TOKEN, RleMask, Sample, SampleObject, Turn
+    from model.training.loader import jpeg_bytes
+    from storage.samples import sample_to_json
+    from storage.wds import bound_frames
+
+    height, width = source
+    ys, xs = np.mgrid[0:height, 0:width]
+    jpeg_total, jpeg_count, stored = 0, 0, None
+    for shard in range(shards):
+        with wds.TarWriter(str(Path(directory) / f"train-{shard:06d}.tar")) as writer:
+            for offset in range(samples_per_shard):
+                index = shard * samples_per_shard + offset
+                rng = random.Random(index)
+                noise = np.random.default_rng(index)
+                side = min(height, width) // 3
+                images, masks = [], {}
+                for t in range(frames):
+                    phase = index + t / frames
+                    base = np.stack([np.sin(xs / (17 + index % 5) + phase), np.cos(ys / (13 + index % 7) - phase),
+                                     np.sin((xs + ys) / (29 + index % 3))], -1)
+                    image = (base * 60 + 128 + noise.normal(0, 6, base.shape)).clip(0, 255).astype(np.uint8)
+                    x = round((width - side) * t / max(1, frames - 1))
+                    y = rng.randrange(0, height - side + 1)
+                    image[y : y + side, x : x + side] = (220, 40, 40)
+                    mask = np.zeros((height, width), dtype=bool)
+                    mask[y : y + side, x : x + side] = True
+                    images.append(image)
+                    masks[t] = RleMask.from_coco(encode_rle(mask))
+                clip = stable_hash("bench-clip", index)
+                sample = Sample(
+                    key=sample_key("short", clip, index), task="short", video_uri=f"synthetic://{clip}", clip_id=clip,
+                    height=height, width=width, frame_indices=tuple(range(frames)),
+                    conversations=(Turn(role="human", value=f"{VIDEO_TOKEN}\nPlease describe the object "
+                                        f"{REGION_TOKEN} in the video in brief."),
+                                   Turn(role="gpt", value="A red square moving right.")),
+                    objects=(SampleObject(object_id=stable_hash("object", clip), category="red square", masks=masks),),
+                )
+                record = {"__key__": sample.key, "json": sample_to_json(sample)}
+                for t, image in enumerate(bound_frames(np.stack(images), size)):
+                    record[f"{t:02d}.jpg"] = jpeg_bytes(image)
+                    jpeg_total, jpeg_count, stored = jpeg_total + len(record[f"{t:02d}.jpg"]), jpeg_count + 1, image
+                writer.write(record)
+    return {"stored_frame": list(stored.shape[:2]), "jpeg_bytes_per_frame": round(jpeg_total / jpeg_count)}
 
 
 def raw_decode_batches(paths: list[str], micro_batch: int, worker: int = 0, workers: int = 1) -> Iterator[dict]:
@@ -142,6 +208,10 @@ def main() -> None:
     parser.add_argument("--micro-batch", type=int, default=4)
     parser.add_argument("--frames", type=int, default=16)
     parser.add_argument("--size", type=int, default=384)
+    parser.add_argument("--eager-resize", action="store_true",
+                        help="resize to S x S in the loader (Pillow, CPU) instead of on the trainer's device")
+    parser.add_argument("--source", default="480x640",
+                        help="source video HxW: masks at this size, frames stored aspect kept (short side --size)")
     args = parser.parse_args()
 
     import torch
@@ -150,18 +220,18 @@ def main() -> None:
     from model.processing import VideoReferProcessor, build_tiny_tokenizer
     from model.training.loader import LoaderSpec, TrainingStream, Uint8FramesEncoder, build_loader, expand_shards
     from model.training.recipes import DataMixture, DataSource
-    from model.training.synthetic import write_synthetic_shards
 
     torch.set_num_threads(1)
     processor = VideoReferProcessor.from_config(build_tiny_tokenizer(), VideoReferConfig.preset("7b"))
-    encoder = Uint8FramesEncoder(processor)
+    encoder = Uint8FramesEncoder(processor, defer_resize=not args.eager_resize)
     batches = max(1, args.samples // args.micro_batch)
     samples = batches * args.micro_batch
     worker_batches = max(1, args.worker_samples // args.micro_batch)
     worker_samples = worker_batches * args.micro_batch
     with tempfile.TemporaryDirectory(prefix="loader-bench-") as directory:
-        write_synthetic_shards(directory, shards=4, samples_per_shard=16, frames=args.frames, size=args.size,
-                               multi_frame_every=1)
+        source = tuple(int(side) for side in args.source.lower().split("x"))
+        layout = write_export_like_shards(directory, shards=4, samples_per_shard=16, frames=args.frames,
+                                          size=args.size, source=source)
         pattern = str(Path(directory) / "train-*.tar")
         paths = expand_shards(pattern)
         mixture = DataMixture(sources=(DataSource(shards=pattern),), frames_per_sample=args.frames,
@@ -171,6 +241,7 @@ def main() -> None:
             spec = LoaderSpec(mixture=mixture, micro_batch=args.micro_batch, num_workers=workers)
             return TrainingStream(spec, encoder)
 
+        leaves_as = list(next(stream(0).iterate(0))["batch"]["pixel_values"].shape[-2:])
         in_process = interleaved_rounds({"loader": stream(0).iterate(0),
                                          "raw": raw_decode_batches(paths, args.micro_batch)}, batches, args.rounds)
 
@@ -190,7 +261,8 @@ def main() -> None:
     inline, workers = summary(in_process, samples, cpu=True), summary(with_workers, worker_samples, cpu=False)
     print(json.dumps({
         "benchmark": "loader_throughput",
-        "frames": args.frames, "size": args.size, "workers": args.workers, "micro_batch": args.micro_batch,
+        "frames": args.frames, "size": args.size, "source": args.source, **layout,
+        "pixels_leave_loader": leaves_as, "workers": args.workers, "micro_batch": args.micro_batch,
         "samples_per_round": [samples, worker_samples], "rounds": [args.rounds, args.worker_rounds],
         "in_process": inline, "with_workers": workers,
         "ratio": min(inline["ratio"], workers["ratio"]), "target_ratio": 0.8,

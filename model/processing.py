@@ -41,7 +41,9 @@ swapped for slots and every text piece between markers tokenized on its own (`to
 
 from __future__ import annotations
 
+import functools
 import json
+import math
 import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -503,6 +505,112 @@ class VideoReferProcessor:
                 )
             ids, labels = ids[: self.max_length], labels[: self.max_length]
         return ids, labels
+
+
+# ---------------------------------------------------------------- Pillow's bicubic resize, exactly, in torch
+
+_PILLOW_PRECISION_BITS = 22  # Pillow's 8-bit resampling: 32 - 8 - 2 fraction bits in int32 sums
+
+
+def _pillow_bicubic(x: float) -> float:
+    # Pillow's `bicubic_filter` (a = -0.5), evaluated in the same order, in double precision as its C code.
+    x = -x if x < 0.0 else x
+    if x < 1.0:
+        return ((-0.5 + 2.0) * x - (-0.5 + 3.0)) * x * x + 1
+    if x < 2.0:
+        return (((x - 5) * x + 8) * x - 4) * -0.5
+    return 0.0
+
+
+@functools.lru_cache(maxsize=64)
+def pillow_bicubic_taps(in_size: int, out_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Pillow's 8-bit bicubic taps for one axis `in_size` -> `out_size` (its `precompute_coeffs` then
+    `normalize_coeffs_8bpc`): per output position the first source index `[out]` (int64) and the integer
+    coefficients `[out, ksize]` (int64, zero past the position's last source pixel), read-only and cached.
+    """
+    scale = float(np.float32(in_size)) / out_size  # (double)(in1 - in0) / outSize, in1 - in0 a float
+    filterscale = max(scale, 1.0)
+    support = 2.0 * filterscale
+    ksize = math.ceil(support) * 2 + 1
+    first = np.zeros(out_size, dtype=np.int64)
+    coefficients = np.zeros((out_size, ksize), dtype=np.int64)
+    inverse = 1.0 / filterscale
+    for xx in range(out_size):
+        center = 0.0 + (xx + 0.5) * scale
+        xmin = max(int(center - support + 0.5), 0)  # int() truncates toward zero, as C's cast
+        xmax = min(int(center + support + 0.5), in_size) - xmin
+        weights = [_pillow_bicubic((x + xmin - center + 0.5) * inverse) for x in range(xmax)]
+        total = 0.0
+        for weight in weights:  # summed in order, as the C loop (not numpy's pairwise sum)
+            total += weight
+        for x, weight in enumerate(weights):
+            weight = weight / total if total != 0.0 else weight
+            scaled = weight * (1 << _PILLOW_PRECISION_BITS)
+            coefficients[xx, x] = int(-0.5 + scaled) if weight < 0 else int(0.5 + scaled)
+        first[xx] = xmin
+    for array in (first, coefficients):
+        array.flags.writeable = False
+    return first, coefficients
+
+
+def _resample_axis(pixels: torch.Tensor, dim: int, out_size: int) -> torch.Tensor:
+    """One of Pillow's 8-bit passes along `dim` of int32 pixel values 0..255: the same integer sums, shift, clip."""
+    in_size = pixels.shape[dim]
+    first, coefficients = pillow_bicubic_taps(in_size, out_size)
+    shape = [1] * pixels.dim()
+    shape[dim] = out_size
+    out_shape = list(pixels.shape)
+    out_shape[dim] = out_size
+    sums = torch.full(out_shape, 1 << (_PILLOW_PRECISION_BITS - 1), dtype=torch.int32, device=pixels.device)
+    for tap in range(coefficients.shape[1]):
+        if not coefficients[:, tap].any():
+            continue
+        index = torch.from_numpy(np.minimum(first + tap, in_size - 1)).to(pixels.device)
+        weight = torch.from_numpy(coefficients[:, tap].astype(np.int32)).to(pixels.device).view(shape)
+        sums += pixels.index_select(dim, index) * weight  # |products| < 2**31: 255 times at most ~1.1 * 2**22
+    return (sums >> _PILLOW_PRECISION_BITS).clamp_(0, 255)
+
+
+def one_pass_resize(height: int, width: int, size: int) -> bool:
+    """Whether Pillow resizes `height x width` to `size x size` in one pass (one side is `size` already: the
+    export's frames, short side `size`), the case `resample_like_pillow` reproduces."""
+    return (height == size) != (width == size)
+
+
+def resize_pixels(pixels: torch.Tensor, size: int) -> torch.Tensor:
+    """uint8 `[n, 3, h, w]` -> uint8 `[n, 3, size, size]`, bit for bit what Pillow's bicubic `Image.resize` (the
+    release's SigLIP processor) gives frame by frame, on the tensor's own device.
+
+    On the CPU, Pillow itself; on another device (the trainer's GPU: the resize leaves the loader's CPU),
+    `resample_like_pillow` when one pass does it (`one_pass_resize`), else Pillow on a CPU copy.
+    """
+    if pixels.dtype != torch.uint8 or pixels.dim() != 4 or pixels.shape[1] != 3:
+        raise ValueError(f"resize_pixels expects uint8 [n, 3, h, w], got {pixels.dtype} {tuple(pixels.shape)}")
+    height, width = (int(side) for side in pixels.shape[-2:])
+    if (height, width) == (size, size):
+        return pixels
+    if pixels.device.type != "cpu" and one_pass_resize(height, width, size):
+        return resample_like_pillow(pixels, size)
+    from PIL import Image  # lazy: only resizing needs Pillow
+
+    frames = np.ascontiguousarray(pixels.cpu().permute(0, 2, 3, 1).numpy())
+    out = np.empty((frames.shape[0], size, size, 3), dtype=np.uint8)
+    for row, frame in enumerate(frames):
+        out[row] = np.asarray(Image.fromarray(frame).resize((size, size), Image.Resampling.BICUBIC))
+    return torch.from_numpy(out).permute(0, 3, 1, 2).to(pixels.device)
+
+
+def resample_like_pillow(pixels: torch.Tensor, size: int) -> torch.Tensor:
+    """uint8 `[n, 3, h, w]` with one side `size` -> `[n, 3, size, size]`: Pillow's bicubic pass along the other
+    side (`pillow_bicubic_taps`: its fixed-point coefficients, integer sums, rounding, shift and clip) in torch
+    integer ops on any device, so bit for bit Pillow's pixels. A resize of both sides is refused: Pillow picks
+    which pass goes first (not always the horizontal one), and that choice is not reproduced here.
+    """
+    height, width = (int(side) for side in pixels.shape[-2:])
+    if not one_pass_resize(height, width, size):
+        raise ValueError(f"resample_like_pillow resizes one side only, got {height}x{width} -> {size}x{size}")
+    dim = 3 if height == size else 2
+    return _resample_axis(pixels.to(torch.int32), dim, size).to(torch.uint8)
 
 
 # ---------------------------------------------------------------- tiny tokenizer for tests and CPU runs

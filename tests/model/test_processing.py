@@ -242,3 +242,36 @@ def test_mask_forms_keep_their_errors(tiny_processor: VideoReferProcessor) -> No
         with pytest.raises((InvalidSampleError, ValueError)) as caught:
             tiny_processor.encode(frames=_frames(), frame_indices=SAMPLED, objects=[{4: mask}], conversations=QUESTION)
         assert caught.value.reason == reason
+
+
+@pytest.mark.parametrize(("height", "width"), [(64, 85), (64, 114), (85, 64), (64, 40), (23, 64), (64, 256), (64, 65)])
+def test_resample_like_pillow_is_pillows_bicubic_bit_for_bit(height: int, width: int) -> None:
+    # The device path of resize_pixels (torch integer ops; run here on the CPU): the export's frames have one side
+    # at the vision size (4:3, 16:9, portrait, and narrower or shorter ones stretched up).
+    from PIL import Image
+
+    from model.processing import resample_like_pillow
+
+    frames = _frames(n=3, height=height, width=width, seed=height * width)
+    reference = np.stack([np.asarray(Image.fromarray(f).resize((64, 64), Image.Resampling.BICUBIC)) for f in frames])
+    ours = resample_like_pillow(torch.from_numpy(frames).permute(0, 3, 1, 2), 64)
+    assert ours.dtype == torch.uint8
+    assert np.array_equal(ours.permute(0, 2, 3, 1).numpy(), reference)
+    edges = np.zeros_like(frames)
+    edges[..., ::2, :] = 255  # full-range stripes: the negative lobes clip at 0 and 255
+    reference = np.stack([np.asarray(Image.fromarray(f).resize((64, 64), Image.Resampling.BICUBIC)) for f in edges])
+    assert np.array_equal(resample_like_pillow(torch.from_numpy(edges).permute(0, 3, 1, 2), 64)
+                          .permute(0, 2, 3, 1).numpy(), reference)
+
+
+def test_resample_like_pillow_refuses_a_resize_of_both_sides() -> None:
+    from model.processing import resample_like_pillow, resize_pixels
+
+    frames = torch.from_numpy(_frames(n=1, height=48, width=80)).permute(0, 3, 1, 2)
+    with pytest.raises(ValueError, match="one side"):
+        resample_like_pillow(frames, 64)
+    from PIL import Image
+
+    reference = np.asarray(Image.fromarray(_frames(n=1, height=48, width=80)[0]).resize((64, 64),
+                                                                                       Image.Resampling.BICUBIC))
+    assert np.array_equal(resize_pixels(frames, 64)[0].permute(1, 2, 0).numpy(), reference)  # Pillow does it

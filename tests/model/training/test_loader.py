@@ -267,6 +267,33 @@ def test_uint8_frames_normalise_to_the_processors_pixels(size: int, width: int) 
     assert all(torch.equal(got[key], expected[key]) for key in expected if key != "pixel_values")
 
 
+def test_export_frames_leave_the_workers_at_their_stored_size_and_mixed_sizes_are_resized_in_collate() -> None:
+    from model.configuration import VideoReferConfig
+    from model.processing import VideoReferProcessor, build_tiny_tokenizer
+    from model.training.loader import Uint8FramesEncoder, normalize_pixels
+    from model.training.synthetic import synthetic_sample
+    from storage.samples import sample_to_json
+
+    processor = VideoReferProcessor.from_config(build_tiny_tokenizer(), VideoReferConfig.preset("tiny"))
+    samples = []
+    for index, (height, width) in enumerate(((64, 85), (64, 85), (64, 114), (64, 64), (48, 56))):  # 4:3, 16:9,
+        sample, images = synthetic_sample(index, frames=4, size=64)  # at size, smaller (both sides resized)
+        frames = np.stack(images)
+        frames = np.concatenate([frames, frames[:, :, : max(0, width - 64)]], axis=2)[:, :height, :width]
+        samples.append([sample_to_json(sample), np.ascontiguousarray(frames)])
+    deferred, eager = Uint8FramesEncoder(processor), Uint8FramesEncoder(processor, defer_resize=False)
+    first = deferred.encode_wds(*samples[0])
+    assert tuple(first["pixel_values"].shape) == (4, 3, 64, 85) and first["pixel_values"].dtype == torch.uint8
+    assert tuple(deferred.encode_wds(*samples[4])["pixel_values"].shape[-2:]) == (64, 64)  # two passes: resized
+    assert tuple(eager.encode_wds(*samples[0])["pixel_values"].shape[-2:]) == (64, 64)
+    for batch in (samples[:2], samples[:4], samples):  # one stored size (left for the trainer), then mixed sizes
+        expected = processor.collate([processor.encode_wds(*items) for items in batch])
+        for encoder in (deferred, eager):
+            got = encoder.collate([encoder.encode_wds(*items) for items in batch])
+            assert torch.equal(normalize_pixels(got["pixel_values"], processor), expected["pixel_values"])
+            assert all(torch.equal(got[key], expected[key]) for key in expected if key != "pixel_values")
+
+
 # ---------------------------------------------------------------- the frame plan
 
 VIDEO_FRAMES = tuple(range(0, 64, 4))  # 16 sampled frames: 0, 4, ..., 60
