@@ -376,7 +376,10 @@ def train(recipe: TrainingRecipe, out: Path, *, resume: bool = False, overwrite:
 
     spec = LoaderSpec(mixture=recipe.data, micro_batch=recipe.micro_batch, seed=recipe.seed, rank=runtime.rank,
                       world_size=runtime.world_size, num_workers=recipe.num_workers)
-    stream = TrainingStream(spec, Uint8FramesEncoder(processor), state=loader_state)
+    # On a GPU the stretch of stored frames to the vision size runs on the device (bit-identical to Pillow); on
+    # CPU it stays in the loader's workers, where it overlaps the step instead of adding to it.
+    encoder = Uint8FramesEncoder(processor, defer_resize=runtime.device.type != "cpu")
+    stream = TrainingStream(spec, encoder, state=loader_state)
     batches = _micro_batches(build_loader(stream), accumulation)
     log = RunLog(out, enabled=runtime.is_main, total=steps, start=start_step)
     rejects_path = out / f"rejects-rank-{runtime.rank}.jsonl"
