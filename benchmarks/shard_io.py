@@ -27,6 +27,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from engine.masks import encode_rle  # noqa: E402
+from engine.synthetic import moving_patch_frames, moving_patch_masks  # noqa: E402
 from engine.types import RleMask, Sample, SampleObject, Turn  # noqa: E402
 from storage.samples import vision_grid  # noqa: E402
 from storage.wds import ShardWriter, iter_samples, list_tars, read_raw  # noqa: E402
@@ -36,27 +37,13 @@ FRAMES = 16
 
 
 def synthetic_frames(rng: np.random.Generator) -> np.ndarray:
-    ys, xs = np.mgrid[0:SIZE, 0:SIZE].astype(np.float32)
-    phase = rng.uniform(0, 6.28, size=3).astype(np.float32)
-    base = np.stack([np.sin(xs / 40 + phase[0]), np.cos(ys / 55 + phase[1]), np.sin((xs + ys) / 70 + phase[2])], -1)
-    frames = []
-    for t in range(FRAMES):
-        frame = (base + 1) * 100
-        y, x = 40 + 8 * t, 60 + 10 * t
-        frame[y : y + 80, x : x + 90] = rng.uniform(0, 255, size=3)
-        frame += rng.normal(0, 4, size=frame.shape).astype(np.float32)
-        frames.append(np.clip(frame, 0, 255).astype(np.uint8))
-    return np.stack(frames)
+    return moving_patch_frames(rng, num_frames=FRAMES, height=SIZE, width=SIZE)
 
 
 def synthetic_sample(index: int) -> Sample:
     frame_indices = tuple(range(0, FRAMES * 6, 6))
-    masks = {}
-    for t, frame in enumerate(frame_indices):
-        mask = np.zeros((SIZE, SIZE), bool)
-        y, x = 40 + 8 * t, 60 + 10 * t
-        mask[y : y + 80, x : x + 90] = True
-        masks[frame] = RleMask.from_coco(encode_rle(mask))
+    patches = moving_patch_masks(num_frames=FRAMES, height=SIZE, width=SIZE)
+    masks = {frame: RleMask.from_coco(encode_rle(patches[t])) for t, frame in enumerate(frame_indices)}
     return Sample(
         key=f"detailed_{index:08d}",
         task="detailed",

@@ -206,6 +206,30 @@ def load_ground_truth(video_path: str | os.PathLike[str]) -> SyntheticGroundTrut
     )
 
 
+def moving_patch_frames(rng: np.random.Generator, *, num_frames: int, height: int, width: int) -> np.ndarray:
+    """uint8 `[num_frames, height, width, 3]` frames that JPEG-compress like real ones (a smooth coloured background,
+    a moving flat patch, sensor-like noise): the pixels of the storage and loader benchmarks, no masks needed."""
+    ys, xs = np.mgrid[0:height, 0:width].astype(np.float32)
+    phase = rng.uniform(0, 6.28, size=3).astype(np.float32)
+    base = np.stack([np.sin(xs / 40 + phase[0]), np.cos(ys / 55 + phase[1]), np.sin((xs + ys) / 70 + phase[2])], -1)
+    frames = []
+    for mask in moving_patch_masks(num_frames=num_frames, height=height, width=width):
+        frame = (base + 1) * 100
+        frame[mask] = rng.uniform(0, 255, size=3)
+        frame += rng.normal(0, 4, size=frame.shape).astype(np.float32)
+        frames.append(np.clip(frame, 0, 255).astype(np.uint8))
+    return np.stack(frames)
+
+
+def moving_patch_masks(*, num_frames: int, height: int, width: int) -> np.ndarray:
+    """bool `[num_frames, height, width]`: where `moving_patch_frames` draws its patch on each frame."""
+    masks = np.zeros((num_frames, height, width), bool)
+    for t in range(num_frames):
+        y, x = 40 + 8 * t, 60 + 10 * t
+        masks[t, y : y + 80, x : x + 90] = True
+    return masks
+
+
 def render_scene(
     *, seed: int, num_frames: int = 32, width: int = 256, height: int = 192, num_objects: int = 2
 ) -> tuple[np.ndarray, tuple[SyntheticObject, ...], str]:
