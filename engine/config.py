@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError, field_validator, model_validator
 
 from engine.errors import ConfigError
 
@@ -201,18 +201,12 @@ SegmenterConfig = Annotated[FakeSegmenterConfig | Sam2Config, Field(discriminato
 
 
 class SamplingConfig(_Strict):
-    num_frames: int = 16  # frames the annotator / reviewer / exported sample see
-    mask_frames: int = 16  # frames of a masklet kept in a detailed / QA sample
-    image_size: int = 384  # exported frames are resized to this square for the vision tower
-    patch_size: int = 14  # the vision tower's patch (SigLIP so400m): masks are checked on image_size // patch_size
+    num_frames: PositiveInt = 16  # frames the annotator / reviewer / exported sample see
+    mask_frames: PositiveInt = 16  # frames of a masklet kept in a detailed / QA sample
+    image_size: PositiveInt = 384  # the vision tower's square; exported frames keep aspect, short side <= this
+    patch_size: PositiveInt = 14  # the vision tower's patch (SigLIP so400m); masks are checked on the
+    # image_size // patch_size grid
     multi_frame_ratio: float = 0.5  # fraction of detailed/QA samples exported in multi-frame mode
-
-    @field_validator("num_frames", "mask_frames", "image_size", "patch_size")
-    @classmethod
-    def _positive(cls, value: int) -> int:
-        if value <= 0:
-            raise ValueError("must be positive")
-        return value
 
 
 class LimitsConfig(_Strict):
@@ -225,16 +219,9 @@ class LimitsConfig(_Strict):
     700K conversation turn.
     """
 
-    max_video_bytes: int = 32 * 1024**3
-    max_decoded_pixels: int = 2**29
-    max_text_chars: int = 20_000
-
-    @field_validator("max_video_bytes", "max_decoded_pixels", "max_text_chars")
-    @classmethod
-    def _positive(cls, value: int) -> int:
-        if value <= 0:
-            raise ValueError("must be positive")
-        return value
+    max_video_bytes: PositiveInt = 32 * 1024**3
+    max_decoded_pixels: PositiveInt = 2**29
+    max_text_chars: PositiveInt = 20_000
 
 
 class PathsConfig(_Strict):
