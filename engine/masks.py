@@ -20,7 +20,6 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
-from pycocotools import mask as coco_mask
 
 from engine.errors import InvalidMaskError, RejectReason
 from engine.types import RleMask
@@ -30,6 +29,18 @@ from engine.types import RleMask
 warnings.filterwarnings("ignore", message="__array__ implementation doesn't accept a copy keyword",
                         category=DeprecationWarning)
 
+
+@functools.cache
+def _coco() -> Any:
+    """pycocotools' mask module, imported on first use: numpy-mask work (grids, resizing) never needs it, so a
+    model folder's copy of this module (`model.remote_code`) runs where pycocotools is not installed."""
+    try:  # transformers' remote-code import check skips imports inside try blocks: the copy loads without it
+        from pycocotools import mask
+    except ImportError as exc:
+        raise ImportError("coding COCO RLE masks needs pycocotools (pip install pycocotools)") from exc
+    return mask
+
+
 MAX_MASK_SIDE = 8192  # as engine.video.MAX_SIDE: a mask larger than any acceptable frame is refused before decoding
 
 
@@ -38,13 +49,13 @@ def encode_rle(mask: np.ndarray) -> dict[str, Any]:
     mask = np.asarray(mask)
     if mask.ndim != 2:
         raise ValueError(f"encode_rle expects a 2-D mask, got shape {mask.shape}")
-    rle = coco_mask.encode(np.asfortranarray(mask.astype(np.uint8)))
+    rle = _coco().encode(np.asfortranarray(mask.astype(np.uint8)))
     return {"size": [int(rle["size"][0]), int(rle["size"][1])], "counts": rle["counts"].decode("ascii")}
 
 
 def decode_rle(rle: Mapping[str, Any] | RleMask) -> np.ndarray:
     """Decode one COCO RLE (compressed or uncompressed) to a boolean array `[h, w]`."""
-    return coco_mask.decode(_to_compressed(rle)).astype(bool)
+    return _coco().decode(_to_compressed(rle)).astype(bool)
 
 
 def _to_compressed(rle: Mapping[str, Any] | RleMask) -> dict[str, Any]:
@@ -53,7 +64,7 @@ def _to_compressed(rle: Mapping[str, Any] | RleMask) -> dict[str, Any]:
     height, width = check_rle(rle)
     counts = rle["counts"]
     if isinstance(counts, list):  # uncompressed RLE
-        return coco_mask.frPyObjects({"size": [height, width], "counts": [int(c) for c in counts]}, height, width)
+        return _coco().frPyObjects({"size": [height, width], "counts": [int(c) for c in counts]}, height, width)
     if isinstance(counts, str):
         counts = counts.encode("ascii")
     return {"size": [height, width], "counts": counts}
@@ -195,7 +206,7 @@ def encode_rle_stack(masks: np.ndarray) -> list[dict[str, Any]]:
         raise ValueError(f"encode_rle_stack expects masks [n, h, w], got shape {masks.shape}")
     if masks.shape[0] == 0:
         return []
-    encoded = coco_mask.encode(np.asfortranarray(masks.transpose(1, 2, 0).astype(np.uint8)))
+    encoded = _coco().encode(np.asfortranarray(masks.transpose(1, 2, 0).astype(np.uint8)))
     return [{"size": [int(r["size"][0]), int(r["size"][1])], "counts": r["counts"].decode("ascii")} for r in encoded]
 
 
@@ -233,7 +244,7 @@ def _polygons_to_rle(polygons: Sequence[Sequence[float]], height: int | None, wi
     rings = [_ring(ring, height, width) for ring in polygons if len(ring) >= 6]
     if not rings:
         return RleMask.from_coco(encode_rle(np.zeros((height, width), dtype=bool)))
-    merged = coco_mask.merge(coco_mask.frPyObjects(rings, height, width))
+    merged = _coco().merge(_coco().frPyObjects(rings, height, width))
     return RleMask(height=int(height), width=int(width), counts=merged["counts"].decode("ascii"))
 
 
@@ -267,7 +278,7 @@ def area(mask: MaskLike) -> int:
     """Number of pixels inside a mask (RLE without decoding, or array)."""
     if isinstance(mask, np.ndarray):
         return int(_as_array(mask).sum())
-    return int(coco_mask.area(_to_compressed(mask)))
+    return int(_coco().area(_to_compressed(mask)))
 
 
 def bbox(mask: MaskLike) -> tuple[float, float, float, float] | None:

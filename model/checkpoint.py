@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import shutil
 import tempfile
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -243,10 +243,38 @@ def convert_release(
     return save_model_folder(model, processor, output_dir, generation_config=generation)
 
 
-def model_card(config: Any, name: str) -> str:
-    """A model card (`README.md`) for a saved folder: what it is made of and how to run it."""
+# The released checkpoint's bases at the 7b preset (PAPER.md); a model of other widths names none.
+_BASE_MODELS_7B = ("Qwen/Qwen2-7B-Instruct", "google/siglip-so400m-patch14-384")
+
+
+def base_models(config: Any) -> list[str]:
+    """The Hub ids this model's parts start from: Qwen2-7B-Instruct and SigLIP-so400m at the 7b preset's widths."""
+    text, vision = config.text_config, config.vision_config
+    if (text.hidden_size, text.num_hidden_layers, vision.hidden_size) == (3584, 28, 1152):
+        return list(_BASE_MODELS_7B)
+    return []
+
+
+def model_card(config: Any, name: str, *, base_model: Sequence[str] | None = None) -> str:
+    """A model card (`README.md`) for a saved folder: Hub metadata (YAML front matter), parts, and how to run it.
+
+    `base_model` defaults to `base_models(config)`; a converted release passes its checkpoint's id.
+    """
+    import yaml
+
     vision, text = config.vision_config, config.text_config
+    bases = list(base_model) if base_model is not None else base_models(config)
+    metadata: dict[str, Any] = {
+        "license": "apache-2.0",
+        "library_name": "transformers",
+        "pipeline_tag": "video-text-to-text",
+        "tags": ["videorefer", "video-llm", "region-understanding", "custom_code"],
+    }
+    if bases:
+        metadata["base_model"] = bases if len(bases) > 1 else bases[0]
+    front_matter = yaml.safe_dump(metadata, sort_keys=True)
     return (
+        f"---\n{front_matter}---\n\n"
         f"# {name}\n\nA VideoRefer model (SigLIP vision tower + STC connector + Qwen2 LLM + object encoder), saved by "
         "the VideoRefer suite.\n\n"
         f"- vision: SigLIP, {vision.image_size} px, patch {vision.patch_size}, width {vision.hidden_size}, "
@@ -257,8 +285,18 @@ def model_card(config: Any, name: str) -> str:
         "- stage and data: see `../recipe.json` and `../log.jsonl` when this folder was written by "
         "`videorefer train` (`<out>/model`)\n"
         "- decoding: `generation_config.json` (the pipeline applies the release's `mm_infer` defaults on top)\n\n"
-        "## Run\n\n```bash\nvideorefer infer --model THIS_FOLDER --video clip.mp4 --masks masks.json "
-        "--question \"What is <region> doing?\"\n```\n\n"
+        "## Use with plain transformers\n\n"
+        "Needs torch, transformers and Pillow (pycocotools for COCO RLE masks); the folder carries its code.\n\n"
+        "```python\nimport numpy as np\nfrom transformers import AutoModelForCausalLM, AutoProcessor\n\n"
+        "processor = AutoProcessor.from_pretrained(\"THIS_FOLDER\", trust_remote_code=True)\n"
+        "model = AutoModelForCausalLM.from_pretrained(\"THIS_FOLDER\", trust_remote_code=True).eval()\n"
+        f"frames = ...  # uint8 [{config.num_frames}, H, W, 3]: the clip's frames, sampled uniformly\n"
+        "mask = ...    # bool [H, W]: the object on frame row 0\n"
+        "inputs = processor(\"What is <region> doing?\", videos=frames, masks=[{0: mask}])\n"
+        "output = model.generate(**inputs, max_new_tokens=128, do_sample=False)\n"
+        "print(processor.decode(output[0]))  # generate returns the new tokens only\n```\n\n"
+        "## With the VideoRefer suite\n\n```bash\nvideorefer infer --model THIS_FOLDER --video clip.mp4 "
+        "--masks masks.json --question \"What is <region> doing?\"\n```\n\n"
         "```python\nfrom model.inference import VideoReferPipeline\npipeline = "
         "VideoReferPipeline.from_pretrained(\"THIS_FOLDER\")\nanswer = pipeline.ask(video=\"clip.mp4\", "
         "masks=[{0: mask}], question=\"What is <region> doing?\")\n```\n"

@@ -68,6 +68,9 @@ _MARKER_PATTERN = re.compile(r"(<video>|<image>|<region>)")
 _ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "system": "system"}
 
 MaskLike = np.ndarray | Mapping[str, Any] | RleMask
+# Keywords transformers' Auto classes pass to `from_pretrained` that are about fetching files, not settings.
+_LOADING_OPTIONS = ("trust_remote_code", "cache_dir", "force_download", "local_files_only", "token", "revision",
+                    "subfolder", "proxies", "code_revision", "_from_auto", "_from_pipeline", "_commit_hash")
 
 
 def decode_mask(mask: MaskLike) -> np.ndarray:
@@ -172,14 +175,60 @@ class VideoReferProcessor:
 
     @classmethod
     def from_pretrained(cls, directory: str | Path, **overrides: Any) -> VideoReferProcessor:
+        """Load a folder `save_pretrained` wrote; keyword overrides replace its settings.
+
+        `AutoProcessor.from_pretrained(folder, trust_remote_code=True)` lands here too (the folder's
+        `processor_config.json` names this class) and passes its loading options along; those are not settings.
+        """
         from transformers import AutoTokenizer
 
+        for option in _LOADING_OPTIONS:
+            overrides.pop(option, None)
         directory = Path(directory)
         settings = json.loads((directory / PROCESSOR_FILE).read_text())
         settings.update(overrides)
         tokenizer = AutoTokenizer.from_pretrained(str(directory))
         image_size = settings.pop("image_size")
         return cls(tokenizer, image_size, **settings)
+
+    @classmethod
+    def register_for_auto_class(cls, auto_class: str = "AutoProcessor") -> None:
+        """What transformers calls on a remote-code processor class it loaded; nothing to register here."""
+        del auto_class
+
+    def __call__(
+        self,
+        text: str,
+        videos: np.ndarray | None = None,
+        masks: Sequence[Mapping[int, MaskLike]] = (),
+        *,
+        frame_indices: Sequence[int] | None = None,
+        mode: str = "single",
+    ) -> dict[str, torch.Tensor]:
+        """The batch of one that `model.generate(**batch)` takes, as transformers processors are called.
+
+        `text`: the question, one `<region>` per object; without a `<video>`/`<image>` marker it becomes the
+        release's prompt (`build_prompt`: `<video>\n` in front, or `\n` for a text-only question). `videos`: the
+        frames `[T, H, W, 3]` uint8; `masks`: per object `{frame: mask}` (a bool array `[H, W]` or a COCO RLE).
+        Without `frame_indices` the rows are frames 0..T-1 and a mask's key is its row; with them, `videos` holds
+        one row per sampled frame followed by one per mask frame not sampled (the `encode` layout). Left-padded
+        for generation; no labels.
+        """
+        frames = None if videos is None else np.asarray(videos)
+        if frames is None:
+            indices: list[int] = []
+            prompt = self.build_prompt(text, 0, modality="text")
+        else:
+            indices = list(range(frames.shape[0])) if frame_indices is None else [int(i) for i in frame_indices]
+            has_marker = any(marker in text for marker in VIDEO_MARKERS)
+            prompt = text if has_marker else self.build_prompt(text, len(masks))
+        item = self.encode(
+            frames=frames, frame_indices=indices, objects=list(masks),
+            conversations=[{"from": "human", "value": prompt}], mode=mode, add_generation_prompt=True,
+        )
+        batch = self.collate([item], padding_side="left")
+        batch.pop("labels")
+        return batch
 
     # ------------------------------------------------------------ sizes
 

@@ -1,16 +1,17 @@
-"""Self-contained modeling files in saved model folders, so plain transformers loads them with `trust_remote_code`.
+"""Self-contained model and processor files in saved model folders, so plain transformers loads them.
 
-A folder `save_model_folder` writes carries `configuration_videorefer.py`, `modeling_videorefer.py` and the three
-modules they need (`connector_videorefer.py`, `object_encoder_videorefer.py`, `vision_videorefer.py`), and its
-`config.json` an `auto_map` naming them, the usual Hub way: `AutoConfig.from_pretrained(folder,
-trust_remote_code=True)` and `AutoModelForCausalLM.from_pretrained(folder, trust_remote_code=True)` then work in a
-Python that has torch and transformers but not this suite. The files are copies of this package's own modules made
-at save time (so they always match the code that wrote the weights), with the imports between them made relative
-(transformers copies relative imports along with the module), `engine.errors.ConfigError` replaced by a local
-`ValueError` subclass and the local `Auto*.register` calls dropped (a remote copy must not re-register
-"videorefer" over this package's classes in a process that has both). Where this package is imported, transformers
-prefers its registered classes over the folder's copies, so our own loaders are unaffected.
-"""
+A folder `save_model_folder` writes carries `configuration_videorefer.py`, `modeling_videorefer.py`,
+`processing_videorefer.py` and the modules they need (connector, object encoder, vision tower, and the suite's
+error, record and mask modules), its `config.json` an `auto_map` naming the model classes and its
+`processor_config.json` one naming the processor, the usual Hub way: `AutoConfig`, `AutoModelForCausalLM` and
+`AutoProcessor.from_pretrained(folder, trust_remote_code=True)` then work in a Python that has torch and
+transformers but not this suite (pycocotools only for COCO RLE masks). The files are copies of this suite's own
+modules made at save time (so they always match the code that wrote the weights), with the imports between them
+made relative (transformers copies relative imports along with the module) and the local `Auto*.register` calls
+dropped (a remote copy must not re-register "videorefer" over this package's classes in a process that has both).
+Where this package is imported, transformers prefers its registered classes over the folder's copies, so our own
+loaders are unaffected (the processor has no registration: `AutoProcessor` always gives the folder's copy, the
+same code)"""
 
 from __future__ import annotations
 
@@ -20,40 +21,45 @@ import re
 import warnings
 from pathlib import Path
 
-# Our module -> its file name in a saved folder.
+# Our module (dotted) -> its file name in a saved folder. The processor's copy needs the three engine modules it
+# uses (errors, record types, masks); masks import pycocotools only when an RLE is coded.
 MODULES = {
-    "configuration": "configuration_videorefer",
-    "modeling": "modeling_videorefer",
-    "connector": "connector_videorefer",
-    "object_encoder": "object_encoder_videorefer",
-    "vision": "vision_videorefer",
+    "model.configuration": "configuration_videorefer",
+    "model.modeling": "modeling_videorefer",
+    "model.connector": "connector_videorefer",
+    "model.object_encoder": "object_encoder_videorefer",
+    "model.vision": "vision_videorefer",
+    "model.processing": "processing_videorefer",
+    "engine.errors": "errors_videorefer",
+    "engine.types": "types_videorefer",
+    "engine.masks": "masks_videorefer",
 }
 AUTO_MAP = {
     "AutoConfig": "configuration_videorefer.VideoReferConfig",
     "AutoModelForCausalLM": "modeling_videorefer.VideoReferForCausalLM",
 }
+# transformers' AutoProcessor reads `auto_map` from this file first (transformers.utils.PROCESSOR_NAME).
+PROCESSOR_CONFIG = "processor_config.json"
+PROCESSOR_AUTO_MAP = {"AutoProcessor": "processing_videorefer.VideoReferProcessor"}
 # Top-level packages of this suite: a remote copy must import none of them.
 SUITE_PACKAGES = frozenset({"model", "engine", "storage", "agents", "flows"})
 
 _HEADER = (
-    "# Written by the VideoRefer suite from its model/{source}.py when this folder was saved. transformers imports\n"
+    "# Written by the VideoRefer suite from its {source}.py when this folder was saved. transformers imports\n"
     "# it with trust_remote_code=True (config.json `auto_map`); it needs torch and transformers, not the suite.\n"
-)
-_CONFIG_ERROR = (
-    "class ConfigError(ValueError):\n"
-    '    """A configuration problem (engine.errors.ConfigError in the VideoRefer suite)."""\n'
 )
 _REGISTER = re.compile(r"^(?:# .*\n)?Auto\w+\.register\(.*\)\n", re.MULTILINE)
 
 
 def remote_source(name: str) -> str:
     """The folder copy of our module `name` (a key of MODULES): relative imports, no suite imports, no registration."""
-    source = (Path(__file__).parent / f"{name}.py").read_text(encoding="utf-8")
+    package, module = name.split(".")
+    source = (Path(__file__).parents[1] / package / f"{module}.py").read_text(encoding="utf-8")
     for ours, theirs in MODULES.items():
-        source = re.sub(rf"^from model\.{ours} import", f"from .{theirs} import", source, flags=re.MULTILINE)
-    source = re.sub(r"^from engine\.errors import ConfigError\n", _CONFIG_ERROR, source, flags=re.MULTILINE)
+        pattern = rf"^(\s*)from {re.escape(ours)} import"
+        source = re.sub(pattern, rf"\1from .{theirs} import", source, flags=re.MULTILINE)
     source = _REGISTER.sub("", source)
-    return _HEADER.format(source=name) + source
+    return _HEADER.format(source=f"{package}/{module}") + source
 
 
 def suite_imports(source: str) -> list[str]:
@@ -90,4 +96,7 @@ def write_remote_code(directory: str | Path) -> bool:
     config = json.loads(config_path.read_text(encoding="utf-8"))
     config["auto_map"] = dict(AUTO_MAP)
     config_path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    processor_config = {"auto_map": dict(PROCESSOR_AUTO_MAP), "processor_class": "VideoReferProcessor"}
+    (directory / PROCESSOR_CONFIG).write_text(json.dumps(processor_config, indent=2, sort_keys=True) + "\n",
+                                              encoding="utf-8")
     return True

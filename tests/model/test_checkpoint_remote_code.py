@@ -108,3 +108,90 @@ def test_saving_twice_into_one_folder_keeps_one_auto_map(tiny_model_dir, tmp_pat
     assert sorted(path.name for path in Path(first).glob("*_videorefer.py")) == sorted(
         f"{name}.py" for name in MODULES.values()
     )
+
+
+# AutoProcessor + generate in the same suite-less interpreter: the usage example of the model card, run as written.
+_PROCESSOR_LOADER = _LOADER.split("folder, batch_file")[0] + textwrap.dedent("""
+    import numpy as np
+    from transformers import AutoProcessor
+
+    folder, inputs_file, out_file = sys.argv[1:4]
+    given = torch.load(inputs_file, weights_only=False)
+    processor = AutoProcessor.from_pretrained(folder, trust_remote_code=True)
+    model = AutoModelForCausalLM.from_pretrained(folder, trust_remote_code=True).eval()
+    inputs = processor(given["question"], videos=given["frames"], masks=given["masks"], mode="multi")
+    with torch.no_grad():
+        output = model.generate(**inputs, max_new_tokens=6, do_sample=False)
+    torch.save({"inputs": dict(inputs), "output": output, "answer": processor.decode(output[0]),
+                "processor_class": type(processor).__module__ + "." + type(processor).__name__,
+                "suite_loaded": sorted(m for m in sys.modules if m.split(".")[0] in {"model", "engine"})}, out_file)
+""")
+
+
+def test_auto_processor_gives_our_processor_and_the_card_example_runs_without_the_suite(
+    tiny_model_dir, tiny_processor, tmp_path
+) -> None:
+    from engine.masks import encode_rle
+
+    processor_config = json.loads((tiny_model_dir / "processor_config.json").read_text())
+    assert processor_config["auto_map"] == {"AutoProcessor": "processing_videorefer.VideoReferProcessor"}
+    rng = np.random.default_rng(1)
+    frames = rng.integers(0, 256, (8, 40, 56, 3), dtype=np.uint8)
+    mask = np.zeros((40, 56), dtype=bool)
+    mask[5:30, 10:40] = True
+    other = np.zeros_like(mask)
+    other[20:38, 2:20] = True
+    masks = [{0: mask, 3: encode_rle(mask)}, {6: other}]  # a bool array and a COCO RLE, two objects
+    question = "How do <region> and <region> move?"
+    torch.save({"question": question, "frames": frames, "masks": masks}, tmp_path / "inputs.pt")
+    (tmp_path / "load.py").write_text(_PROCESSOR_LOADER)
+    env = {key: value for key, value in os.environ.items() if not key.startswith(("PYTHON", "HF_"))}
+    env.update(HF_HUB_OFFLINE="1", HF_HOME=str(tmp_path / "hf"), HF_MODULES_CACHE=str(tmp_path / "modules"))
+    done = subprocess.run(
+        [sys.executable, "-I", str(tmp_path / "load.py"), str(tiny_model_dir), str(tmp_path / "inputs.pt"),
+         str(tmp_path / "out.pt")],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900, check=False,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = torch.load(tmp_path / "out.pt", weights_only=False)
+    assert result["suite_loaded"] == []
+    assert result["processor_class"].endswith("processing_videorefer.VideoReferProcessor")
+
+    # The same question through this suite's own processor and pipeline layout: the release's prompt, every mask.
+    prompt = tiny_processor.build_prompt(question, 2)
+    assert prompt.startswith("<video>\n")
+    expected = tiny_processor.collate([tiny_processor.encode(
+        frames=frames, frame_indices=list(range(8)), objects=masks, mode="multi",
+        conversations=[{"from": "human", "value": prompt}], add_generation_prompt=True,
+    )], padding_side="left")
+    assert set(result["inputs"]) == set(expected) - {"labels"}
+    for key, value in result["inputs"].items():
+        torch.testing.assert_close(value, expected[key], msg=key)
+    assert int(result["inputs"]["mask_object_index"].tolist().count(0)) == 2  # both mask frames of object 0 pooled
+    ours = VideoReferForCausalLM.from_pretrained(tiny_model_dir).eval()
+    with torch.no_grad():
+        output = ours.generate(**{k: v for k, v in expected.items() if k != "labels"}, max_new_tokens=6,
+                               do_sample=False)
+    torch.testing.assert_close(result["output"], output)
+    assert result["answer"] == tiny_processor.decode(output[0])
+
+
+def test_the_model_card_carries_hub_metadata_and_a_plain_transformers_example(tiny_model_dir) -> None:
+    import yaml
+
+    from model.checkpoint import model_card
+    from model.configuration import preset
+
+    card = (tiny_model_dir / "README.md").read_text()
+    assert card.startswith("---\n")
+    metadata = yaml.safe_load(card.split("---\n")[1])
+    assert metadata["license"] == "apache-2.0"
+    assert metadata["pipeline_tag"] == "video-text-to-text"
+    assert {"videorefer", "custom_code"} <= set(metadata["tags"])
+    assert "base_model" not in metadata  # a tiny random model starts from nothing on the Hub
+    assert "AutoProcessor.from_pretrained" in card and "trust_remote_code=True" in card
+    seven_b = yaml.safe_load(model_card(preset("7b"), "x").split("---\n")[1])
+    assert seven_b["base_model"] == ["Qwen/Qwen2-7B-Instruct", "google/siglip-so400m-patch14-384"]
+    converted_card = model_card(preset("7b"), "x", base_model=["DAMO-NLP-SG/VideoRefer-7B"])
+    converted = yaml.safe_load(converted_card.split("---\n")[1])
+    assert converted["base_model"] == "DAMO-NLP-SG/VideoRefer-7B"
