@@ -113,7 +113,12 @@ class VideoReferProcessor:
         image_mean: Sequence[float] = (0.5, 0.5, 0.5),
         image_std: Sequence[float] = (0.5, 0.5, 0.5),
         max_length: int = 2048,
+        do_resize: bool = True,
+        do_normalize: bool = True,
     ):
+        if not do_resize and do_normalize:
+            raise ValueError("do_resize=False needs do_normalize=False: frames left at their stored size stay uint8 "
+                             "until normalize_pixels resizes and normalises them")
         self.tokenizer = tokenizer
         self.image_size = int(image_size)
         self.num_frames = int(num_frames)
@@ -125,6 +130,8 @@ class VideoReferProcessor:
         self.image_mean = tuple(float(v) for v in image_mean)
         self.image_std = tuple(float(v) for v in image_std)
         self.max_length = int(max_length)
+        self.do_resize = bool(do_resize)
+        self.do_normalize = bool(do_normalize)
         self.region_token_id = int(tokenizer.convert_tokens_to_ids(REGION))
         if self.region_token_id is None or self.region_token_id == tokenizer.unk_token_id:
             raise ValueError("the tokenizer has no <region> token")
@@ -160,7 +167,16 @@ class VideoReferProcessor:
             "image_mean": list(self.image_mean),
             "image_std": list(self.image_std),
             "max_length": self.max_length,
+            "do_resize": self.do_resize,
+            "do_normalize": self.do_normalize,
         }
+
+    def replace(self, **settings: Any) -> VideoReferProcessor:
+        """A new processor with the same tokenizer and settings, `settings` replacing some (as `to_dict` names
+        them), e.g. `replace(do_resize=False, do_normalize=False)` for the training loader's workers."""
+        merged = {**self.to_dict(), **settings}
+        image_size = merged.pop("image_size")
+        return type(self)(self.tokenizer, image_size, **merged)
 
     def save_pretrained(self, directory: str | Path) -> Path:
         """Write the tokenizer files and `videorefer_processor.json` (atomically: temp name + rename)."""
@@ -355,7 +371,7 @@ class VideoReferProcessor:
             "input_ids": torch.tensor(input_ids, dtype=torch.long),
             "labels": torch.tensor(labels, dtype=torch.long),
             "attention_mask": torch.ones(len(input_ids), dtype=torch.long),
-            "pixel_values": torch.zeros(0, 3, size, size),
+            "pixel_values": torch.zeros(0, 3, size, size, dtype=torch.float32 if self.do_normalize else torch.uint8),
             "frame_counts": torch.tensor(0, dtype=torch.long),
             "video_frame_index": torch.zeros(0, dtype=torch.long),
             "video_frame_counts": torch.tensor(0, dtype=torch.long),
@@ -411,7 +427,7 @@ class VideoReferProcessor:
             "input_ids": torch.stack([pad(item["input_ids"], self.pad_token_id) for item in items]),
             "labels": torch.stack([pad(item["labels"], IGNORE_INDEX) for item in items]),
             "attention_mask": torch.stack([pad(item["attention_mask"], 0) for item in items]),
-            "pixel_values": torch.cat([item["pixel_values"] for item in items]),
+            "pixel_values": torch.cat(self._same_size_pixels([item["pixel_values"] for item in items])),
             "frame_counts": torch.stack([item["frame_counts"] for item in items]),
             "video_frame_index": torch.cat(video_frames),
             "video_frame_counts": torch.stack([item["video_frame_counts"] for item in items]),
@@ -421,39 +437,66 @@ class VideoReferProcessor:
         }
 
     def preprocess_frames(self, frames: np.ndarray) -> torch.Tensor:
-        """`[n, h, w, 3]` -> float32 `[n, 3, S, S]`: resize to S x S (no crop), rescale to 0..1, SigLIP norm.
+        """`[n, h, w, 3]` -> `pixel_values [n, 3, S, S]`: resize to S x S (no crop), rescale to 0..1, SigLIP norm.
 
-        uint8 frames are resized as the release's SigLIP image processor does (Pillow, bicubic, on uint8), so the
-        pixels equal `processor.preprocess(...)` of the release; float frames (0..1, webdataset's "rgb" decoding)
-        use an antialiased bicubic torch resize.
+        uint8 frames are resized as the release's SigLIP image processor does (Pillow, bicubic, on uint8:
+        `resize_frames`), so the pixels equal `processor.preprocess(...)` of the release; float frames (0..1,
+        webdataset's "rgb" decoding) use an antialiased bicubic torch resize.
+
+        The two options split this between the loader's workers and the trainer's device (as transformers' image
+        processors' `do_resize` / `do_normalize`): `do_normalize=False` returns the uint8 pixels `[n, 3, h, w]`
+        (float frames rounded back to uint8), which `normalize_pixels` finishes wherever they are; with
+        `do_resize=False` too, uint8 frames whose resize is one Pillow pass (`one_pass_resize`: the export's
+        frames, short side S) keep their stored size, and `normalize_pixels` resizes them on its device
+        (`resize_pixels`); others are resized here, as the device's integer resize reproduces one pass only.
         """
         size = self.image_size
         if frames.dtype == np.uint8:
-            pixels = torch.from_numpy(self.resize_frames(frames)).permute(0, 3, 1, 2).float() / 255.0
-        else:
-            pixels = torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2).float()
-            if tuple(pixels.shape[-2:]) != (size, size):
-                pixels = F.interpolate(
-                    pixels, size=(size, size), mode="bicubic", align_corners=False, antialias=True
-                ).clamp_(0.0, 1.0)
-        mean = torch.tensor(self.image_mean).view(1, 3, 1, 1)
-        std = torch.tensor(self.image_std).view(1, 3, 1, 1)
+            if self.do_resize or not one_pass_resize(frames.shape[1], frames.shape[2], size):
+                frames = self.resize_frames(frames)
+            # A channels-last view: `collate`'s concatenation (or the normalisation) is the one copy that lays it out.
+            pixels = torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2)
+            return self.normalize_pixels(pixels) if self.do_normalize else pixels
+        pixels = torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2).float()
+        if tuple(pixels.shape[-2:]) != (size, size):
+            pixels = F.interpolate(
+                pixels, size=(size, size), mode="bicubic", align_corners=False, antialias=True
+            ).clamp_(0.0, 1.0)
+        if not self.do_normalize:
+            return (pixels * 255.0).round_().clamp_(0, 255).to(torch.uint8)
+        return self._normalize(pixels)
+
+    def normalize_pixels(self, pixels: torch.Tensor) -> torch.Tensor:
+        """uint8 `[n, 3, h, w]` (the `pixel_values` of `do_normalize=False`) -> float32 `[n, 3, S, S]`, on the
+        pixels' device: frames not yet S x S are resized first (`resize_pixels`: Pillow's bicubic bit for bit, by
+        the one implementation of that device), then rescaled and normalised; the very values `preprocess_frames`
+        gives with the default options. Float pixels (already normalised) are returned as they are."""
+        if pixels.dtype != torch.uint8:
+            return pixels
+        if pixels.shape[0] and tuple(pixels.shape[-2:]) != (self.image_size, self.image_size):
+            pixels = resize_pixels(pixels, self.image_size)
+        return self._normalize(pixels.float() / 255.0)
+
+    def _normalize(self, pixels: torch.Tensor) -> torch.Tensor:
+        mean = torch.tensor(self.image_mean, device=pixels.device).view(1, 3, 1, 1)
+        std = torch.tensor(self.image_std, device=pixels.device).view(1, 3, 1, 1)
         return (pixels - mean) / std
+
+    def _same_size_pixels(self, pixels: list[torch.Tensor]) -> list[torch.Tensor]:
+        """Items' pixels joinable in one tensor: uint8 frames left at several stored sizes (`do_resize=False`)
+        are resized to S x S here (`resize_pixels`); one stored size stays for `normalize_pixels`."""
+        size = self.image_size
+        if len({tuple(p.shape[-2:]) for p in pixels if p.shape[0]}) <= 1:
+            return pixels
+        return [resize_pixels(p, size) if p.dtype == torch.uint8 and p.shape[0] else p for p in pixels]
 
     def resize_frames(self, frames: np.ndarray) -> np.ndarray:
         """uint8 `[n, h, w, 3]` -> uint8 `[n, S, S, 3]` (contiguous) as the release's SigLIP processor resizes them:
         Pillow, bicubic, stretched (no crop); frames already S x S are returned as they are (no copy)."""
-        size = self.image_size
         frames = np.ascontiguousarray(frames)
-        if tuple(frames.shape[1:3]) == (size, size):
+        if tuple(frames.shape[1:3]) == (self.image_size, self.image_size):
             return frames
-        from PIL import Image  # lazy: only resizing needs Pillow
-
-        bicubic = Image.Resampling.BICUBIC
-        out = np.empty((frames.shape[0], size, size, 3), dtype=np.uint8)
-        for row, frame in enumerate(frames):
-            out[row] = np.asarray(Image.fromarray(frame).resize((size, size), bicubic))
-        return out
+        return pillow_resize(frames, self.image_size)
 
     def decode(self, token_ids: Sequence[int] | torch.Tensor) -> str:
         """Text of generated ids, special tokens dropped."""
@@ -626,12 +669,25 @@ def one_pass_resize(height: int, width: int, size: int) -> bool:
     return (height == size) != (width == size)
 
 
+def pillow_resize(frames: np.ndarray, size: int) -> np.ndarray:
+    """uint8 `[n, h, w, 3]` -> uint8 `[n, size, size, 3]`, frame by frame with Pillow's bicubic `Image.resize` (the
+    release's SigLIP processor): the CPU's one implementation of the stretch."""
+    from PIL import Image  # lazy: only resizing needs Pillow
+
+    bicubic = Image.Resampling.BICUBIC
+    out = np.empty((frames.shape[0], size, size, 3), dtype=np.uint8)
+    for row, frame in enumerate(frames):
+        out[row] = np.asarray(Image.fromarray(frame).resize((size, size), bicubic))
+    return out
+
+
 def resize_pixels(pixels: torch.Tensor, size: int) -> torch.Tensor:
     """uint8 `[n, 3, h, w]` -> uint8 `[n, 3, size, size]`, bit for bit what Pillow's bicubic `Image.resize` (the
     release's SigLIP processor) gives frame by frame, on the tensor's own device.
 
-    On the CPU, Pillow itself; on another device (the trainer's GPU: the resize leaves the loader's CPU),
-    `resample_like_pillow` when one pass does it (`one_pass_resize`), else Pillow on a CPU copy.
+    One implementation per device: on the CPU, Pillow itself (`pillow_resize`); on another device (the trainer's
+    GPU: the resize leaves the loader's CPU), `resample_like_pillow` when one pass does it (`one_pass_resize`, the
+    only frames a processor with `do_resize=False` leaves unresized), else Pillow on a CPU copy.
     """
     if pixels.dtype != torch.uint8 or pixels.dim() != 4 or pixels.shape[1] != 3:
         raise ValueError(f"resize_pixels expects uint8 [n, 3, h, w], got {pixels.dtype} {tuple(pixels.shape)}")
@@ -640,13 +696,8 @@ def resize_pixels(pixels: torch.Tensor, size: int) -> torch.Tensor:
         return pixels
     if pixels.device.type != "cpu" and one_pass_resize(height, width, size):
         return resample_like_pillow(pixels, size)
-    from PIL import Image  # lazy: only resizing needs Pillow
-
     frames = np.ascontiguousarray(pixels.cpu().permute(0, 2, 3, 1).numpy())
-    out = np.empty((frames.shape[0], size, size, 3), dtype=np.uint8)
-    for row, frame in enumerate(frames):
-        out[row] = np.asarray(Image.fromarray(frame).resize((size, size), Image.Resampling.BICUBIC))
-    return torch.from_numpy(out).permute(0, 3, 1, 2).to(pixels.device)
+    return torch.from_numpy(pillow_resize(frames, size)).permute(0, 3, 1, 2).to(pixels.device)
 
 
 def resample_like_pillow(pixels: torch.Tensor, size: int) -> torch.Tensor:

@@ -66,7 +66,11 @@ class NoUsableSamplesError(ConfigError):
 
 
 class SampleEncoder(Protocol):
-    """What the loader needs from the processor (`model.processing.VideoReferProcessor` is one)."""
+    """What the loader needs from the processor (`model.processing.VideoReferProcessor` is one).
+
+    The training loop hands it a processor made with `do_normalize=False` (and `do_resize=False` on a GPU), so
+    frames leave the workers as uint8 and the trainer's `normalize_pixels` finishes them on its device.
+    """
 
     def encode_wds(self, sample_json: dict, frames: Any, *, mode: str | None = None) -> dict: ...
 
@@ -488,88 +492,6 @@ def decode_json(raw: Mapping[str, Any]) -> dict[str, Any]:
     if not isinstance(value, dict):
         raise InvalidSampleError("sample json is not an object", reason=RejectReason.MALFORMED_SAMPLE)
     return value
-
-
-# ---------------------------------------------------------------- frames stay uint8 until the training process
-
-
-class Uint8FramesEncoder:
-    """A processor whose `pixel_values` leave the workers as uint8 `[n, 3, h, w]`; `normalize_pixels` finishes them
-    (on the trainer's device: the resize to S x S, then the processor's float normalisation).
-
-    Float frames are 4x the bytes of uint8 ones, and building, collating and passing them between processes was
-    most of a worker's time (16 frames at 384 px are 28 MB as float32). The processor's own `preprocess_frames`
-    is replaced on a shallow copy only: frames already at the vision size are just transposed. The export's
-    frames (uint8, aspect ratio kept, short side S) stay at their stored size with `defer_resize` (the default):
-    Pillow's bicubic stretch to S x S was 1.3x the whole JPEG decode of the sample on the loader's CPU, and
-    `normalize_pixels` does it on the trainer's device bit for bit as Pillow (`model.processing.resize_pixels`);
-    a micro-batch whose samples have different stored sizes gets them resized here, in `collate`. Other uint8
-    frames get the processor's own resize here (`resize_frames`: Pillow, the very pixels its float path
-    normalises); float frames its float resize, rounded back to uint8.
-    """
-
-    def __init__(self, processor: Any, *, defer_resize: bool = True) -> None:
-        import copy
-
-        self.inner = processor
-        self.defer_resize = defer_resize
-        self.image_size = int(processor.image_size)
-        self.mean = tuple(float(v) for v in processor.image_mean)
-        self.std = tuple(float(v) for v in processor.image_std)
-        self.processor = copy.copy(processor)
-        self.processor.preprocess_frames = self._uint8_frames
-
-    def _uint8_frames(self, frames: np.ndarray) -> Any:
-        import torch
-
-        if tuple(frames.shape[1:3]) == (self.image_size, self.image_size):
-            # A channels-last view: `collate`'s concatenation is the one copy that lays it out.
-            return torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2)
-        if frames.dtype == np.uint8:
-            from model.processing import one_pass_resize
-
-            if not (self.defer_resize and one_pass_resize(frames.shape[1], frames.shape[2], self.image_size)):
-                frames = self.inner.resize_frames(frames)  # Pillow on uint8 here (the export's frames are deferred)
-            return torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2)
-        pixels = self.inner.preprocess_frames(frames)
-        mean = torch.tensor(self.mean).view(1, 3, 1, 1)
-        std = torch.tensor(self.std).view(1, 3, 1, 1)
-        return ((pixels * std + mean) * 255.0).round_().clamp_(0, 255).to(torch.uint8)
-
-    def encode_wds(self, sample_json: dict, frames: Any, *, mode: str | None = None) -> dict:
-        return self.processor.encode_wds(sample_json, frames, mode=mode)
-
-    def collate(self, items: list[dict]) -> dict:
-        sizes = {tuple(item["pixel_values"].shape[-2:]) for item in items if item["pixel_values"].shape[0]}
-        if len(sizes) > 1:  # deferred frames of several stored sizes cannot share a tensor: resized here
-            from model.processing import resize_pixels
-
-            items = [{**item, "pixel_values": resize_pixels(item["pixel_values"], self.image_size)}
-                     if _deferred(item["pixel_values"], self.image_size) else item for item in items]
-        return self.processor.collate(items)
-
-
-def _deferred(pixels: Any, size: int) -> bool:
-    import torch
-
-    return pixels.dtype == torch.uint8 and pixels.shape[0] > 0 and tuple(pixels.shape[-2:]) != (size, size)
-
-
-def normalize_pixels(pixels: Any, processor: Any) -> Any:
-    """uint8 `[n, 3, h, w]` from `Uint8FramesEncoder` -> the processor's float `[n, 3, S, S]`, on pixels' device:
-    frames not yet S x S are first resized as the processor resizes them (`model.processing.resize_pixels`: Pillow
-    bicubic bit for bit, on a GPU in torch integer ops), then normalised."""
-    import torch
-
-    if pixels.dtype != torch.uint8:
-        return pixels
-    if _deferred(pixels, int(processor.image_size)):
-        from model.processing import resize_pixels
-
-        pixels = resize_pixels(pixels, int(processor.image_size))
-    mean = torch.tensor(tuple(processor.image_mean), device=pixels.device).view(1, 3, 1, 1)
-    std = torch.tensor(tuple(processor.image_std), device=pixels.device).view(1, 3, 1, 1)
-    return (pixels.float() / 255.0 - mean) / std
 
 
 # ---------------------------------------------------------------- the dataset

@@ -39,11 +39,9 @@ from model.training.loader import (
     LoaderSpec,
     LoaderState,
     TrainingStream,
-    Uint8FramesEncoder,
     build_loader,
     count_samples,
     expand_shards,
-    normalize_pixels,
 )
 from model.training.recipes import TrainingRecipe, get_recipe
 
@@ -376,9 +374,10 @@ def train(recipe: TrainingRecipe, out: Path, *, resume: bool = False, overwrite:
 
     spec = LoaderSpec(mixture=recipe.data, micro_batch=recipe.micro_batch, seed=recipe.seed, rank=runtime.rank,
                       world_size=runtime.world_size, num_workers=recipe.num_workers)
-    # On a GPU the stretch of stored frames to the vision size runs on the device (bit-identical to Pillow); on
-    # CPU it stays in the loader's workers, where it overlaps the step instead of adding to it.
-    encoder = Uint8FramesEncoder(processor, defer_resize=runtime.device.type != "cpu")
+    # Frames leave the loader's workers as uint8 (a quarter of float32's bytes) and are normalised on the device.
+    # On a GPU their stretch to the vision size runs on the device too (bit-identical to Pillow); on CPU it stays
+    # in the loader's workers, where it overlaps the step instead of adding to it.
+    encoder = processor.replace(do_resize=runtime.device.type == "cpu", do_normalize=False)
     stream = TrainingStream(spec, encoder, state=loader_state)
     batches = _micro_batches(build_loader(stream), accumulation)
     log = RunLog(out, enabled=runtime.is_main, total=steps, start=start_step)
@@ -398,7 +397,7 @@ def train(recipe: TrainingRecipe, out: Path, *, resume: bool = False, overwrite:
             bad_total += _record_bad(rejects_path, item["bad"], step)
             batch = {key: value.to(runtime.device, non_blocking=True) if torch.is_tensor(value) else value
                      for key, value in item["batch"].items()}
-            batch["pixel_values"] = normalize_pixels(batch["pixel_values"], processor)
+            batch["pixel_values"] = processor.normalize_pixels(batch["pixel_values"])
             last_micro = index == len(micro) - 1
             if hasattr(model, "set_requires_gradient_sync"):
                 model.set_requires_gradient_sync(last_micro)

@@ -244,12 +244,20 @@ def test_count_samples_reads_headers(shards: Path) -> None:
     assert count_samples(sorted(str(p) for p in shards.glob("a-*.tar"))) == 12
 
 
+def _pillow_pixels(frames: np.ndarray, size: int) -> torch.Tensor:
+    """Reference: the release's SigLIP pixels, written out (Pillow's bicubic stretch of each uint8 frame to
+    size x size, then x / 255 and (x - 0.5) / 0.5 in float32), as training took them before and takes them now."""
+    from PIL import Image
+
+    resized = np.stack([np.asarray(Image.fromarray(f).resize((size, size), Image.Resampling.BICUBIC)) for f in frames])
+    return (torch.from_numpy(resized).permute(0, 3, 1, 2).float() / 255.0 - 0.5) / 0.5
+
+
 # At the vision size; a smaller square; the export's layout (aspect kept, short side 64, masks at the source size).
 @pytest.mark.parametrize(("size", "width"), [(64, 64), (48, 48), (64, 85)])
 def test_uint8_frames_normalise_to_the_processors_pixels(size: int, width: int) -> None:
     from model.configuration import VideoReferConfig
     from model.processing import VideoReferProcessor, build_tiny_tokenizer
-    from model.training.loader import Uint8FramesEncoder, normalize_pixels
     from model.training.synthetic import synthetic_sample
     from storage.samples import sample_to_json
 
@@ -259,18 +267,21 @@ def test_uint8_frames_normalise_to_the_processors_pixels(size: int, width: int) 
     frames = np.concatenate([frames, frames[:, :, : width - size]], axis=2)  # wider than high when width > size
     items = [sample_to_json(sample), frames]
     expected = processor.collate([processor.encode_wds(*items)])
-    encoder = Uint8FramesEncoder(processor)
-    got = encoder.collate([encoder.encode_wds(*items)])
-    assert got["pixel_values"].dtype == torch.uint8
-    pixels = normalize_pixels(got["pixel_values"], processor)
-    assert torch.equal(pixels, expected["pixel_values"])  # the same Pillow resize on uint8: the very same pixels
-    assert all(torch.equal(got[key], expected[key]) for key in expected if key != "pixel_values")
+    assert torch.equal(expected["pixel_values"], _pillow_pixels(frames, 64))
+    for do_resize in (True, False):  # CPU training resizes in the loader, GPU training on the device
+        loader = processor.replace(do_resize=do_resize, do_normalize=False)
+        assert "preprocess_frames" not in vars(loader)  # options, not a method swapped onto a copy
+        got = loader.collate([loader.encode_wds(*items)])
+        assert got["pixel_values"].dtype == torch.uint8
+        assert tuple(got["pixel_values"].shape[-2:]) == ((64, 64) if do_resize or width == size else (64, width))
+        pixels = processor.normalize_pixels(got["pixel_values"])  # the training step's half
+        assert torch.equal(pixels, expected["pixel_values"])  # the same Pillow resize on uint8: the very same pixels
+        assert all(torch.equal(got[key], expected[key]) for key in expected if key != "pixel_values")
 
 
 def test_export_frames_leave_the_workers_at_their_stored_size_and_mixed_sizes_are_resized_in_collate() -> None:
     from model.configuration import VideoReferConfig
     from model.processing import VideoReferProcessor, build_tiny_tokenizer
-    from model.training.loader import Uint8FramesEncoder, normalize_pixels
     from model.training.synthetic import synthetic_sample
     from storage.samples import sample_to_json
 
@@ -281,16 +292,19 @@ def test_export_frames_leave_the_workers_at_their_stored_size_and_mixed_sizes_ar
         frames = np.stack(images)
         frames = np.concatenate([frames, frames[:, :, : max(0, width - 64)]], axis=2)[:, :height, :width]
         samples.append([sample_to_json(sample), np.ascontiguousarray(frames)])
-    deferred, eager = Uint8FramesEncoder(processor), Uint8FramesEncoder(processor, defer_resize=False)
+    deferred = processor.replace(do_resize=False, do_normalize=False)
+    eager = processor.replace(do_normalize=False)
     first = deferred.encode_wds(*samples[0])
     assert tuple(first["pixel_values"].shape) == (4, 3, 64, 85) and first["pixel_values"].dtype == torch.uint8
     assert tuple(deferred.encode_wds(*samples[4])["pixel_values"].shape[-2:]) == (64, 64)  # two passes: resized
     assert tuple(eager.encode_wds(*samples[0])["pixel_values"].shape[-2:]) == (64, 64)
     for batch in (samples[:2], samples[:4], samples):  # one stored size (left for the trainer), then mixed sizes
         expected = processor.collate([processor.encode_wds(*items) for items in batch])
+        reference = torch.cat([_pillow_pixels(frames, 64) for _, frames in batch])
+        assert torch.equal(expected["pixel_values"], reference)
         for encoder in (deferred, eager):
             got = encoder.collate([encoder.encode_wds(*items) for items in batch])
-            assert torch.equal(normalize_pixels(got["pixel_values"], processor), expected["pixel_values"])
+            assert torch.equal(processor.normalize_pixels(got["pixel_values"]), reference)
             assert all(torch.equal(got[key], expected[key]) for key in expected if key != "pixel_values")
 
 
