@@ -5,9 +5,10 @@ sample stored with the source's aspect ratio kept, short side 384, so 384 x 512 
 masks as RLE at the source size), then compares (a) the training loader
 (`model.training.loader`: shard split, shuffle buffer, JPEG decode, RLE masks and tokenisation through the real
 `VideoReferProcessor` at VideoRefer-7B sizes with a tiny tokenizer, collation, frames kept uint8 as the training
-loop takes them; the export's frames leave at their stored size, the stretch to S x S (Pillow's bicubic, bit for
-bit) is done by `normalize_pixels` on the trainer's device and is not counted here: `--eager-resize` counts it,
-done in the loader with Pillow) with (b) a baseline that only reads the same tars and decodes every JPEG to RGB
+loop takes them (`processor.replace(do_resize=False, do_normalize=False)`); the export's frames leave at their
+stored size, the stretch to S x S (Pillow's bicubic, bit for bit) is done by `processor.normalize_pixels` on the
+trainer's device and is not counted here: `--eager-resize` (`do_resize=True`) counts it, done in the loader with
+Pillow) with (b) a baseline that only reads the same tars and decodes every JPEG to RGB
 uint8 (OpenCV, the loader's own `decode_jpeg`), stacked into micro-batches. Both read the same shards with the
 same split.
 
@@ -218,12 +219,12 @@ def main() -> None:
 
     from model.configuration import VideoReferConfig
     from model.processing import VideoReferProcessor, build_tiny_tokenizer
-    from model.training.loader import LoaderSpec, TrainingStream, Uint8FramesEncoder, build_loader, expand_shards
+    from model.training.loader import LoaderSpec, TrainingStream, build_loader, expand_shards
     from model.training.recipes import DataMixture, DataSource
 
     torch.set_num_threads(1)
     processor = VideoReferProcessor.from_config(build_tiny_tokenizer(), VideoReferConfig.preset("7b"))
-    encoder = Uint8FramesEncoder(processor, defer_resize=not args.eager_resize)
+    encoder = processor.replace(do_resize=args.eager_resize, do_normalize=False)  # as the training loop's loader
     batches = max(1, args.samples // args.micro_batch)
     samples = batches * args.micro_batch
     worker_batches = max(1, args.worker_samples // args.micro_batch)
