@@ -484,11 +484,17 @@ class VideoReferProcessor:
 
     def _same_size_pixels(self, pixels: list[torch.Tensor]) -> list[torch.Tensor]:
         """Items' pixels joinable in one tensor: uint8 frames left at several stored sizes (`do_resize=False`)
-        are resized to S x S here (`resize_pixels`); one stored size stays for `normalize_pixels`."""
+        are resized to S x S here (`resize_pixels`); one stored size stays for `normalize_pixels`, and the empty
+        pixels of text-only items take that size."""
         size = self.image_size
-        if len({tuple(p.shape[-2:]) for p in pixels if p.shape[0]}) <= 1:
-            return pixels
-        return [resize_pixels(p, size) if p.dtype == torch.uint8 and p.shape[0] else p for p in pixels]
+        sizes = {tuple(p.shape[-2:]) for p in pixels if p.shape[0]}
+        if len(sizes) > 1:
+            pixels = [resize_pixels(p, size) if p.dtype == torch.uint8 and p.shape[0] else p for p in pixels]
+            sizes = {(size, size)}
+        if len(sizes) == 1:
+            (common,) = sizes
+            pixels = [p if p.shape[0] else p.new_zeros((0, *p.shape[1:-2], *common)) for p in pixels]
+        return pixels
 
     def resize_frames(self, frames: np.ndarray) -> np.ndarray:
         """uint8 `[n, h, w, 3]` -> uint8 `[n, S, S, 3]` (contiguous) as the release's SigLIP processor resizes them:

@@ -275,3 +275,53 @@ def test_resample_like_pillow_refuses_a_resize_of_both_sides() -> None:
     reference = np.asarray(Image.fromarray(_frames(n=1, height=48, width=80)[0]).resize((64, 64),
                                                                                        Image.Resampling.BICUBIC))
     assert np.array_equal(resize_pixels(frames, 64)[0].permute(1, 2, 0).numpy(), reference)  # Pillow does it
+
+
+# ---------------------------------------------------------------- the pixel options (loader workers vs device)
+
+
+def test_the_pixel_options_persist_and_a_deferred_resize_needs_uint8_pixels(tmp_path) -> None:
+    processor = VideoReferProcessor(build_tiny_tokenizer(), 64, max_length=99)
+    assert processor.do_resize and processor.do_normalize  # as the release's SigLIP processor
+    with pytest.raises(ValueError, match="do_normalize=False"):
+        VideoReferProcessor(build_tiny_tokenizer(), 64, do_resize=False)
+    loader = processor.replace(do_resize=False, do_normalize=False)
+    assert type(loader) is VideoReferProcessor and loader.tokenizer is processor.tokenizer
+    assert loader.to_dict() == {**processor.to_dict(), "do_resize": False, "do_normalize": False}
+    assert processor.do_resize and processor.do_normalize  # the original is untouched
+    loader.save_pretrained(tmp_path / "loader")
+    assert VideoReferProcessor.from_pretrained(tmp_path / "loader").to_dict() == loader.to_dict()
+    settings = json.loads((tmp_path / "loader" / "videorefer_processor.json").read_text())
+    for key in ("do_resize", "do_normalize"):  # a folder saved before the options existed loads with the defaults
+        settings.pop(key)
+    (tmp_path / "loader" / "videorefer_processor.json").write_text(json.dumps(settings))
+    assert VideoReferProcessor.from_pretrained(tmp_path / "loader").to_dict() == processor.to_dict()
+
+
+@pytest.mark.parametrize("do_resize", [True, False])
+def test_uint8_pixels_finish_on_the_device_as_the_default_processor_gives_them(do_resize: bool) -> None:
+    # Stored export frames (short side 64, 4:3), a smaller square (two Pillow passes: resized in the loader) and
+    # a text-only sample in one micro-batch: the loader's half keeps uint8 (the text-only item too, so the joined
+    # pixels are not promoted to float), and normalize_pixels gives what the default processor gives.
+    processor = VideoReferProcessor(build_tiny_tokenizer(), 64)
+    loader = processor.replace(do_resize=do_resize, do_normalize=False)
+    text_only = [{"from": "human", "value": "Say hi."}, {"from": "gpt", "value": "Hi."}]
+    samples = [
+        {"frames": _frames(4, 64, 85, seed=1), "frame_indices": [0, 1, 2, 3], "objects": [{1: _mask(5, 5, 64, 85)}],
+         "conversations": QUESTION},
+        {"frames": None, "frame_indices": [], "objects": [], "conversations": text_only},
+        {"frames": _frames(2, 40, 40, seed=2), "frame_indices": [0, 1], "objects": [{0: _mask(2, 2, 40, 40)}],
+         "conversations": QUESTION},
+    ]
+    expected = processor.collate([processor.encode(**sample) for sample in samples])
+    items = [loader.encode(**sample) for sample in samples]
+    assert items[1]["pixel_values"].dtype == torch.uint8 and items[1]["pixel_values"].shape == (0, 3, 64, 64)
+    assert tuple(items[0]["pixel_values"].shape[-2:]) == ((64, 64) if do_resize else (64, 85))
+    assert tuple(items[2]["pixel_values"].shape[-2:]) == (64, 64)
+    got = loader.collate(items)  # two stored sizes when deferred: resized here, with Pillow
+    assert got["pixel_values"].dtype == torch.uint8 and tuple(got["pixel_values"].shape) == (6, 3, 64, 64)
+    assert torch.equal(processor.normalize_pixels(got["pixel_values"]), expected["pixel_values"])
+    alone = loader.collate(items[:2])  # one stored size: left for the device step
+    assert tuple(alone["pixel_values"].shape[-2:]) == ((64, 64) if do_resize else (64, 85))
+    assert torch.equal(processor.normalize_pixels(alone["pixel_values"]), expected["pixel_values"][:4])
+    assert processor.normalize_pixels(expected["pixel_values"]) is expected["pixel_values"]  # float: as it is
