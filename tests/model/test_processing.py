@@ -325,3 +325,18 @@ def test_uint8_pixels_finish_on_the_device_as_the_default_processor_gives_them(d
     assert tuple(alone["pixel_values"].shape[-2:]) == ((64, 64) if do_resize else (64, 85))
     assert torch.equal(processor.normalize_pixels(alone["pixel_values"]), expected["pixel_values"][:4])
     assert processor.normalize_pixels(expected["pixel_values"]) is expected["pixel_values"]  # float: as it is
+
+
+@pytest.mark.gpu
+def test_the_device_half_on_a_gpu_gives_the_default_processors_pixels_bit_for_bit() -> None:
+    # The training loop on a GPU: the loader leaves the export's frames at their stored size, the step resizes
+    # them on the device (resample_like_pillow) and normalises them there.
+    processor = VideoReferProcessor(build_tiny_tokenizer(), 64)
+    loader = processor.replace(do_resize=False, do_normalize=False)
+    for height, width in ((64, 85), (64, 114), (85, 64)):
+        frames = _frames(4, height, width, seed=height * width)
+        pixels = loader.preprocess_frames(frames)
+        assert tuple(pixels.shape[-2:]) == (height, width)
+        on_device = processor.normalize_pixels(pixels.cuda())
+        assert on_device.device.type == "cuda"
+        assert torch.equal(on_device.cpu(), processor.preprocess_frames(frames))
