@@ -11,7 +11,10 @@ THE CONTRACT training and evaluation code against. For ONE sample, `VideoReferPr
   Labels are -100 everywhere except the assistant turns' content and their closing `<|im_end|>`.
 - `pixel_values [F, 3, S, S]` (float32, SigLIP normalisation (x - 0.5) / 0.5, frames resized to S x S without
   cropping): every DISTINCT frame once: first the distinct sampled frames (first-appearance order), then the
-  extra mask frames the chosen masks need (ascending). `video_frame_index [T]`: the row of each sampled frame,
+  extra mask frames the chosen masks need (ascending). (With the options `do_normalize=False` / `do_resize=False`,
+  as transformers' image processors have them, the training loader's workers hand over uint8 pixels, possibly at
+  their stored size, and `normalize_pixels` on the trainer's device finishes them into these very values.)
+  `video_frame_index [T]`: the row of each sampled frame,
   in `frame_indices` order (repeats allowed: a short video repeats frames, an image is T copies of row 0), so the
   connector sees T frames while the vision tower encodes each frame once. `frame_counts` = F,
   `video_frame_counts` = T (0-d tensors).
