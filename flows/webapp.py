@@ -347,7 +347,7 @@ def build_page(service: AppService) -> Any:
         moved = dataclasses.replace(state, position=position, pending=() if state.current is None else state.pending)
         return moved, service.picture(moved), ""
 
-    def on_click(state: PageState, mode: str, negative: bool, event: gr.SelectData) -> tuple[Any, ...]:
+    def on_click(state: PageState, mode: str, negative: bool, event: Any) -> tuple[Any, ...]:
         if state.video is None:
             return refreshed(state, message("open a video first (upload one or pick an example)"))
         scale = display_scale(state.video.info.width)
@@ -360,6 +360,8 @@ def build_page(service: AppService) -> Any:
             return refreshed(clicked, "First corner set: click the opposite corner of the box.")
         number = clicked.current or clicked.objects[-1].number
         return refreshed(clicked, f"Object {number} segmented over {len(state.video.segment_frames)} frames.")
+
+    on_click.__annotations__["event"] = gr.SelectData  # gradio passes the click's coordinates by this annotation
 
     def on_new_object(state: PageState) -> tuple[Any, ...]:
         return refreshed(dataclasses.replace(state, current=None, pending=(), labels=()),

@@ -79,6 +79,7 @@ def page(app, browser):
     tab.set_default_timeout(TIMEOUT_MS)
     tab.goto(url)
     tab.wait_for_selector("#notice")
+    tab.wait_for_selector("button.example")
     try:
         yield tab
     finally:
@@ -90,7 +91,18 @@ def _open_first_example(page, service):
     page.wait_for_function("document.querySelector('#message') && "
                            "document.querySelector('#message').innerText.includes('Opened')")
     page.wait_for_selector("#frame img")
+    _settle(page)
     return service.examples[0]
+
+
+def _settle(page) -> None:
+    """Wait until the frame is idle (no update pending, its image loaded): a click during an update is lost."""
+    page.wait_for_function(
+        """() => { const tracker = document.querySelector('#frame [data-testid=status-tracker]');
+        const img = document.querySelector('#frame img');
+        return (!tracker || tracker.classList.contains('hide')) && img && img.complete && img.naturalWidth > 0; }"""
+    )
+    page.wait_for_timeout(300)  # the swapped image's fade-in
 
 
 def _frame_geometry(page):
@@ -149,6 +161,7 @@ def test_an_example_opens_and_a_click_on_an_object_makes_its_masklet(page, app) 
     page.mouse.click(*_to_screen(geometry, float(xs[inside]), float(ys[inside]), truth.width))
     page.wait_for_function(f"document.querySelector('#frame img').src !== {geometry['src']!r}")
     page.wait_for_function("document.querySelector('#message').innerText.includes('segmented')")
+    _settle(page)
     after = _frame_pixels(page)
     assert after.shape == before.shape
     changed = np.abs(after - before).sum(axis=2) > 30
@@ -162,9 +175,11 @@ def test_an_example_opens_and_a_click_on_an_object_makes_its_masklet(page, app) 
     page.wait_for_selector("#masks-file a")  # the masks download is offered
     page.wait_for_selector("#masklets img")  # and the masklet plays over the clip
 
+    _settle(page)
     geometry = _frame_geometry(page)
     page.locator("#remove-object").click()
     page.wait_for_function(f"document.querySelector('#frame img').src !== {geometry['src']!r}")
+    _settle(page)
     assert np.abs(_frame_pixels(page) - before).sum(axis=2).max() <= 30  # removed: the frame is plain again
 
 
@@ -178,14 +193,14 @@ def test_a_question_gets_a_streamed_answer_and_the_downloads(page, app) -> None:
     example = _open_first_example(page, service)
     truth = load_ground_truth(example.path)
     geometry = _frame_geometry(page)
-    for obj in truth.objects[:2]:
+    for number, obj in enumerate(truth.objects[:2], start=1):
         page.locator("#new-object").click()
+        page.wait_for_function("document.querySelector('#message').innerText.includes('next click starts')")
+        _settle(page)
         ys, xs = np.nonzero(decode_rle(obj.masks[0]))
         inside = np.argmin((xs - xs.mean()) ** 2 + (ys - ys.mean()) ** 2)
-        src = _frame_geometry(page)["src"]
         page.mouse.click(*_to_screen(geometry, float(xs[inside]), float(ys[inside]), truth.width))
-        page.wait_for_function(f"document.querySelector('#frame img').src !== {src!r}")
-    page.wait_for_function("document.querySelector('#objects').innerText.includes('object 2')")
+        page.wait_for_function(f"document.querySelector('#message').innerText.includes('Object {number} segmented')")
     page.locator("#question textarea").fill("What is <region2> doing?")
     page.locator("#ask").click()
     page.wait_for_selector("#sample-file a")
