@@ -105,6 +105,10 @@ def _settle(page) -> None:
     page.wait_for_timeout(300)  # the swapped image's fade-in
 
 
+def _sample_href(page) -> str:
+    return page.locator("#sample-file a").first.evaluate("a => a.href")
+
+
 def _frame_geometry(page):
     """Where the frame's pixels are on the screen: the <img> box and its natural size (object-fit contain)."""
     return page.evaluate(
@@ -175,12 +179,31 @@ def test_an_example_opens_and_a_click_on_an_object_makes_its_masklet(page, app) 
     page.wait_for_selector("#masks-file a")  # the masks download is offered
     page.wait_for_selector("#masklets img")  # and the masklet plays over the clip
 
+    # Scrub to frame 5: the masklet was propagated, so the overlay covers the object where it is now.
+    from engine.video import read_frames
+    from flows.webapp import _resized, display_scale
+
+    src = _frame_geometry(page)["src"]
+    page.locator("#frame-slider input[type=range]").fill("5")
+    page.wait_for_function(f"document.querySelector('#frame img').src !== {src!r}")
+    _settle(page)
+    plain = _resized(read_frames(example.path, [5])[0], display_scale(truth.width)).astype(np.int16)
+    import cv2
+
+    shot = cv2.resize(_frame_pixels(page).astype(np.uint8), plain.shape[1::-1], interpolation=cv2.INTER_NEAREST)
+    shot = shot.astype(np.int16)
+    moved = _mask_on_screenshot(decode_rle(target.masks[5]).astype(bool), plain.shape[:2])
+    tinted = np.abs(shot - plain).sum(axis=2) > 30
+    assert tinted[moved].mean() > 0.8 and not np.array_equal(moved, on_object)
+
     _settle(page)
     geometry = _frame_geometry(page)
     page.locator("#remove-object").click()
     page.wait_for_function(f"document.querySelector('#frame img').src !== {geometry['src']!r}")
     _settle(page)
-    assert np.abs(_frame_pixels(page) - before).sum(axis=2).max() <= 30  # removed: the frame is plain again
+    shot = cv2.resize(_frame_pixels(page).astype(np.uint8), plain.shape[1::-1], interpolation=cv2.INTER_NEAREST)
+    untinted = np.abs(shot.astype(np.int16) - plain).sum(axis=2) > 30
+    assert untinted[moved].mean() < 0.1 and untinted.mean() < 0.02  # removed: the frame is plain again
 
 
 def test_a_question_gets_a_streamed_answer_and_the_downloads(page, app) -> None:
@@ -206,12 +229,20 @@ def test_a_question_gets_a_streamed_answer_and_the_downloads(page, app) -> None:
     page.wait_for_selector("#sample-file a")
     answer = page.locator("#answer textarea").input_value()
     assert answer.strip(), "no answer"
-    sample_link = page.locator("#sample-file a").first.get_attribute("href")
-    assert sample_link
-    downloaded = page.request.get(sample_link if sample_link.startswith("http") else page.url + sample_link)
-    sample = json.loads(downloaded.body())
+    single_href = _sample_href(page)
+    sample = json.loads(page.request.get(single_href).body())
     assert sample["task"] == "qa" and sample["conversations"][0]["value"].endswith("What is <region> doing?")
     assert sample["conversations"][1]["value"] == answer.strip() and len(sample["objects"]) == 1
+    assert sample["extra"]["mode"] == "single"
+
+    page.locator("#ask-mode label", has_text="multi").click()
+    page.locator("#question textarea").fill("Is <region> near <region>?")
+    page.locator("#ask").click()
+    page.wait_for_function(f"document.querySelector('#sample-file a') && "
+                           f"document.querySelector('#sample-file a').href !== {single_href!r}")
+    multi = json.loads(page.request.get(_sample_href(page)).body())
+    assert multi["extra"]["mode"] == "multi" and len(multi["objects"]) == 2
+    assert all(len(obj["masks"]) > 1 for obj in multi["objects"])  # a mask on every sampled frame
 
     page.locator("#question textarea").fill("Where is <region5>?")
     page.locator("#ask").click()
