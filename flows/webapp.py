@@ -342,10 +342,10 @@ def build_page(service: AppService) -> Any:
 
     def on_slider(state: PageState, position: float) -> tuple[Any, ...]:
         if state.video is None:
-            return state, None, ""
+            return state, None, slider_for(state), ""
         position = int(min(max(0, position), len(state.video.shown_frames) - 1))
         moved = dataclasses.replace(state, position=position, pending=() if state.current is None else state.pending)
-        return moved, service.picture(moved), ""
+        return moved, service.picture(moved), slider_for(moved), ""
 
     def on_click(state: PageState, mode: str, negative: bool, event: Any) -> tuple[Any, ...]:
         if state.video is None:
@@ -444,7 +444,7 @@ def build_page(service: AppService) -> Any:
         upload.upload(on_upload, [state, upload], opened)
         for button, example in example_buttons:
             button.click(functools.partial(open_example, example=example), [state], opened)
-        slider.input(on_slider, [state, slider], [state, frame, status])
+        slider.input(on_slider, [state, slider], [state, frame, slider, status])
         frame.select(on_click, [state, prompt_mode, negative], common)
         new_object.click(on_new_object, [state], common)
         remove.click(on_remove, [state, choose], common)
