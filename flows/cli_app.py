@@ -54,7 +54,7 @@ def register(app: typer.Typer) -> None:
             )
             from flows.webapp import start
 
-            typer.echo(f"serving on http://{host}:{port} (Ctrl+C stops)", err=True)
+            typer.echo("serving the page (Ctrl+C stops); its address follows", err=True)
             start(service, host=host, port=port or None, block=True)
         except (VideoReferError, ValueError, OSError) as exc:
             typer.echo(f"error: {exc}", err=True)

@@ -106,3 +106,13 @@ def test_the_app_command_refuses_a_missing_or_double_model() -> None:
     assert both.exit_code != 0
     no_segmenter = runner.invoke(app, ["app", "--model", "x"])
     assert no_segmenter.exit_code != 0 and "--segmenter-config" in no_segmenter.output
+
+
+def test_a_model_folder_and_a_segmenter_config_build_the_service_the_page_names(service, tmp_path) -> None:
+    from flows.cli_app import build_service
+
+    offline = Path(__file__).resolve().parents[2] / "configs" / "offline.yaml"
+    named = build_service(model=service.workdir / "tiny-model", tiny=False, segmenter_config=offline,
+                          workdir=tmp_path, examples=False, max_frames=6)
+    assert str(service.workdir / "tiny-model") in named.notice and "RANDOM" not in named.notice
+    assert "FAKE" in named.notice and named.examples == () and named.limits.max_frames == 6
