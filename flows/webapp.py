@@ -190,19 +190,19 @@ class AppService:
             objects = add_object(state.objects, prompt, segment(self.segmenter, state.video, prompt))
             return dataclasses.replace(state, objects=objects, pending=(), labels=(), current=None)
         current = next((o for o in state.objects if o.number == state.current), None)
-        if current is None or current.prompt.key_frame != key_frame or not current.prompt.points:
-            points, labels, base = (point,), (0 if negative else 1,), state.objects
+        refine = current is not None and current.prompt.key_frame == key_frame and bool(current.prompt.points)
+        label = 0 if negative else 1
+        if refine:
+            points, labels = (*current.prompt.points, point), (*current.prompt.labels, label)
         else:
-            points = (*current.prompt.points, point)
-            labels = (*current.prompt.labels, 0 if negative else 1)
-            base = remove_object(state.objects, current.number)
+            points, labels = (point,), (label,)
         prompt = Prompt(key_frame=key_frame, points=points, labels=labels)
         masklet = segment(self.segmenter, state.video, prompt)
-        if current is not None and base != state.objects:  # refine in place: same number and colour
+        if refine:  # the same object, same number and colour, segmented again with one more point
             refined = dataclasses.replace(current, prompt=prompt, masklet=masklet)
             objects = tuple(refined if o.number == current.number else o for o in state.objects)
             return dataclasses.replace(state, objects=objects, pending=points, labels=labels)
-        objects = add_object(base, prompt, masklet)
+        objects = add_object(state.objects, prompt, masklet)
         return dataclasses.replace(state, objects=objects, pending=points, labels=labels, current=objects[-1].number)
 
     def masks_file(self, state: PageState) -> str | None:
@@ -344,7 +344,8 @@ def build_page(service: AppService) -> Any:
         if state.video is None:
             return state, None, slider_for(state), ""
         position = int(min(max(0, position), len(state.video.shown_frames) - 1))
-        moved = dataclasses.replace(state, position=position, pending=() if state.current is None else state.pending)
+        # Another frame: the clicks so far belong to the frame they were made on; the next click starts an object.
+        moved = dataclasses.replace(state, position=position, pending=(), labels=(), current=None)
         return moved, service.picture(moved), slider_for(moved), ""
 
     def on_click(state: PageState, mode: str, negative: bool, event: Any) -> tuple[Any, ...]:
