@@ -307,7 +307,7 @@ def build_page(service: AppService) -> Any:
         if not state.objects:
             return "No object yet: click on one in the frame."
         rows = [
-            f"<span style='color:rgb{o.color}'>&#9632;</span> **object {o.number}** (`<region{o.number}>`): "
+            f"**object {o.number}** (`<region{o.number}>`, colour `#{bytes(o.color).hex()}`): "
             f"{'box' if o.prompt.box else f'{len(o.prompt.points)} point(s)'} on frame {o.prompt.key_frame}, "
             f"masks on {sum(1 for m in o.masklet.masks.values() if m.counts)} frames"
             for o in state.objects
