@@ -2,7 +2,8 @@
 
 Engine commands (demo, ingest, build, stage, export, import-700k, validate, status) live in
 `flows.cli_engine`; `infer` and `model info` in `flows.cli_model`; `train` in `flows.cli_train`;
-`bench` in `flows.cli_bench`; `report` in `flows.cli_report`; `audit` in `flows.cli_audit`. Heavy imports happen
+`bench` in `flows.cli_bench`; `report` in `flows.cli_report`; `audit` in `flows.cli_audit`; `app` (the web
+page) in `flows.cli_app`. Heavy imports happen
 inside the commands, so `--help` stays fast.
 """
 
@@ -10,7 +11,7 @@ from __future__ import annotations
 
 import typer
 
-from flows import cli_audit, cli_bench, cli_engine, cli_model, cli_report, cli_train
+from flows import cli_app, cli_audit, cli_bench, cli_engine, cli_model, cli_report, cli_train
 
 app = typer.Typer(
     name="videorefer",
@@ -39,7 +40,7 @@ def _main(
 ) -> None:
     """VideoRefer suite: data engine, shard export, model, training and VideoRefer-Bench."""
 
-for _module in (cli_engine, cli_model, cli_train, cli_bench, cli_report, cli_audit):
+for _module in (cli_engine, cli_model, cli_train, cli_bench, cli_report, cli_audit, cli_app):
     _module.register(app)
 
 

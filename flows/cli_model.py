@@ -1,8 +1,10 @@
 """`videorefer infer` (ask about masked objects, streaming the answer), `videorefer model info` and `model convert`.
 
-Model code, torch and the SAM 2 segmenter are imported inside the commands so that `videorefer --help` stays fast.
+Model code, torch and the segmenters are imported inside the commands so that `videorefer --help` stays fast.
 Masks come from a JSON file (the VideoRefer-700K "annotation" list: one `{frame_index: {"segmentation": RLE}}` per
-object, or one object's `{frame_index: RLE}`) or are made by SAM 2 from `--box` on `--frame`.
+object, or one object's `{frame_index: RLE}`) or are made from `--box` on `--frame` (several boxes: several objects,
+in order) by the segmenter that `--segmenter-config` names (`agents.backends.factory`, through
+`flows.interactive`, as the web app does); `--save-masklet` writes those masklets and a preview image.
 """
 
 from __future__ import annotations
@@ -58,41 +60,76 @@ def _parse_box(text: str) -> tuple[float, float, float, float]:
     return values  # type: ignore[return-value]
 
 
-def _masks_from_box(
-    video: Path,
-    box: str,
-    frame: int,
-    *,
-    mode: str,
-    num_frames: int,
-    sam2_config: str | None,
-    sam2_checkpoint: str | None,
-    sam2_random_weights: bool,
-    sam2_image_size: int | None,
-    device: str,
-) -> list[dict[int, Any]]:
-    """One object's masklet from SAM 2, prompted with a box on `frame` and propagated over the sampled frames."""
-    from agents.backends.sam2_segmenter import Sam2Segmenter
-    from engine.config import Sam2Config
-    from engine.video import probe, uniform_indices
+def _box_prompts(boxes: list[str], frames: list[int]) -> list[Any]:
+    """One `flows.interactive.Prompt` per `--box`; `--frame` once for every box, or once per box in order."""
+    from flows.interactive import Prompt
 
-    indices = sorted(set(uniform_indices(probe(video).num_frames, num_frames)) | {frame})
-    options: dict[str, Any] = {"device": device}
-    if sam2_config:
-        options["config_name"] = sam2_config
-    if sam2_checkpoint:
-        options["checkpoint"] = sam2_checkpoint
-    if sam2_random_weights:
-        options["random_weights"] = True
-    if sam2_image_size:
-        options["image_size"] = sam2_image_size
-    masklet = Sam2Segmenter(Sam2Config(**options)).segment(
-        video_uri=str(video), frame_indices=indices, key_frame=frame, box=_parse_box(box)
-    )
-    masks = dict(masklet.masks)
-    if mode == "single":  # the prompted frame is the one the user pointed at
-        return [{frame: masks[frame]}] if frame in masks else [masks]
-    return [masks]
+    if len(frames) not in (1, len(boxes)):
+        raise typer.BadParameter(f"give --frame once, or once per --box ({len(boxes)} boxes, {len(frames)} frames)")
+    if any(frame < 0 for frame in frames):
+        raise typer.BadParameter("--frame must be 0 or more")
+    keys = frames * len(boxes) if len(frames) == 1 else frames
+    return [Prompt(key_frame=key, box=_parse_box(box)) for box, key in zip(boxes, keys, strict=True)]
+
+
+def masklets_from_boxes(
+    video: Path,
+    prompts: list[Any],
+    *,
+    segmenter_config: Path,
+    num_frames: int,
+    start_s: float | None = None,
+    end_s: float | None = None,
+) -> tuple[Any, list[Any], list[int]]:
+    """The opened video, one object per prompt and the frames the model samples (over the span, if any): each
+    masklet is made by the segmenter of `segmenter_config` (an engine config file: its `agents.segmenter`, built by
+    `agents.backends.factory`) within the config's limits, on the prompted frames and the sampled ones."""
+    import dataclasses
+
+    from agents.backends.factory import build_segmenter
+    from engine.config import load_config
+    from engine.video import span_frame_range, uniform_indices
+    from flows.interactive import AppLimits, add_object, open_video, segment
+
+    config = load_config(segmenter_config)
+    limits = AppLimits(max_video_bytes=config.limits.max_video_bytes,
+                       max_decoded_pixels=config.limits.max_decoded_pixels, max_seconds=0)
+    opened = open_video(video, limits, model_frames=num_frames)
+    total = opened.info.num_frames
+    span = list(range(total)) if start_s is None and end_s is None else span_frame_range(
+        total, opened.info.fps, start_s, end_s)
+    sampled = [span[i] for i in uniform_indices(len(span), num_frames)]
+    opened = dataclasses.replace(opened, segment_frames=tuple(sorted({*opened.segment_frames, *sampled})))
+    outside = [p.key_frame for p in prompts if p.key_frame >= opened.info.num_frames]
+    if outside:
+        raise typer.BadParameter(f"--frame {outside[0]} is past the video's {opened.info.num_frames} frames")
+    segmenter = build_segmenter(config.agents.segmenter)
+    objects: tuple[Any, ...] = ()
+    for prompt in prompts:
+        objects = add_object(objects, prompt, segment(segmenter, opened, prompt))
+    return opened, list(objects), sampled
+
+
+def save_masklets(path: Path, opened: Any, objects: list[Any]) -> Path:
+    """Write the masklets as the 700K `annotation` list (JSON, what `--masks` reads) at `path`, and a preview
+    (the prompted frame and three more of the clip, every object drawn in its colour) beside it as `.png`."""
+    import numpy as np
+    from PIL import Image
+
+    from agents.bench.files import write_json_atomic
+    from engine.video import n_uniform_frames, read_frames
+    from flows.interactive import masks_json, overlay
+
+    write_json_atomic(path, masks_json(objects))
+    shown = sorted(set(n_uniform_frames(len(opened.shown_frames), 4)))
+    frames = sorted({objects[0].prompt.key_frame, *(opened.shown_frames[i] for i in shown)})[:5]
+    pictures = [overlay(frame, index, objects) for frame, index in zip(read_frames(opened.path, frames), frames,
+                                                                       strict=True)]
+    preview = path.with_suffix(".png")
+    temporary = preview.with_name(f".{preview.name}.tmp.png")
+    Image.fromarray(np.concatenate(pictures, axis=1)).save(temporary)
+    temporary.replace(preview)
+    return preview
 
 
 def register(app: typer.Typer) -> None:
@@ -106,8 +143,18 @@ def register(app: typer.Typer) -> None:
             None, "--video", help="Video file, folder of frames, or an image file; none for a text-only question."
         ),
         masks: Path | None = typer.Option(None, "--masks", help="Masks JSON (700K annotation list or {frame: RLE})."),
-        box: str | None = typer.Option(None, "--box", help="x0,y0,x1,y1 on --frame: SAM 2 makes the masklet."),
-        frame: int | None = typer.Option(None, "--frame", help="Frame index the --box is drawn on."),
+        box: list[str] | None = typer.Option(
+            None, "--box", help="x0,y0,x1,y1 on --frame, once per object: the segmenter makes each masklet."
+        ),
+        frame: list[int] | None = typer.Option(
+            None, "--frame", help="Frame index of the --box (once for all boxes, or once per box)."
+        ),
+        segmenter_config: Path | None = typer.Option(
+            None, "--segmenter-config", help="Engine config whose agents.segmenter makes the --box masklets."
+        ),
+        save_masklet: Path | None = typer.Option(
+            None, "--save-masklet", help="Write the --box masklets (700K RLE JSON) here, a preview beside it (.png)."
+        ),
         mode: str = typer.Option("single", "--mode", help="single (1 token per object) or multi (up to u)."),
         num_frames: int | None = typer.Option(
             None, "--num-frames", min=2, help="Frames the model sees (default: the model's, 16; 8 = release eval)."
@@ -125,24 +172,26 @@ def register(app: typer.Typer) -> None:
         dtype: str | None = typer.Option(
             None, "--dtype", help="float32, bfloat16 or float16 (default: stored dtype on CUDA, float32 on CPU)."
         ),
-        sam2_config: str | None = typer.Option(None, "--sam2-config", help="SAM 2 model config name."),
-        sam2_checkpoint: str | None = typer.Option(None, "--sam2-checkpoint", help="SAM 2 weights file."),
-        sam2_random_weights: bool = typer.Option(
-            False, "--sam2-random-weights", help="SAM 2 with random weights instead (tests and demos only)."
-        ),
-        sam2_image_size: int | None = typer.Option(None, "--sam2-image-size", help="SAM 2 input size override."),
     ) -> None:
         """Ask the model about objects in a video (or an image, or text only); the answer streams to stdout."""
         from engine.errors import VideoReferError
 
         if mode not in ("single", "multi"):
             raise typer.BadParameter("--mode must be single or multi")
-        if masks is not None and box is not None:
+        if masks is not None and box:
             raise typer.BadParameter("give at most one of --masks or --box (with --frame)")
-        if box is not None and frame is None:
+        if box and not frame:
             raise typer.BadParameter("--box needs --frame")
-        if video is None and (masks is not None or box is not None):
+        if box and segmenter_config is None:
+            raise typer.BadParameter(
+                "--box needs --segmenter-config FILE: an engine config whose agents.segmenter makes the masklet "
+                "(configs/local.yaml: SAM 2; configs/offline.yaml: the fake segmenter of the synthetic clips)"
+            )
+        if save_masklet is not None and not box:
+            raise typer.BadParameter("--save-masklet needs --box")
+        if video is None and (masks is not None or box):
             raise typer.BadParameter("--masks and --box need --video")
+        prompts = _box_prompts(box, frame) if box else []
         try:
             from model.inference import VideoReferPipeline
 
@@ -150,12 +199,17 @@ def register(app: typer.Typer) -> None:
             frames_to_use = num_frames or pipeline.processor.num_frames
             if masks is not None:
                 objects = load_masks_file(masks)
-            elif box is not None:
-                objects = _masks_from_box(
-                    video, box, frame, mode=mode, num_frames=frames_to_use, sam2_config=sam2_config,
-                    sam2_checkpoint=sam2_checkpoint, sam2_random_weights=sam2_random_weights,
-                    sam2_image_size=sam2_image_size, device=device,
+            elif prompts:
+                from flows.interactive import model_masks
+
+                opened, picked, sampled = masklets_from_boxes(
+                    video, prompts, segmenter_config=segmenter_config, num_frames=frames_to_use, start_s=start,
+                    end_s=end,
                 )
+                if save_masklet is not None:
+                    preview = save_masklets(save_masklet, opened, picked)
+                    typer.echo(f"masklets: {save_masklet} (preview {preview})", err=True)
+                objects = [model_masks(obj.masklet, sampled, mode) for obj in picked]
             else:
                 objects = []
 

@@ -17,6 +17,9 @@ fi
 if ! .venv/bin/python -c "import sam2" 2>/dev/null; then
   SAM2_BUILD_CUDA=0 .venv/bin/python -m pip install -q --no-deps --no-build-isolation "sam2==1.1.0"
 fi
+if [ "${WITH_APP:-1}" = "1" ]; then
+  .venv/bin/python -m pip install -q -e ".[app]"
+fi
 if [ "${WITH_RAY:-0}" = "1" ]; then
   .venv/bin/python -m pip install -q -e ".[ray]"
 fi

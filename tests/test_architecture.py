@@ -26,7 +26,7 @@ ALLOWED = {
     "model": {"engine", "storage", "model"},
     "flows": set(PACKAGES),
 }
-HEAVY = ("torch", "transformers", "prefect", "sam2", "decord", "openai", "prefect_ray", "ray")
+HEAVY = ("torch", "transformers", "prefect", "sam2", "decord", "openai", "prefect_ray", "ray", "gradio")
 
 
 def _modules(package: str) -> list[Path]:
@@ -91,3 +91,13 @@ def test_light_packages_do_not_load_heavy_libraries_at_import() -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO)
     assert out.returncode == 0, out.stderr
     assert json.loads(out.stdout) == [], "heavy libraries loaded at import time"
+
+
+def test_only_the_web_adapter_imports_gradio() -> None:
+    users = sorted(
+        str(path.relative_to(REPO))
+        for package in PACKAGES
+        for path in _modules(package)
+        if "gradio" in _imported_roots(path)
+    )
+    assert users == ["flows/webapp.py"], users

@@ -9,6 +9,7 @@ matching object) it returns the prompt box filled on every requested frame. Mask
 absolute frame index, as the real SAM 2 segmenter returns them, so the segmentor agent runs unchanged.
 `FakeSegmenter.segment_many` answers every prompt of a clip in one call, each exactly as `segment` would, and
 counts its calls in `stats` like the real segmenter (it never decodes frames: it reads the sidecar).
+`FakeSegmenter.segment_points` answers the web app's clicks: the object under the positive points.
 `FakeSegmenterConfig.degrade` (`engine.config.MaskDegradation`: shift, erode, dilate; off by default) damages
 every mask it returns on purpose, so that mask audits (J&F) can be seen to fall; a degraded segmenter says so in
 its model name, which provenance records.
@@ -118,6 +119,46 @@ class FakeSegmenter:
             height, width = info.height, info.width
         filled = self._degraded(_rle(filled_box_mask(box, width=width, height=height)))
         return Masklet(masks=dict.fromkeys(indices, filled), key_frame=key_frame, box=tuple(box), score=0.5)
+
+    def segment_points(
+        self,
+        *,
+        video_uri: str,
+        frame_indices: Sequence[int],
+        key_frame: int,
+        points: Sequence[tuple[float, float]],
+        labels: Sequence[int],
+    ) -> Masklet:
+        """FAKE point prompt (the web app's clicks): the synthetic object whose key-frame mask holds the most
+        positive points and no negative one, as `segment` returns it for that object's box; otherwise the box
+        around the positive points, padded by a tenth of the frame's short side, as `segment` treats a box."""
+        positive = [p for p, label in zip(points, labels, strict=True) if label]
+        negative = [p for p, label in zip(points, labels, strict=True) if not label]
+        if not positive:
+            raise ValueError("a point prompt needs at least one point on the object (label 1)")
+        truth = _ground_truth(video_uri)
+        if truth is not None:
+            def hits(obj: SyntheticObject, chosen: Sequence[tuple[float, float]]) -> int:
+                if key_frame not in obj.masks:
+                    return 0
+                mask = decode_rle(obj.masks[key_frame])
+                inside = [(int(y), int(x)) for x, y in chosen if 0 <= y < mask.shape[0] and 0 <= x < mask.shape[1]]
+                return sum(bool(mask[row, column]) for row, column in inside)
+
+            scored = [(hits(o, positive), o) for o in truth.objects if not hits(o, negative)]
+            best = max(scored, key=lambda pair: pair[0], default=(0, None))
+            if best[0] and key_frame in best[1].boxes:
+                return self.segment(video_uri=video_uri, frame_indices=frame_indices, key_frame=key_frame,
+                                    box=tuple(float(v) for v in best[1].boxes[key_frame]))
+            height, width = truth.height, truth.width
+        else:
+            info = probe(video_uri)
+            height, width = info.height, info.width
+        pad = 0.1 * min(height, width)
+        xs, ys = [p[0] for p in positive], [p[1] for p in positive]
+        box = (max(0.0, min(xs) - pad), max(0.0, min(ys) - pad), min(float(width), max(xs) + pad),
+               min(float(height), max(ys) + pad))
+        return self.segment(video_uri=video_uri, frame_indices=frame_indices, key_frame=key_frame, box=box)
 
 
     def _degraded(self, mask: RleMask) -> RleMask:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
@@ -11,6 +12,7 @@ from engine.masks import decode_rle
 from flows.cli import app
 
 runner = CliRunner()
+OFFLINE = str(Path(__file__).resolve().parents[2] / "configs" / "offline.yaml")  # the fake segmenter
 
 
 def test_model_info_7b_reports_the_papers_token_and_parameter_counts() -> None:
@@ -78,15 +80,56 @@ def test_infer_rejects_bad_arguments(tiny_model_dir, clip, tmp_path) -> None:
     assert result.exit_code == 1 and "error" in result.output
 
 
+def test_infer_with_several_boxes_segments_each_object_and_saves_the_masklets(tiny_model_dir, clip, tmp_path) -> None:
+    from PIL import Image
+
+    from engine.masks import iou
+    from flows.cli_model import load_masks_file
+
+    boxes = [",".join(str(v) for v in obj.boxes[4]) for obj in clip.ground_truth.objects[:2]]
+    saved = tmp_path / "out" / "masklets.json"
+    base = ["infer", "--model", str(tiny_model_dir), "--video", str(clip.path), "--max-new-tokens", "2",
+            "--segmenter-config", OFFLINE]
+    result = runner.invoke(app, [*base, "--question", "Is <region> near <region>?", "--box", boxes[0], "--box",
+                                 boxes[1], "--frame", "4", "--mode", "multi", "--save-masklet", str(saved)])
+    assert result.exit_code == 0, result.output
+    objects = load_masks_file(saved)
+    assert len(objects) == 2
+    for obj, truth in zip(objects, clip.ground_truth.objects[:2], strict=True):
+        assert 4 in obj and all(
+            iou(decode_rle(mask["segmentation"]), decode_rle(truth.masks[frame])) == 1.0 for frame, mask in obj.items()
+        )
+    with Image.open(saved.with_suffix(".png")) as preview:
+        assert preview.height == clip.ground_truth.height and preview.width >= 2 * clip.ground_truth.width
+    per_box = runner.invoke(app, [*base, "--question", "<region> or <region>?", "--box", boxes[0], "--box", boxes[1],
+                                  "--frame", "4", "--frame", "6"])
+    assert per_box.exit_code == 0, per_box.output
+
+
+def test_infer_box_refuses_what_it_cannot_do(tiny_model_dir, clip) -> None:
+    base = ["infer", "--model", str(tiny_model_dir), "--video", str(clip.path), "--question", "<region>?"]
+    no_config = runner.invoke(app, [*base, "--box", "1,2,30,40", "--frame", "0"])
+    assert no_config.exit_code != 0 and "--segmenter-config" in no_config.output
+    config = ["--segmenter-config", OFFLINE]
+    frames = runner.invoke(app, [*base, *config, "--box", "1,2,30,40", "--box", "1,2,9,9", "--frame", "0",
+                                 "--frame", "1", "--frame", "2"])
+    assert frames.exit_code != 0 and "once per --box" in frames.output
+    past = runner.invoke(app, [*base, *config, "--box", "1,2,30,40", "--frame", "99"])
+    assert past.exit_code != 0 and "past the video" in past.output
+    assert runner.invoke(app, [*base, "--masks", "m.json", "--save-masklet", "x.json"]).exit_code != 0
+
+
 @pytest.mark.slow  # random-weight SAM 2 on CPU: ~20 s of CPU time
-def test_infer_with_a_box_builds_the_masklet_with_sam2_first(tiny_model_dir, clip) -> None:
+def test_infer_with_a_box_builds_the_masklet_with_sam2_first(tiny_model_dir, clip, tmp_path) -> None:
     pytest.importorskip("sam2")
+    config = tmp_path / "sam2.yaml"
+    config.write_text("agents:\n  segmenter: {kind: sam2, random_weights: true, image_size: 256}\n")
     x0, y0, x1, y1 = clip.ground_truth.objects[0].boxes[4]
     result = runner.invoke(
         app,
         ["infer", "--model", str(tiny_model_dir), "--video", str(clip.path), "--question", "What is <region>?",
          "--box", f"{x0},{y0},{x1},{y1}", "--frame", "4", "--mode", "multi", "--max-new-tokens", "2",
-         "--sam2-image-size", "256", "--sam2-random-weights"],
+         "--segmenter-config", str(config)],
     )
     assert result.exit_code == 0, result.output
 

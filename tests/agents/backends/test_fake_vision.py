@@ -83,3 +83,20 @@ def test_segment_many_answers_each_prompt_as_segment_does(clip) -> None:
                                      box=p.box) for p in prompts]
     assert many == alone
     assert segmenter.stats.calls == 1 and segmenter.stats.objects == 3 and segmenter.stats.states_started == 0
+
+
+def test_segment_points_picks_the_object_under_the_positive_points_and_none_a_negative_point_hits(clip) -> None:
+    truth = clip.ground_truth
+    first, second = (decode_rle(o.masks[2]).astype(bool) for o in truth.objects[:2])
+    inside = [(float(xs[0]), float(ys[0])) for ys, xs in (np.nonzero(first & ~second), np.nonzero(second & ~first))]
+    segmenter = FakeSegmenter()
+    picked = segmenter.segment_points(video_uri=str(clip.path), frame_indices=[0, 2, 5], key_frame=2,
+                                      points=[inside[1]], labels=[1])
+    assert set(picked.masks) == {0, 2, 5}
+    assert all((decode_rle(picked.masks[f]) == decode_rle(truth.objects[1].masks[f])).all() for f in (0, 2, 5))
+    refused = segmenter.segment_points(video_uri=str(clip.path), frame_indices=[2], key_frame=2,
+                                       points=[inside[1], inside[1]], labels=[1, 0])  # both on object 1
+    assert not (decode_rle(refused.masks[2]) == decode_rle(truth.objects[1].masks[2])).all()
+    with pytest.raises(ValueError, match="at least one point"):
+        segmenter.segment_points(video_uri=str(clip.path), frame_indices=[2], key_frame=2, points=[inside[0]],
+                                 labels=[0])
