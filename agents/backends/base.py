@@ -119,6 +119,11 @@ class SegmenterStats:
     encoder_batches: int = 0  # image-encoder batches those frames took
 
 
+def normalize_phrase(text: str) -> str:
+    """A noun phrase as text-prompted segmenters key it: lower case, single spaces."""
+    return " ".join(text.lower().split())
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class PhraseInstance:
     """One instance a text-prompted segmenter found for a phrase: its stable id within the call, its masks from the

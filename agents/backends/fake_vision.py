@@ -1,12 +1,17 @@
 """FAKE grounder and segmenter: ground truth of synthetic clips instead of models, for tests and the offline profile.
 
-These are fakes, not models. `FakeGrounder` answers a noun with the ground-truth box of the synthetic object
-whose name or category is that noun (the clip's `.gt.json` sidecar from `engine.synthetic`), or None when the
-clip has ground truth but no such object; for a video without a sidecar it returns a deterministic box near the
-centre derived from a hash of the noun. `FakeSegmenter` returns, on every requested frame, the ground-truth mask
-of the synthetic object whose key-frame box best matches the prompt box; without a sidecar (or with no
-matching object) it returns the prompt box filled on every requested frame. Masks are COCO RLE keyed by
-absolute frame index, as the real SAM 2 segmenter returns them, so the segmentor agent runs unchanged.
+These are fakes, not models. `FakeGrounder` detects from the frame's pixels: it looks up the colour of the noun's
+object (the synthetic object whose name or category is that noun, in the clip's `.gt.json` sidecar from
+`engine.synthetic`; or a colour word of the noun, e.g. "the red ball", for a video without a sidecar), finds the
+pixels of that colour on the frame it is given (`colour_box`: shaded copies of the colour, as the synthetic
+textures draw it) and returns the box of their largest connected region, or None when there is none (the object
+is not on that frame: it has not entered yet, or has left) or the sidecar has no such object. A noun without a
+sidecar or colour word gets a deterministic box near the centre derived from a hash of the noun.
+`FakeSegmenter` returns, on every requested frame, the ground-truth mask
+of the synthetic object whose key-frame box best matches the prompt box (for a prompt of points only: whose
+key-frame mask holds the first point labelled 1); without a sidecar (or with no matching object) it returns the
+prompt box (or a box of a fifth of the frame around the point) filled on every requested frame. Masks are COCO
+RLE keyed by absolute frame index, as the real SAM 2 segmenter returns them, so the segmentor agent runs unchanged.
 `FakeSegmenter.segment_many` answers every prompt of a clip in one call, each exactly as `segment` would, and
 counts its calls in `stats` like the real segmenter (it never decodes frames: it reads the sidecar).
 `FakeSegmenterConfig.degrade` (`engine.config.MaskDegradation`: shift, erode, dilate; off by default) damages
@@ -27,8 +32,8 @@ import numpy as np
 from agents.backends.base import Detection, SegmenterStats, SegmentPrompt
 from engine.config import FakeGrounderConfig, FakeSegmenterConfig, MaskDegradation
 from engine.ids import stable_hash
-from engine.masks import decode_rle, encode_rle
-from engine.synthetic import SyntheticGroundTruth, SyntheticObject, load_ground_truth, sidecar_path
+from engine.masks import box_iou, decode_rle, encode_rle
+from engine.synthetic import COLORS, SyntheticGroundTruth, SyntheticObject, load_ground_truth, sidecar_path
 from engine.types import Masklet, RleMask
 from engine.video import probe
 
@@ -37,7 +42,7 @@ _MIN_BOX_IOU = 0.3
 
 
 class FakeGrounder:
-    """FAKE: ground-truth boxes of synthetic clips; a deterministic central box for other videos."""
+    """FAKE: boxes found by the colour of the noun's object in the frame's pixels (module docstring)."""
 
     kind = "fake"
     model = "fake-grounder"
@@ -49,11 +54,39 @@ class FakeGrounder:
         truth = _ground_truth(video_uri)
         if truth is not None:
             obj = _object_named(truth, noun)
-            if obj is None or frame_index not in obj.boxes:
+            if obj is None:
                 return None
-            return Detection(box=tuple(float(v) for v in obj.boxes[frame_index]), score=1.0, label=obj.name)
-        height, width = frame.shape[:2]
-        return Detection(box=hashed_central_box(noun, width=width, height=height), score=0.5, label=noun)
+            color, label, score = obj.color, obj.name, 1.0
+        else:
+            color = next((word for word in noun.lower().split() if word in COLORS), None)
+            label, score = noun, 0.8
+            if color is None:
+                height, width = frame.shape[:2]
+                return Detection(box=hashed_central_box(noun, width=width, height=height), score=0.5, label=noun)
+        box = colour_box(frame, COLORS[color])
+        return None if box is None else Detection(box=box, score=score, label=label)
+
+
+def colour_box(
+    frame: np.ndarray, rgb: Sequence[int], *, tolerance: float = 40.0, min_pixels: int = 12
+) -> tuple[float, float, float, float] | None:
+    """The box `(x0, y0, x1, y1)` of the largest connected region of pixels that are a shade (0.6x to 1.1x) of `rgb`
+    within `tolerance` (RGB distance), or None when no region has `min_pixels`."""
+    import cv2  # lazily: only the fake grounder needs connected components
+
+    pixels = np.asarray(frame, dtype=np.float32)
+    colour = np.asarray(rgb, dtype=np.float32)
+    shade = pixels @ colour / float(colour @ colour)
+    residual = np.linalg.norm(pixels - shade[..., None] * colour, axis=-1)
+    hit = ((shade >= 0.6) & (shade <= 1.1) & (residual <= tolerance)).astype(np.uint8)
+    count, _labels, stats, _ = cv2.connectedComponentsWithStats(hit, connectivity=8)
+    if count <= 1:
+        return None
+    best = 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))
+    x, y, w, h, area = (int(v) for v in stats[best])
+    if area < min_pixels:
+        return None
+    return (float(x), float(y), float(x + w), float(y + h))
 
 
 class FakeSegmenter:
@@ -94,7 +127,7 @@ class FakeSegmenter:
     ) -> list[Masklet]:
         """One masklet per prompt, in order, each as `segment` returns it (`frames` are not needed)."""
         self._count(objects=len(prompts))
-        return [self._segment_one(video_uri, frame_indices, p.key_frame, p.box) for p in prompts]
+        return [self._segment_one(video_uri, frame_indices, p.key_frame, p.box, p.points) for p in prompts]
 
     def _count(self, *, objects: int) -> None:
         with self._stats_lock:
@@ -102,20 +135,32 @@ class FakeSegmenter:
             self._stats = dataclasses.replace(stats, calls=stats.calls + 1, objects=stats.objects + objects)
 
     def _segment_one(
-        self, video_uri: str, frame_indices: Sequence[int], key_frame: int, box: tuple[float, float, float, float]
+        self,
+        video_uri: str,
+        frame_indices: Sequence[int],
+        key_frame: int,
+        box: tuple[float, float, float, float] | None,
+        points: Sequence[tuple[float, float, int]] = (),
     ) -> Masklet:
         indices = sorted({int(i) for i in (*frame_indices, key_frame)})
+        inside = next(((x, y) for x, y, label in points if label == 1), None)
         truth = _ground_truth(video_uri)
         if truth is not None:
-            obj = _object_at_box(truth, key_frame, box)
+            if box is not None:
+                obj = _object_at_box(truth, key_frame, box)
+            else:
+                obj = _object_at_point(truth, key_frame, inside)
             if obj is not None:
                 empty = _rle(np.zeros((truth.height, truth.width), dtype=bool))
                 masks = {i: self._degraded(obj.masks.get(i, empty)) for i in indices}
-                return Masklet(masks=masks, key_frame=key_frame, box=tuple(box), score=1.0)
+                return Masklet(masks=masks, key_frame=key_frame, box=_box_or_none(box), score=1.0)
             height, width = truth.height, truth.width
         else:
             info = probe(video_uri)
             height, width = info.height, info.width
+        if box is None:
+            x, y = inside if inside is not None else (width / 2, height / 2)
+            box = (x - width / 10, y - height / 10, x + width / 10, y + height / 10)
         filled = self._degraded(_rle(filled_box_mask(box, width=width, height=height)))
         return Masklet(masks=dict.fromkeys(indices, filled), key_frame=key_frame, box=tuple(box), score=0.5)
 
@@ -177,15 +222,6 @@ def filled_box_mask(box: tuple[float, float, float, float], *, width: int, heigh
     return rows[:, None] & columns[None, :]
 
 
-def box_iou(a: Sequence[float], b: Sequence[float]) -> float:
-    """IoU of two `(x0, y0, x1, y1)` boxes."""
-    inter_w = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
-    inter_h = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
-    intersection = inter_w * inter_h
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - intersection
-    return intersection / union if union > 0 else 0.0
-
-
 def _rle(mask: np.ndarray) -> RleMask:
     return RleMask.from_coco(encode_rle(mask))
 
@@ -204,6 +240,24 @@ def _object_named(truth: SyntheticGroundTruth, noun: str) -> SyntheticObject | N
     ]
     coloured = [o for o in candidates if o.color.lower() in words]
     return (coloured or candidates or [None])[0]
+
+
+def _box_or_none(box: Sequence[float] | None) -> tuple[float, float, float, float] | None:
+    return None if box is None else (float(box[0]), float(box[1]), float(box[2]), float(box[3]))
+
+
+def _object_at_point(
+    truth: SyntheticGroundTruth, key_frame: int, point: tuple[float, float] | None
+) -> SyntheticObject | None:
+    """The synthetic object whose mask on `key_frame` holds `point` (the topmost drawn: the last), if any."""
+    if point is None:
+        return None
+    x, y = int(point[0]), int(point[1])
+    for obj in reversed(truth.objects):
+        mask = obj.masks.get(key_frame)
+        if mask is not None and 0 <= y < mask.height and 0 <= x < mask.width and decode_rle(mask)[y, x]:
+            return obj
+    return None
 
 
 def _object_at_box(truth: SyntheticGroundTruth, key_frame: int, box: Sequence[float]) -> SyntheticObject | None:

@@ -219,8 +219,10 @@ def build_tiny_sam3_video(directory: str | os.PathLike[str], *, seed: int = 0, i
         grid = image_size // patch
         detector = {
             "vision_config": {
+                "model_type": "sam3_vision_model",
                 "backbone_config": {
-                    "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4,
+                    "model_type": "sam3_vit_model", "hidden_size": 32, "intermediate_size": 64,
+                    "num_hidden_layers": 2, "num_attention_heads": 4,
                     "image_size": image_size, "patch_size": patch, "window_size": grid // 2,
                     "global_attn_indexes": [1], "pretrain_image_size": image_size,
                 },
@@ -229,12 +231,13 @@ def build_tiny_sam3_video(directory: str | os.PathLike[str], *, seed: int = 0, i
                 "backbone_feature_sizes": [[grid * 4] * 2, [grid * 2] * 2, [grid] * 2],
             },
             "text_config": {
-                "vocab_size": len(tokenizer), "hidden_size": 32, "intermediate_size": 64, "projection_dim": 32,
+                "model_type": "clip_text_model", "vocab_size": len(tokenizer), "hidden_size": 32,
+                "intermediate_size": 64, "projection_dim": 32,
                 "num_hidden_layers": 1, "num_attention_heads": 4, "max_position_embeddings": 32,
             },
             "geometry_encoder_config": {"num_layers": 1, "intermediate_size": 64},
             "detr_encoder_config": {"num_layers": 1, "intermediate_size": 64},
-            "detr_decoder_config": {"num_layers": 1, "num_queries": 8, "intermediate_size": 64},
+            "detr_decoder_config": {"num_layers": 1, "num_queries": 4, "intermediate_size": 64},
             "mask_decoder_config": {"num_upsampling_stages": 3},
         }
         tracker = {
