@@ -85,7 +85,7 @@ def _package_alone(predictor, folder: Path, key: int, box) -> dict[int, np.ndarr
     return masks
 
 
-def test_transformers_sam2_masks_equal_the_sam2_package_on_the_same_weights(models, jpegs) -> None:
+def test_transformers_sam2_masks_equal_the_sam2_package_on_the_same_weights(models, jpegs, one_torch_thread) -> None:
     predictor, folder = models
     clip, jpeg_folder, decoded = jpegs
     objects = clip.ground_truth.objects
