@@ -11,8 +11,10 @@ Before any model call, a masklet whose identity switches to another object is re
 tracker that jumps to a similar object keeps producing a plausible mask, which a region caption cannot tell
 apart, but the mask's centre then leaves the object's own motion. `identity_switch` follows the centre of the
 mask from frame to frame, predicts it by constant velocity from the two frames before, and reports the first frame
-where it lands more than `identity_jump` object radii (radius of a disc of the mask's area, the larger of the two
-frames) away from the prediction; a straight, bouncing or partly occluded object stays far below 1.5 radii.
+where it misses the prediction by more than `identity_jump` times what the object itself can explain: its size
+(half the larger side of its box) plus twice its recent motion (a bounce reverses it, an occlusion shifts the
+visible centre by at most the size), so a real track stays below 1. A swap between objects that pass close to each
+other at low speed stays within that allowance and is not caught by this check (the judge sees those).
 """
 
 from __future__ import annotations
@@ -194,24 +196,28 @@ class Reviewer:
 
 
 def identity_switch(masklet: Masklet, max_jump: float) -> tuple[int, float] | None:
-    """`(frame, jump)` at the first frame whose mask centre is more than `max_jump` radii from where the object's
-    motion puts it (constant velocity from the two mask frames before), or None (see the module docstring)."""
-    track = []  # (frame, centre x, centre y, radius) of every non-empty mask, in time order
+    """`(frame, jump)` at the first frame whose mask centre lands more than `max_jump` times (its size + twice its
+    own recent motion) from where constant velocity puts it, or None (see the module docstring)."""
+    track = []  # (frame, centre x, centre y, half the larger side of its box) of every non-empty mask, in time order
     for frame in masklet.frame_indices:
         mask = decode_rle(masklet.masks[frame])
-        area = int(mask.sum())
-        if area:
+        if mask.any():
             ys, xs = np.nonzero(mask)
-            track.append((frame, float(xs.mean()), float(ys.mean()), max(1.0, float(np.sqrt(area / np.pi)))))
+            size = max(int(xs.max() - xs.min()), int(ys.max() - ys.min())) + 1
+            track.append((frame, float(xs.mean()), float(ys.mean()), size / 2.0))
     for k in range(1, len(track)):
-        frame, x, y, radius = track[k]
-        before, bx, by, before_radius = track[k - 1]
+        frame, x, y, size = track[k]
+        before, bx, by, before_size = track[k - 1]
         vx = vy = 0.0
         if k >= 2:
             earlier, ex, ey, _ = track[k - 2]
             vx, vy = (bx - ex) / (before - earlier), (by - ey) / (before - earlier)
         gap = frame - before
-        jump = float(np.hypot(x - (bx + vx * gap), y - (by + vy * gap))) / max(radius, before_radius)
+        miss = float(np.hypot(x - (bx + vx * gap), y - (by + vy * gap)))
+        # A bounce misses the prediction by at most twice the motion, an occlusion moves the centre by at most the
+        # object's size: together they stay below 1.
+        allowed = max(size, before_size) + 2.0 * float(np.hypot(vx, vy)) * gap
+        jump = miss / max(allowed, 1.0)
         if jump > max_jump:
             return frame, jump
     return None
