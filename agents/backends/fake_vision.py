@@ -4,7 +4,7 @@ These are fakes, not models. `FakeGrounder` detects from the frame's pixels: it 
 object (the synthetic object whose name or category is that noun, in the clip's `.gt.json` sidecar from
 `engine.synthetic`; or a colour word of the noun, e.g. "the red ball", for a video without a sidecar), finds the
 pixels of that colour on the frame it is given (`colour_box`: shaded copies of the colour, as the synthetic
-textures draw it) and returns the box of their largest connected region, or None when there is none (the object
+textures draw it) and returns the box around their connected regions, or None when there is none (the object
 is not on that frame: it has not entered yet, or has left) or the sidecar has no such object. A noun without a
 sidecar or colour word gets a deterministic box near the centre derived from a hash of the noun.
 `FakeSegmenter` returns, on every requested frame, the ground-truth mask
@@ -39,6 +39,7 @@ from engine.video import probe
 
 # A prompt box must overlap an object's true box at least this much (box IoU) to be taken as that object.
 _MIN_BOX_IOU = 0.3
+_MIN_HELD = 0.6  # ... or lie inside it this much (a box of part of an occluded object)
 
 
 class FakeGrounder:
@@ -70,8 +71,8 @@ class FakeGrounder:
 def colour_box(
     frame: np.ndarray, rgb: Sequence[int], *, tolerance: float = 40.0, min_pixels: int = 12
 ) -> tuple[float, float, float, float] | None:
-    """The box `(x0, y0, x1, y1)` of the largest connected region of pixels that are a shade (0.6x to 1.1x) of `rgb`
-    within `tolerance` (RGB distance), or None when no region has `min_pixels`."""
+    """The box `(x0, y0, x1, y1)` around the connected regions of at least `min_pixels` pixels that are a shade (0.6x
+    to 1.1x) of `rgb` within `tolerance` (RGB distance; an occluder may split the object in parts), or None."""
     import cv2  # lazily: only the fake grounder needs connected components
 
     pixels = np.asarray(frame, dtype=np.float32)
@@ -82,11 +83,13 @@ def colour_box(
     count, _labels, stats, _ = cv2.connectedComponentsWithStats(hit, connectivity=8)
     if count <= 1:
         return None
-    best = 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))
-    x, y, w, h, area = (int(v) for v in stats[best])
-    if area < min_pixels:
+    parts = stats[1:][stats[1:, cv2.CC_STAT_AREA] >= min_pixels]
+    if len(parts) == 0:
         return None
-    return (float(x), float(y), float(x + w), float(y + h))
+    x0, y0 = parts[:, cv2.CC_STAT_LEFT].min(), parts[:, cv2.CC_STAT_TOP].min()
+    x1 = (parts[:, cv2.CC_STAT_LEFT] + parts[:, cv2.CC_STAT_WIDTH]).max()
+    y1 = (parts[:, cv2.CC_STAT_TOP] + parts[:, cv2.CC_STAT_HEIGHT]).max()
+    return (float(x0), float(y0), float(x1), float(y1))
 
 
 class FakeSegmenter:
@@ -261,11 +264,22 @@ def _object_at_point(
 
 
 def _object_at_box(truth: SyntheticGroundTruth, key_frame: int, box: Sequence[float]) -> SyntheticObject | None:
+    """The object whose key-frame box overlaps `box` best (IoU >= 0.3), else the one whose box holds most of `box`
+    (at least 60% of it: a detection of part of an occluded object)."""
     scored = [(box_iou(o.boxes[key_frame], box), o) for o in truth.objects if key_frame in o.boxes]
     if not scored:
         return None
     best_iou, best = max(scored, key=lambda pair: pair[0])
-    return best if best_iou >= _MIN_BOX_IOU else None
+    if best_iou >= _MIN_BOX_IOU:
+        return best
+    area = max((box[2] - box[0]) * (box[3] - box[1]), 1e-9)
+    held = [(_intersection(o.boxes[key_frame], box) / area, o) for _, o in scored]
+    share, holder = max(held, key=lambda pair: pair[0])
+    return holder if share >= _MIN_HELD else None
+
+
+def _intersection(a: Sequence[float], b: Sequence[float]) -> float:
+    return max(0.0, min(a[2], b[2]) - max(a[0], b[0])) * max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
 
 
 def _ground_truth(video_uri: str) -> SyntheticGroundTruth | None:

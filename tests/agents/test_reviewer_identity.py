@@ -1,4 +1,4 @@
-"""Point 4 of issue 24: the reviewer rejects a masklet whose identity switches to another object (`identity_switch`)."""
+"""Point 4 of issue 24: the reviewer rejects a masklet whose identity switches to another object."""
 
 from __future__ import annotations
 

@@ -32,7 +32,8 @@ def test_grounder_finds_the_named_object_in_the_pixels(clip) -> None:
             assert detection is not None and detection.label == obj.name
             assert box_iou(detection.box, obj.boxes[2]) > 0.8  # H.264 blurs the edges a little
     black = np.zeros_like(frame)  # the object is not in these pixels: nothing is found, whatever the truth says
-    assert FakeGrounder().ground(video_uri=str(clip.path), frame_index=2, frame=black, noun=truth.objects[0].name) is None
+    noun = truth.objects[0].name
+    assert FakeGrounder().ground(video_uri=str(clip.path), frame_index=2, frame=black, noun=noun) is None
 
 
 def test_grounder_finds_an_entering_object_only_once_it_is_there(tmp_path: Path) -> None:
