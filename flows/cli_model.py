@@ -72,21 +72,23 @@ def _masks_from_box(
     device: str,
 ) -> list[dict[int, Any]]:
     """One object's masklet from SAM 2, prompted with a box on `frame` and propagated over the sampled frames."""
-    from agents.backends.sam2_segmenter import Sam2Segmenter
-    from engine.config import Sam2Config
+    from agents.backends.factory import build_segmenter
+    from engine.errors import ConfigError
     from engine.video import probe, uniform_indices
 
     indices = sorted(set(uniform_indices(probe(video).num_frames, num_frames)) | {frame})
-    options: dict[str, Any] = {"device": device}
-    if sam2_config:
-        options["config_name"] = sam2_config
+    if sam2_config:  # SAM 2 runs through transformers now: a weights folder holds its own config
+        raise ConfigError("--sam2-config is no longer used: pass the SAM 2 folder (transformers format, e.g. "
+                          "`hf download facebook/sam2.1-hiera-large --local-dir models/sam2.1-hiera-large`) as "
+                          "--sam2-checkpoint")
+    options: dict[str, Any] = {"kind": "sam2", "device": device}
     if sam2_checkpoint:
-        options["checkpoint"] = sam2_checkpoint
+        options["model"] = sam2_checkpoint
     if sam2_random_weights:
         options["random_weights"] = True
     if sam2_image_size:
         options["image_size"] = sam2_image_size
-    masklet = Sam2Segmenter(Sam2Config(**options)).segment(
+    masklet = build_segmenter(options).segment(
         video_uri=str(video), frame_indices=indices, key_frame=frame, box=_parse_box(box)
     )
     masks = dict(masklet.masks)
@@ -125,12 +127,16 @@ def register(app: typer.Typer) -> None:
         dtype: str | None = typer.Option(
             None, "--dtype", help="float32, bfloat16 or float16 (default: stored dtype on CUDA, float32 on CPU)."
         ),
-        sam2_config: str | None = typer.Option(None, "--sam2-config", help="SAM 2 model config name."),
-        sam2_checkpoint: str | None = typer.Option(None, "--sam2-checkpoint", help="SAM 2 weights file."),
+        sam2_config: str | None = typer.Option(None, "--sam2-config", help="No longer used (the folder has it)."),
+        sam2_checkpoint: str | None = typer.Option(
+            None, "--sam2-checkpoint", help="SAM 2 weights: a transformers folder (facebook/sam2.1-hiera-*)."
+        ),
         sam2_random_weights: bool = typer.Option(
             False, "--sam2-random-weights", help="SAM 2 with random weights instead (tests and demos only)."
         ),
-        sam2_image_size: int | None = typer.Option(None, "--sam2-image-size", help="SAM 2 input size override."),
+        sam2_image_size: int | None = typer.Option(
+            None, "--sam2-image-size", help="Input size of the random SAM 2 (with --sam2-random-weights)."
+        ),
     ) -> None:
         """Ask the model about objects in a video (or an image, or text only); the answer streams to stdout."""
         from engine.errors import VideoReferError
