@@ -39,7 +39,7 @@ def test_model_profiles_without_weights_fail_validation_saying_how_to_get_them(n
         profile(name)
     message = str(raised.value)
     assert "agents.segmenter" in message and "agents.grounder" in message
-    assert "facebook/sam2.1-hiera" in message and "IDEA-Research/grounding-dino-tiny" in message  # where the weights are
+    assert "facebook/sam2.1-hiera" in message and "IDEA-Research/grounding-dino-tiny" in message  # weights: where
     assert "random_weights: true" in message  # and how to ask for random weights instead
     with pytest.raises(ConfigError, match="sam2 has no model"):
         parse_config({"base_profile": name, "agents": {"grounder": {"model": "models/grounding-dino-tiny"}}})
