@@ -206,7 +206,8 @@ def build_tiny_sam2_video(directory: str | os.PathLike[str], *, seed: int = 0, i
 
 def build_tiny_sam3_video(directory: str | os.PathLike[str], *, seed: int = 0, image_size: int = 112) -> Path:
     """A tiny random `Sam3VideoModel` (ViT detector + CLIP text encoder + SAM 2-style tracker) with a BPE tokenizer
-    trained here; detection thresholds are lowered so that random weights find (meaningless) instances."""
+    trained here; detection thresholds are lowered and the tracker's object-presence bias raised, so that random
+    weights find (meaningless) instances and keep tracking them."""
 
     def build(target: Path) -> None:
         import torch
@@ -253,7 +254,10 @@ def build_tiny_sam3_video(directory: str | os.PathLike[str], *, seed: int = 0, i
             score_threshold_detection=0.2, new_det_thresh=0.3, hotstart_delay=0,
         )
         torch.manual_seed(seed)
-        Sam3VideoModel(config).save_pretrained(target)
+        model = Sam3VideoModel(config)
+        with torch.no_grad():  # random heads call every tracked instance gone after its first frame: say "present"
+            model.tracker_model.mask_decoder.pred_obj_score_head.proj_out.bias.fill_(5.0)
+        model.save_pretrained(target)
         tokenizer.save_pretrained(target)
 
     return _build_once(directory, build)
