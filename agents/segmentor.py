@@ -9,8 +9,8 @@ Objects that enter later: besides the key frame, the noun is grounded again on e
 frame and on the first frame after a cut (two consecutive sampled frames whose mean absolute difference exceeds
 `cut_threshold`). One `segment_many` call turns the first detection of every object (the key frame's, or the
 earliest one when the key frame has none) into masks on all sampled frames, propagating both ways (SAM 2: the
-image encoder once per frame for all objects). A later detection is linked to the object's masklet when the
-masklet's mask on that frame covers the detection's box (mask-to-box IoU >= `link_iou`); detections left over
+image encoder once per frame for all objects). A later detection is linked to the object's masklet when the box
+around the masklet's mask on that frame overlaps the detection's box by `link_iou` (box IoU); detections left over
 are segmented in a second call and linked by mask IoU (the two masklets' masks on the detection's frame, >=
 `link_iou`) or start a new masklet (a second instance, or the object after it was lost). The object's masklet
 is the one holding its key-frame detection, else the earliest one. Masklets end where the object leaves: on a
@@ -63,7 +63,7 @@ class SegmentorStats:
     frame_reads: int = 0  # frame reads (one per clip; served by the stage's frame cache when it holds them)
     frames_read: int = 0  # frames those reads returned
     segmenter_calls: int = 0  # segment_many / segment_phrases calls (one or two per clip with a detection)
-    detections: int = 0  # boxes the grounder returned (key frames and re-detection frames)
+    detections: int = 0  # boxes the grounder returned (key frames, re-detection frames); SAM 3: instances found
     linked: int = 0  # later detections linked to an existing masklet (no new prompt, or by mask IoU)
     new_masklets: int = 0  # masklets started after the first one of an object (entering / re-found instances)
     cuts: int = 0  # cuts found between sampled frames
@@ -304,7 +304,7 @@ class Segmentor:
                                                   model=self.segmenter.model))
             except Exception as exc:
                 results.append(exc)
-        self._count(detections=sum(len(v) for v in found.values()), new_masklets=max(0, len(taken) - len(records)))
+        self._count(detections=sum(len(v) for v in found.values()))
         return results
 
     def _with_masklet(

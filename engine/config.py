@@ -175,7 +175,7 @@ class _VideoSegmenterConfig(_Strict):
     model: str | None = None
     random_weights: bool = False  # build a tiny random model: must be asked for explicitly
     device: str = "cpu"
-    image_size: PositiveInt | None = None  # the random model's input size (ignored for real weights: theirs)
+    image_size: PositiveInt | None = None  # the random model's input size (real weights have their own)
     max_frames: PositiveInt = 64  # frames of the clip the segmenter tracks through (uniformly thinned)
     encoder_batch: PositiveInt = 8  # frames per image-encoder batch
 
@@ -198,6 +198,8 @@ class _VideoSegmenterConfig(_Strict):
             raise ValueError(f"{kind}: give either `model` or `random_weights: true`, not both")
         if not self.model and not self.random_weights:
             raise ValueError(f"{kind} has no model. {_WEIGHTS_HELP[kind]}")
+        if self.model and self.image_size is not None:
+            raise ValueError(f"{kind}: `image_size` sets the random model's input size; real weights have their own")
         return self
 
 

@@ -231,6 +231,8 @@ def test_a_clip_with_three_objects_reads_and_encodes_its_frames_once(tmp_path, m
     assert counts == {"reads": 1} and stats.calls == 1 and stats.frame_reads == 0
     assert stats.frames_encoded == len(sampled) and stats.encoder_batches == 2  # 6 frames in batches of 4
     assert together.rejects == () and len({r.masklet.key_frame for r in together.records}) == 3
+    provenance = together.records[0].provenance[-1]  # what the data report shows: the segmenter by kind and model
+    assert provenance.backend == "fake+sam2" and provenance.model == "fake-grounder+sam2-tiny-random-128px"
     alone = [asyncio.run(segmentor(seed).run([record])) for record in records]
     assert [r.masklet for r in together.records] == [result.records[0].masklet for result in alone]
     assert counts == {"reads": 4}

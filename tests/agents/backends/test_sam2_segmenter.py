@@ -114,6 +114,8 @@ def test_a_config_without_weights_or_with_the_old_package_keys_is_refused_before
         Sam2Config(device="cpu")
     with pytest.raises(ValueError, match="not both"):
         Sam2Config(model="models/sam2.1-hiera-tiny", random_weights=True)
+    with pytest.raises(ValueError, match="real weights have their own"):
+        Sam2Config(model="models/sam2.1-hiera-tiny", image_size=512)
     with pytest.raises(ConfigError, match="random_weights"):
         Sam2Segmenter(Sam2Config.model_construct(device="cpu"))  # an unvalidated config: refused by the backend
     with pytest.raises(ConfigError, match="facebook/sam2.1-hiera-large"):  # says what to do instead
