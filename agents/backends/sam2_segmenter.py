@@ -240,7 +240,7 @@ class Sam2Segmenter:
                     frames_encoded=len(indices), encoder_batches=batches)
         return [
             Masklet(
-                masks={indices[position]: _rle(mask) for position, mask in sorted(masks.items())},
+                masks={indices[position]: to_rle(mask) for position, mask in sorted(masks.items())},
                 key_frame=key,
                 box=tuple(prompt.box) if prompt.box is not None else None,
                 score=1.0,
@@ -313,7 +313,8 @@ def load_pretrained(model_class: Any, source: str, kind: str) -> Any:
         raise ConfigError(f"{kind} cannot load {source!r}: {type(exc).__name__}: {exc}") from exc
 
 
-def _rle(mask: np.ndarray) -> RleMask:
+def to_rle(mask: np.ndarray) -> RleMask:
+    """A boolean mask as COCO RLE."""
     return RleMask.from_coco(encode_rle(mask))
 
 

@@ -31,10 +31,10 @@ from agents.backends.sam2_segmenter import (
     FramePrep,
     Sam2Segmenter,
     VideoTracker,
-    _rle,
     load_pretrained,
     prepare_frames,
     thin_frames,
+    to_rle,
     video_masks,
 )
 from engine.config import Sam3Config
@@ -115,7 +115,7 @@ class Sam3Segmenter(Sam2Segmenter):
             local = masks[obj_id]
             first = min(local)
             masklet = Masklet(
-                masks={indices[frame]: _rle(mask) for frame, mask in sorted(local.items())},
+                masks={indices[frame]: to_rle(mask) for frame, mask in sorted(local.items())},
                 key_frame=indices[first],
                 box=tuple(float(v) for v in bbox(local[first])),
                 score=scores[obj_id],
