@@ -148,3 +148,23 @@ def test_cuts_are_found_and_grounded_again(tmp_path) -> None:
     assert find_cuts(list(range(6)), frames, 48.0) == []
     assert redetect_frames(list(range(12)), 5, [6]) == [0, 5, 6, 10]
     assert redetect_frames(list(range(12)), 0, []) == []
+
+
+def test_a_masklet_stops_at_a_cut_unless_its_object_is_found_after_it(entering, monkeypatch) -> None:
+    import agents.segmentor as segmentor_module
+
+    monkeypatch.setattr(segmentor_module, "find_cuts", lambda indices, frames, threshold: [8])  # a cut before frame 8
+    records = _one_record(entering)
+    clip = records[0].clip
+    box = (10.0, 10.0, 30.0, 30.0)
+
+    def run(found_on):
+        segmenter = _ScriptedSegmenter(height=clip.height, width=clip.width, gone=None)  # its mask never vanishes
+        segmentor = Segmentor(_ScriptedGrounder(dict.fromkeys(found_on, box)), segmenter, num_frames=FRAMES,
+                              key_frame="first", redetect_every=0, min_mask_area_px=1)
+        return asyncio.run(segmentor.run(records)).records[0].masklet, segmentor.stats
+
+    before_only, stats = run([0])
+    assert sorted(before_only.masks) == list(range(8)) and stats.cuts == 1  # not found after the cut: it stops
+    both, stats = run([0, 8])
+    assert sorted(both.masks) == list(range(FRAMES)) and stats.linked == 1  # found again after it: one masklet
