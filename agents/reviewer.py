@@ -6,6 +6,15 @@ the noun. Step 2: an LLM judge compares that region caption with the annotator's
 texts and says whether they describe the same object. Accepted objects carry a `Review`; the others become
 `REVIEW_REJECTED` rejects whose message keeps the judge's reason and the region caption. (The paper used
 Osprey-7B and Qwen2-7B here; about 40% of candidates survived.)
+
+Before any model call, a masklet whose identity switches to another object is rejected (`IDENTITY_SWITCH`): a
+tracker that jumps to a similar object keeps producing a plausible mask, which a region caption cannot tell
+apart, but the mask's centre then leaves the object's own motion. `identity_switch` follows the centre of the
+mask from frame to frame, predicts it by constant velocity from the two frames before, and reports the first frame
+where it misses the prediction by more than `identity_jump` times what the object itself can explain: its size
+(half the larger side of its box) plus twice its recent motion (a bounce reverses it, an occlusion shifts the
+visible centre by at most the size), so a real track stays below 1. A swap between objects that pass close to each
+other at low speed stays within that allowance and is not caught by this check (the judge sees those).
 """
 
 from __future__ import annotations
@@ -13,6 +22,8 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 from collections.abc import Sequence
+
+import numpy as np
 
 from agents.backends.base import ChatBackend, ChatRequest, ImagePart
 from agents.calling import Call, call_structured, structured_request
@@ -23,7 +34,7 @@ from agents.stage import StageResult, make_reject, reject_for, run_in_batches
 from engine.errors import RejectReason
 from engine.masks import decode_rle
 from engine.render import draw_contour
-from engine.types import ObjectRecord, Provenance, Reject, Review
+from engine.types import Masklet, ObjectRecord, Provenance, Reject, Review
 from engine.video import n_uniform_frames
 
 STAGE = "review"
@@ -42,12 +53,14 @@ class Reviewer:
         num_frames: int = 1,
         max_side: int = DEFAULT_MAX_SIDE,
         batch_size: int = 64,
+        identity_jump: float = 1.5,
     ) -> None:
         self.captioner = captioner
         self.judge = judge
         self.num_frames = max(1, num_frames)
         self.max_side = max_side
         self.batch_size = batch_size
+        self.identity_jump = identity_jump
         self.caption_prompt = load_prompt("region_caption")
         self.judge_prompt = load_prompt("judge")
         self.judge_version = self.judge_prompt.version
@@ -59,7 +72,7 @@ class Reviewer:
         rejects: list[Reject] = []
         ready: list[ObjectRecord] = []
         for record in records:
-            problem = _missing_input(record)
+            problem = _missing_input(record) or self._switched(record)
             if problem is None:
                 ready.append(record)
             else:
@@ -113,6 +126,18 @@ class Reviewer:
             provenance = (*record.provenance, caption_provenance, outcome.provenance)
             accepted.append(dataclasses.replace(record, review=review, provenance=provenance))
         return StageResult(records=tuple(accepted), rejects=tuple(rejects))
+
+    def _switched(self, record: ObjectRecord) -> tuple[RejectReason, str] | None:
+        if self.identity_jump <= 0 or record.masklet is None:
+            return None
+        switch = identity_switch(record.masklet, self.identity_jump)
+        if switch is None:
+            return None
+        frame, jump = switch
+        return RejectReason.IDENTITY_SWITCH, (
+            f"the mask jumps {jump:.1f} object radii off the object's motion on frame {frame}: it follows another "
+            f"object from there (limit {self.identity_jump})"
+        )
 
     def frames_to_show(self, record: ObjectRecord) -> list[int]:
         """The key frame plus up to `num_frames - 1` uniformly spread mask frames, in time order."""
@@ -168,6 +193,34 @@ class Reviewer:
             "region_caption": region_caption,
         }
         return structured_request(self.judge_prompt, JudgeReply, task="judge", values=values)
+
+
+def identity_switch(masklet: Masklet, max_jump: float) -> tuple[int, float] | None:
+    """`(frame, jump)` at the first frame whose mask centre lands more than `max_jump` times (its size + twice its
+    own recent motion) from where constant velocity puts it, or None (see the module docstring)."""
+    track = []  # (frame, centre x, centre y, half the larger side of its box) of every non-empty mask, in time order
+    for frame in masklet.frame_indices:
+        mask = decode_rle(masklet.masks[frame])
+        if mask.any():
+            ys, xs = np.nonzero(mask)
+            size = max(int(xs.max() - xs.min()), int(ys.max() - ys.min())) + 1
+            track.append((frame, float(xs.mean()), float(ys.mean()), size / 2.0))
+    for k in range(1, len(track)):
+        frame, x, y, size = track[k]
+        before, bx, by, before_size = track[k - 1]
+        vx = vy = 0.0
+        if k >= 2:
+            earlier, ex, ey, _ = track[k - 2]
+            vx, vy = (bx - ex) / (before - earlier), (by - ey) / (before - earlier)
+        gap = frame - before
+        miss = float(np.hypot(x - (bx + vx * gap), y - (by + vy * gap)))
+        # A bounce misses the prediction by at most twice the motion, an occlusion moves the centre by at most the
+        # object's size: together they stay below 1.
+        allowed = max(size, before_size) + 2.0 * float(np.hypot(vx, vy)) * gap
+        jump = miss / max(allowed, 1.0)
+        if jump > max_jump:
+            return frame, jump
+    return None
 
 
 def _missing_input(record: ObjectRecord) -> tuple[RejectReason, str] | None:

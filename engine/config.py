@@ -2,7 +2,7 @@
 
 A config file selects, per agent, which chat backend answers it (`fake`, `replay`, `openai` for any
 OpenAI-compatible server such as vLLM, `local` for transformers models on this machine) and which
-grounder/segmenter builds masks (`fake`, `grounding_dino`, `sam2`). Profiles `offline`, `local` and
+grounder/segmenter builds masks (`fake`, `grounding_dino`, `sam2`, `sam3`). Profiles `offline`, `local` and
 `server` are the three starting points. Secrets never live here: an API key is read from the
 environment variable named by `api_key_env`.
 """
@@ -162,39 +162,78 @@ class FakeSegmenterConfig(_Strict):
     degrade: MaskDegradation = MaskDegradation()
 
 
-class Sam2Config(_Strict):
-    """The `sam2` package's video predictor: `config_name` (a config inside the package) + `checkpoint` (a .pt file).
+class _VideoSegmenterConfig(_Strict):
+    """What the transformers video segmenters share: weights as a Hugging Face folder, device, frames, batching.
 
-    There is no default checkpoint: a config names its weights, or asks for random weights with
-    `random_weights: true` (tests and demos only: the masks are meaningless). Neither, or both, is a
-    validation error (a `ConfigError` once the engine config is parsed), raised before any model work.
+    `model` is a local folder saved by transformers (`hf download <repo> --local-dir <folder>`; a hub id works where
+    a hub is reachable). There is no default: a config names its weights, or asks for a tiny randomly initialised
+    model with `random_weights: true` (tests and demos only: its masks are meaningless), whose input size is
+    `image_size` (default 128). Neither, or both, is a validation error (a `ConfigError` once the engine config is
+    parsed), raised before any model work. `encoder_batch` frames go through the image encoder at once.
     """
 
-    kind: Literal["sam2"] = "sam2"
-    config_name: str = "configs/sam2.1/sam2.1_hiera_t.yaml"
-    checkpoint: str | None = None
-    random_weights: bool = False  # build the model without weights: must be asked for explicitly
+    model: str | None = None
+    random_weights: bool = False  # build a tiny random model: must be asked for explicitly
     device: str = "cpu"
-    image_size: int | None = None  # override of the model's input size (512 makes CPU tests fast)
-    max_frames: int = 64  # frames of the clip SAM 2 propagates through (uniformly sampled)
+    image_size: PositiveInt | None = None  # the random model's input size (real weights have their own)
+    max_frames: PositiveInt = 64  # frames of the clip the segmenter tracks through (uniformly thinned)
+    encoder_batch: PositiveInt = 8  # frames per image-encoder batch
+
+    @model_validator(mode="before")
+    @classmethod
+    def _sam2_package_keys_are_gone(cls, data: Any) -> Any:
+        if isinstance(data, dict) and ({"checkpoint", "config_name"} & set(data)):
+            raise ValueError(
+                "`checkpoint` and `config_name` belonged to the `sam2` package backend, which is gone: the segmenter "
+                "runs through transformers now. Set `model:` to a Hugging Face folder, e.g. `hf download "
+                "facebook/sam2.1-hiera-large --local-dir models/sam2.1-hiera-large` and `model: "
+                "models/sam2.1-hiera-large`"
+            )
+        return data
 
     @model_validator(mode="after")
-    def _weights_named(self) -> Sam2Config:
-        if self.checkpoint and self.random_weights:
-            raise ValueError("sam2: give either `checkpoint` or `random_weights: true`, not both")
-        if not self.checkpoint and not self.random_weights:
-            raise ValueError(
-                "sam2 has no checkpoint. Get a SAM 2.1 checkpoint from facebookresearch/sam2 (its "
-                "checkpoints/download_ckpts.sh, or `hf download facebook/sam2.1-hiera-large sam2.1_hiera_large.pt "
-                "--local-dir checkpoints`) and set `checkpoint: checkpoints/sam2.1_hiera_large.pt` with the matching "
-                "`config_name: configs/sam2.1/sam2.1_hiera_l.yaml` (tiny: sam2.1_hiera_tiny.pt with "
-                "sam2.1_hiera_t.yaml); or set `random_weights: true` for random weights (tests and demos only: "
-                "its masks are meaningless)"
-            )
+    def _weights_named(self) -> _VideoSegmenterConfig:
+        kind = getattr(self, "kind", "segmenter")
+        if self.model and self.random_weights:
+            raise ValueError(f"{kind}: give either `model` or `random_weights: true`, not both")
+        if not self.model and not self.random_weights:
+            raise ValueError(f"{kind} has no model. {_WEIGHTS_HELP[kind]}")
+        if self.model and self.image_size is not None:
+            raise ValueError(f"{kind}: `image_size` sets the random model's input size; real weights have their own")
         return self
 
 
-SegmenterConfig = Annotated[FakeSegmenterConfig | Sam2Config, Field(discriminator="kind")]
+_WEIGHTS_HELP = {
+    "sam2": (
+        "Get SAM 2.1 weights in transformers' format on a machine with the Hugging Face hub, e.g. `hf download "
+        "facebook/sam2.1-hiera-large --local-dir models/sam2.1-hiera-large` (or facebook/sam2.1-hiera-tiny, "
+        "-small, -base-plus), and set `model: models/sam2.1-hiera-large`; or set `random_weights: true` for a "
+        "tiny random model (tests and demos only: its masks are meaningless)"
+    ),
+    "sam3": (
+        "Get SAM 3 in transformers' format on a machine with the Hugging Face hub (`hf download facebook/sam3 "
+        "--local-dir models/sam3`; the repository is gated: accept its licence first) and set `model: models/sam3`; "
+        "or set `random_weights: true` for a tiny random model (tests and demos only: its masks are meaningless)"
+    ),
+}
+
+
+class Sam2Config(_VideoSegmenterConfig):
+    """SAM 2 (2.1) video through transformers' `Sam2VideoModel`: boxes or points on a frame -> masklets."""
+
+    kind: Literal["sam2"] = "sam2"
+
+
+class Sam3Config(_VideoSegmenterConfig):
+    """SAM 3 video through transformers' `Sam3VideoModel`: a noun phrase -> every instance, tracked with stable ids;
+    boxes or points go through its tracker. `score_threshold` overrides the detection threshold of the model's
+    config (a random model needs a low one to find anything)."""
+
+    kind: Literal["sam3"] = "sam3"
+    score_threshold: float | None = None
+
+
+SegmenterConfig = Annotated[FakeSegmenterConfig | Sam2Config | Sam3Config, Field(discriminator="kind")]
 
 
 # ---------------------------------------------------------------- engine
@@ -257,6 +296,15 @@ class EngineConfig(_Strict):
     min_mask_area_px: int = 16  # smaller masks count as empty
     min_mask_frames: int = 2  # masklets present on fewer frames are degenerate
     key_frame: Literal["random", "first", "middle"] | int = "random"
+    # Segmentation beyond the key frame (agents.segmentor): ground again every `redetect_every`-th sampled frame and
+    # on the first frame after a cut (mean absolute difference of two sampled frames above `cut_threshold`, 0-255);
+    # a detection whose mask overlaps a masklet by `link_iou` is that masklet's object, the others start new ones.
+    redetect_every: int = Field(default=4, ge=0)  # 0: the key frame only (the paper's segmentor)
+    link_iou: float = Field(default=0.5, gt=0.0, le=1.0)
+    cut_threshold: float = Field(default=48.0, gt=0.0)
+    # Reviewer: a masklet whose mask centre leaves its own motion by more than `identity_jump` object radii between
+    # two frames switched to another object (`identity_switch`); 0 turns the check off.
+    identity_jump: float = Field(default=1.5, ge=0.0)
     concurrency: int = 32  # items in flight inside one stage task
     sampling: SamplingConfig = SamplingConfig()
     agents: AgentsConfig = AgentsConfig()

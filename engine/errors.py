@@ -27,6 +27,7 @@ class RejectReason(StrEnum):
     EMPTY_MASKLET = "empty_masklet"
     DEGENERATE_MASKLET = "degenerate_masklet"
     REVIEW_REJECTED = "review_rejected"
+    IDENTITY_SWITCH = "identity_switch"  # the masklet jumps from its object to another one (agents.reviewer)
     MISSING_MASK = "missing_mask"
     MASK_VANISHES_ON_GRID = "mask_vanishes_on_grid"
     REGION_COUNT_MISMATCH = "region_count_mismatch"

@@ -281,6 +281,15 @@ def area(mask: MaskLike) -> int:
     return int(_coco().area(_to_compressed(mask)))
 
 
+def box_iou(a: Sequence[float], b: Sequence[float]) -> float:
+    """IoU of two `(x0, y0, x1, y1)` boxes."""
+    inter_w = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    inter_h = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    intersection = inter_w * inter_h
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - intersection
+    return intersection / union if union > 0 else 0.0
+
+
 def bbox(mask: MaskLike) -> tuple[float, float, float, float] | None:
     """Tight box `(x0, y0, x1, y1)` in pixel-edge coordinates (x1, y1 exclusive); None for an empty mask."""
     array = _as_array(mask)

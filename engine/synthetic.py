@@ -128,15 +128,19 @@ def make_clip(
     height: int = 192,
     fps: float = 12.0,
     num_objects: int = 2,
+    enters_at: int = 0,
 ) -> SyntheticClip:
     """Render a scene from `seed`, write it as an H.264 mp4 at `path` and its sidecar next to it.
+
+    `enters_at > 0` keeps the last object out of the frames before it (it enters the clip there: empty masks and no
+    box before), for objects that enter after the first frame.
 
     Both files are written to a temporary name and renamed into place, so a killed run never leaves a
     half-written clip behind. `width` and `height` must be even (yuv420p).
     """
     path = Path(path)
     frames, objects, caption = render_scene(
-        seed=seed, num_frames=num_frames, width=width, height=height, num_objects=num_objects
+        seed=seed, num_frames=num_frames, width=width, height=height, num_objects=num_objects, enters_at=enters_at
     )
     path.parent.mkdir(parents=True, exist_ok=True)
     _write_h264(path, frames, fps)
@@ -231,16 +235,17 @@ def moving_patch_masks(*, num_frames: int, height: int, width: int) -> np.ndarra
 
 
 def render_scene(
-    *, seed: int, num_frames: int = 32, width: int = 256, height: int = 192, num_objects: int = 2
+    *, seed: int, num_frames: int = 32, width: int = 256, height: int = 192, num_objects: int = 2, enters_at: int = 0
 ) -> tuple[np.ndarray, tuple[SyntheticObject, ...], str]:
-    """Render the frames `[T, H, W, 3]` uint8 RGB, the objects with exact visible masks, and the caption."""
+    """Render the frames `[T, H, W, 3]` uint8 RGB, the objects with exact visible masks, and the caption (the last
+    object is absent before frame `enters_at`)."""
     _check_scene_args(num_frames=num_frames, width=width, height=height, num_objects=num_objects)
     rng = np.random.default_rng(seed)
     background = _background(rng, height, width)
     ys, xs = np.mgrid[0:height, 0:width].astype(np.float32) + np.float32(0.5)
     for _ in range(_LAYOUT_ATTEMPTS):
         plans = _plan_objects(rng, num_objects, width, height, num_frames)
-        drawn = _draw(plans, background, xs, ys, num_frames)
+        drawn = _draw(plans, background, xs, ys, num_frames, enters_at)
         if drawn is not None:
             frames, visible = drawn
             break
@@ -253,7 +258,7 @@ def render_scene(
             color=plan.color,
             is_static=plan.is_static,
             masks={t: RleMask.from_coco(encode_rle(visible[k][t])) for t in range(num_frames)},
-            boxes={t: _box(visible[k][t]) for t in range(num_frames)},
+            boxes={t: _box(visible[k][t]) for t in range(num_frames) if visible[k][t].any()},
         )
         for k, plan in enumerate(plans)
     )
@@ -341,7 +346,8 @@ def _background(rng: np.random.Generator, height: int, width: int) -> np.ndarray
 
 
 def _draw(
-    plans: list[_ObjectPlan], background: np.ndarray, xs: np.ndarray, ys: np.ndarray, num_frames: int
+    plans: list[_ObjectPlan], background: np.ndarray, xs: np.ndarray, ys: np.ndarray, num_frames: int,
+    enters_at: int = 0,
 ) -> tuple[np.ndarray, list[np.ndarray]] | None:
     """Draw every frame (later objects on top); None when some object is hidden too much on some frame."""
     height, width = xs.shape
@@ -350,7 +356,10 @@ def _draw(
     for t in range(num_frames):
         canvas = background.copy()
         shapes = []
-        for plan in plans:
+        for k, plan in enumerate(plans):
+            if k == len(plans) - 1 and t < enters_at:
+                shapes.append(np.zeros((height, width), dtype=bool))  # not entered yet
+                continue
             cx, cy = _position(plan, t, width, height)
             shape = _shape_mask(plan.name, cx, cy, plan.size, xs, ys)
             canvas[shape] = _textured(plan, cx, cy, xs[shape], ys[shape])
@@ -360,7 +369,7 @@ def _draw(
             visible_now = shapes[k] & ~covered
             full_area = int(shapes[k].sum())
             area_now = int(visible_now.sum())
-            if area_now < max(_MIN_VISIBLE_PIXELS, _MIN_VISIBLE_FRACTION * full_area):
+            if full_area and area_now < max(_MIN_VISIBLE_PIXELS, _MIN_VISIBLE_FRACTION * full_area):
                 return None
             visible[k][t] = visible_now
             covered |= shapes[k]

@@ -34,6 +34,10 @@ def register(app: typer.Typer) -> None:
         clips: int = typer.Option(8, "--clips", min=1, help="Synthetic clips for the detailed/short paths."),
         videos: Path | None = typer.Option(None, "--videos", help="Also ingest every video of this folder."),
         runner: str = _RUNNER,
+        config: Path | None = typer.Option(
+            None, "--config", help="Engine config YAML (default configs/demo.yaml; configs/demo-sam2.yaml, "
+            "demo-sam3.yaml: the SAM segmenters with random weights)."
+        ),
     ) -> None:
         """Run the whole data engine offline (fake backends) on synthetic clips and export WebDataset shards."""
         _quiet()
@@ -43,7 +47,12 @@ def register(app: typer.Typer) -> None:
             root.mkdir(parents=True, exist_ok=True)
             with _spinner(f"making {clips} synthetic clips in {root}/videos"):
                 manifest = prepare_demo(root, clips=clips, videos=videos)
-            config = Path(__file__).resolve().parents[1] / "configs" / "demo.yaml"
+            if config is None:
+                config = Path(__file__).resolve().parents[1] / "configs" / "demo.yaml"
+            elif not config.is_file():
+                from engine.errors import ConfigError
+
+                raise ConfigError(f"config file not found: {config}")
             config_path = str(config) if config.is_file() else None
             if videos is not None:  # the folder named on the command line is allowed explicitly (`paths`)
                 config_path = _config_allowing(root, config_path, videos)

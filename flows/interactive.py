@@ -4,8 +4,8 @@
 pixels decoded at once for `limits.max_decoded_pixels`, longer than the app's `max_seconds`: a `VideoReferError`
 whose message the page shows). An object is prompted on one frame with a box or with clicked points (`Prompt`) and
 segmented by whatever `Segmenter` the factory built from the config; its masklet covers the frames the page shows
-and the frames the model samples. Points need a segmenter that takes them (`PointSegmenter`: `segment_points`);
-a segmenter that takes boxes only says so and the page asks for a box. `overlay` draws every object in its colour;
+and the frames the model samples (one `SegmentPrompt` through `segment_many`, which every segmenter kind takes:
+fake, SAM 2 and SAM 3 alike, boxes and points). `overlay` draws every object in its colour;
 `parse_question` maps `<region>` (objects in order) or `<regionN>` (object N) references to objects; `model_masks`
 picks the masks the model pools (single mode: the prompted frame; multi: every sampled frame with a mask);
 `stream_answer` runs the model in a thread and yields the answer as it grows. The downloads are `masks_json` (the
@@ -22,11 +22,11 @@ import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol, runtime_checkable
+from typing import Any
 
 import numpy as np
 
-from agents.backends.base import Segmenter
+from agents.backends.base import Segmenter, SegmentPrompt
 from engine.errors import InvalidSampleError, NoMaskError, RejectReason, VideoTooLargeError
 from engine.ids import sample_key
 from engine.masks import decode_rle
@@ -113,21 +113,6 @@ class Answered:
     provenance: tuple[Provenance, ...] = field(default_factory=tuple)
 
 
-@runtime_checkable
-class PointSegmenter(Protocol):
-    """A segmenter that also takes clicked points (label 1: on the object, 0: not on it) on the key frame."""
-
-    def segment_points(
-        self,
-        *,
-        video_uri: str,
-        frame_indices: Sequence[int],
-        key_frame: int,
-        points: Sequence[Point],
-        labels: Sequence[int],
-    ) -> Masklet: ...
-
-
 # ------------------------------------------------------------------------------------------ video
 
 
@@ -172,18 +157,14 @@ def box_from_corners(first: Point, second: Point) -> Box:
 def segment(segmenter: Segmenter, video: OpenedVideo, prompt: Prompt) -> Masklet:
     """The masklet of one prompted object over `video.segment_frames`, from the segmenter the config built."""
     frames = sorted(set(video.segment_frames) | {prompt.key_frame})
-    if prompt.box is not None:
-        return segmenter.segment(video_uri=video.path, frame_indices=frames, key_frame=prompt.key_frame,
-                                 box=prompt.box)
-    if not prompt.points:
+    if prompt.box is None and not prompt.points:
         raise ValueError("a prompt needs a box or at least one point")
-    if not isinstance(segmenter, PointSegmenter):
-        raise ValueError(
-            f"the {segmenter.kind} segmenter ({segmenter.model}) takes boxes, not points: choose 'box' and click "
-            "two opposite corners of the object"
-        )
-    return segmenter.segment_points(video_uri=video.path, frame_indices=frames, key_frame=prompt.key_frame,
-                                    points=prompt.points, labels=prompt.labels or (1,) * len(prompt.points))
+    labels = prompt.labels or (1,) * len(prompt.points)
+    if len(labels) != len(prompt.points):
+        raise ValueError(f"{len(prompt.points)} points but {len(labels)} labels")
+    points = tuple((float(x), float(y), int(label)) for (x, y), label in zip(prompt.points, labels, strict=True))
+    request = SegmentPrompt(key_frame=prompt.key_frame, box=prompt.box, points=points)
+    return segmenter.segment_many(video_uri=video.path, frame_indices=frames, prompts=[request])[0]
 
 
 def add_object(objects: Sequence[PickedObject], prompt: Prompt, masklet: Masklet) -> tuple[PickedObject, ...]:

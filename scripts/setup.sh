@@ -13,7 +13,9 @@ fi
 .venv/bin/python -m pip install -q --upgrade pip setuptools wheel
 .venv/bin/python -m pip install -q "torch==2.13.0"
 .venv/bin/python -m pip install -q -e ".[dev]"
-# sam2's metadata asks for CUDA torch + torchvision; its video predictor needs neither.
+# Test-only: the `sam2` package is the reference the transformers SAM 2 segmenter is checked against
+# (tests/agents/backends/test_sam2_equality.py); nothing at run time imports it. Its metadata asks for CUDA torch +
+# torchvision; its video predictor needs neither, hence --no-deps (hydra-core and iopath come with the dev extra).
 if ! .venv/bin/python -c "import sam2" 2>/dev/null; then
   SAM2_BUILD_CUDA=0 .venv/bin/python -m pip install -q --no-deps --no-build-isolation "sam2==1.1.0"
 fi
@@ -23,4 +25,4 @@ fi
 if [ "${WITH_RAY:-0}" = "1" ]; then
   .venv/bin/python -m pip install -q -e ".[ray]"
 fi
-.venv/bin/python -c "import torch, prefect, transformers, sam2, decord, av, webdataset; print('setup ok: torch', torch.__version__, 'prefect', prefect.__version__)"
+.venv/bin/python -c "import torch, prefect, transformers, decord, av, webdataset; print('setup ok: torch', torch.__version__, 'prefect', prefect.__version__)"

@@ -28,3 +28,15 @@ def media_dir() -> Path:
     if not (MEDIA_DIR / "dog.mp4").is_file():
         pytest.skip("../shared/media is not present")
     return MEDIA_DIR
+
+
+@pytest.fixture
+def one_torch_thread():
+    """torch on one thread for the test: on a loaded 2-core machine two OpenMP threads spin against each other and
+    made the tiny SAM models about 30x slower (measured: 70 s vs 2.3 s for one clip)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -1,9 +1,10 @@
 """The two narrow protocols every backend implements, and the request/reply records they exchange.
 
 `ChatBackend`: text + images in, text (optionally JSON matching a schema) out; async, batched.
-`Grounder` / `Segmenter`: a noun -> a box on one frame; a box on a key frame -> a masklet through the clip
-(`segment_many`: all objects of one clip at once, one box each, on frames read once).
-Concrete backends (fake, replay, OpenAI-compatible, local transformers, Grounding DINO, SAM 2) live in
+`Grounder` / `Segmenter`: a noun -> a box on one frame; a box or points on a key frame -> a masklet through the
+clip (`segment_many`: all objects of one clip at once, one prompt each, on frames read once). `PhraseSegmenter`
+(SAM 3): noun phrases -> every instance of each, tracked with stable ids.
+Concrete backends (fake, replay, OpenAI-compatible, local transformers, Grounding DINO, SAM 2, SAM 3) live in
 sibling modules and are built by `agents.backends.factory` from the config's `kind`.
 """
 
@@ -90,27 +91,59 @@ class Grounder(Protocol):
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class SegmentPrompt:
-    """One object of a `Segmenter.segment_many` call: its box (pixels) on its key frame (absolute index)."""
+    """One object of a `Segmenter.segment_many` call, on its key frame (absolute index): a box (pixels, x0 y0 x1 y1),
+    points (pixels, `(x, y, label)` with label 1 on the object and 0 off it), or both."""
 
     key_frame: int
-    box: tuple[float, float, float, float]
+    box: tuple[float, float, float, float] | None = None
+    points: tuple[tuple[float, float, int], ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.box is None and not self.points:
+            raise ValueError("a segment prompt needs a box or at least one point")
+        if any(label not in (0, 1) for _, _, label in self.points):
+            raise ValueError("point labels are 1 (on the object) or 0 (off it)")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class SegmenterStats:
     """What a segmenter has done so far (`segmenter.stats`), for benchmarks: calls, objects, frames, model states."""
 
-    calls: int = 0  # segment / segment_many calls
+    calls: int = 0  # segment / segment_many / segment_phrases calls
     objects: int = 0  # prompts (objects) segmented
     frame_reads: int = 0  # times the segmenter read video frames itself (0 when the caller passed them in)
     frames_read: int = 0  # frames those reads returned
-    states_started: int = 0  # model inference states started (SAM 2's init_state: one per call, not per object)
-    propagations: int = 0  # runs through the clip (forward then backward, all objects of the call together)
+    states_started: int = 0  # model inference sessions started (SAM 2: one per object, sharing the frame features)
+    propagations: int = 0  # runs through the clip (forward then backward from a key frame)
+    frames_encoded: int = 0  # frames through the image encoder (once per frame and call, whatever the objects)
+    encoder_batches: int = 0  # image-encoder batches those frames took
+
+
+def normalize_phrase(text: str) -> str:
+    """A noun phrase as text-prompted segmenters key it: lower case, single spaces."""
+    return " ".join(text.lower().split())
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PhraseInstance:
+    """One instance a text-prompted segmenter found for a phrase: its stable id within the call, its masks from the
+    frame it was first found on (absolute index -> mask), and its detection score."""
+
+    phrase: str
+    instance_id: int
+    masklet: Masklet
+    first_frame: int
+    score: float
 
 
 @runtime_checkable
 class Segmenter(Protocol):
     """A box on `key_frame` -> masks on every frame of `frame_indices` (absolute), propagated both ways.
+
+    This is the interface other parts (the segmentor, `infer --box`, the web app) call: `segment_many(video_uri=...,
+    frame_indices=[absolute frames], prompts=[SegmentPrompt(key_frame=k, box=(x0, y0, x1, y1), points=((x, y,
+    1),))], frames={index: RGB uint8 array})` -> one `Masklet` per prompt (`masklet.masks`: absolute frame ->
+    COCO RLE mask at the video's size). Build one with `agents.backends.factory.build_segmenter(config)`.
 
     `segment_many` does the same for several objects of one video at once and returns one masklet per prompt,
     in order, each as `segment` would return it for that object alone. `frames` (absolute index -> RGB uint8
@@ -138,3 +171,21 @@ class Segmenter(Protocol):
         prompts: Sequence[SegmentPrompt],
         frames: Mapping[int, np.ndarray] | None = None,
     ) -> list[Masklet]: ...
+
+
+@runtime_checkable
+class PhraseSegmenter(Protocol):
+    """A segmenter that finds objects by text itself (SAM 3): every instance of each phrase on the frames of
+    `frame_indices`, tracked with a stable id, including instances that appear after the first frame."""
+
+    kind: str
+    model: str
+
+    def segment_phrases(
+        self,
+        *,
+        video_uri: str,
+        frame_indices: Sequence[int],
+        phrases: Sequence[str],
+        frames: Mapping[int, np.ndarray] | None = None,
+    ) -> dict[str, list[PhraseInstance]]: ...

@@ -2,7 +2,7 @@
 
 `build_chat_backend`, `build_grounder` and `build_segmenter` accept the pydantic configs of `engine.config`
 (or the same thing as a plain mapping, validated here). Each branch imports its module only when chosen, so
-building a fake never loads torch, transformers, sam2 or openai. An unknown kind or an invalid mapping is a
+building a fake never loads torch, transformers or openai. An unknown kind or an invalid mapping is a
 `ConfigError`, raised before any model work.
 """
 
@@ -61,7 +61,7 @@ def build_grounder(config: GrounderConfig | Mapping[str, Any]) -> Grounder:
 
 
 def build_segmenter(config: SegmenterConfig | Mapping[str, Any]) -> Segmenter:
-    """The segmenter of `config.kind`: fake or sam2."""
+    """The segmenter of `config.kind`: fake, sam2 or sam3 (both through transformers)."""
     config = _validated(SegmenterConfig, config, "segmenter")
     match config.kind:
         case "fake":
@@ -72,6 +72,10 @@ def build_segmenter(config: SegmenterConfig | Mapping[str, Any]) -> Segmenter:
             from agents.backends.sam2_segmenter import Sam2Segmenter
 
             return Sam2Segmenter(config)
+        case "sam3":
+            from agents.backends.sam3_segmenter import Sam3Segmenter
+
+            return Sam3Segmenter(config)
         case other:
             raise ConfigError(f"unknown segmenter kind {other!r}")
 

@@ -1,27 +1,28 @@
-"""The segmenter: the `sam2` package's video predictor turns boxes on key frames into masklets, both ways in time.
+"""The SAM 2 segmenter through transformers: boxes or points on key frames -> masklets, both ways in time.
 
-The predictor is built once per segmenter with `sam2.build_sam.build_sam2_video_predictor` from
-`config.config_name` (a config inside the sam2 package), `config.checkpoint` (or random weights when the
-config asks for them with `random_weights: true`: tests and demos only), `config.device`, and
-`++model.image_size=N` when `config.image_size` is set (512 makes CPU runs fast). Hole-filling
-post-processing needs SAM 2's CUDA extension, so it is only asked for on CUDA devices.
+`Sam2Segmenter` runs transformers' `Sam2VideoModel` (no `sam2` package, no CUDA extension build). Weights are a
+Hugging Face folder saved by transformers (`config.model`: `hf download facebook/sam2.1-hiera-large --local-dir
+...`; tiny, small and base-plus exist too), or, when the config asks for `random_weights: true` (tests and demos
+only), the tiny random model of `agents.backends.tiny_models` built into a temporary folder.
+
+Frames are prepared here, as the sam2 release prepares them (Pillow's bicubic resize to the model's square,
+ImageNet mean and std): transformers' `Sam2VideoProcessor` would need torchvision, which the CPU environment
+must not have. Prompt coordinates are scaled from frame pixels to that square (what the processor does).
 
 `segment_many` segments all objects of one clip together. The requested absolute frames (at most
-`config.max_frames`, uniformly thinned, every key frame kept) are taken from the frames the caller passed
-in, and only missing ones are read (`agents.frames.read_video_frames`, through the stage's frame cache when
-one is active); they are written once as a numbered JPEG folder, the input the predictor's `init_state`
-accepts besides an mp4 path (whose frame numbers would not be ours; sam2 1.1.0 takes no in-memory frames).
-One inference state is started for the call and every object's box is added on its own key frame under its
-own `obj_id`. One propagation then runs through the clip, frame by frame, forward and then backward: on
-each frame every object that is being tracked there is stepped (so the image encoder runs once per frame
-and pass for all objects, the dominant cost), and each object is tracked exactly as `propagate_in_video`
-tracks it alone: forward from its key frame to the last frame, then backward from its key frame to the
-first. SAM 2 keeps each object's memory, pointers and outputs in its own slice of the state, so an object's
-masks do not depend on the other objects of the call (SAM 2's own multi-object `propagate_in_video` starts
-every object at the earliest prompted frame, which makes an object's masks depend on the others' key
-frames). The loop uses the predictor's per-frame step (`_run_single_frame_inference`) the way
-`propagate_in_video` does in sam2 1.1.0, the pinned version. Masks (logits > 0 at video resolution) come
-back as COCO RLE keyed by absolute frame index. `stats` counts calls, frame reads and states started.
+`config.max_frames`, uniformly thinned, every key frame kept) are taken from the frames the caller passed in,
+and only missing ones are read (`agents.frames.read_video_frames`, through the stage's frame cache when one is
+active). The image encoder runs once per frame for all objects, `config.encoder_batch` frames at a time (the
+dominant cost; `benchmarks/segmenter_throughput.py` measures it against the per-frame loop), and the features
+are put in each object's inference session cache. Each object then gets its own session and is tracked exactly
+as SAM 2 tracks one object alone (`propagate_in_video_iterator`): forward from its key frame to the last frame,
+then backward from it to the first, so an object's masks never depend on the other objects of the call. Masks
+(logits > 0, upsampled bilinearly to the video's size as the release does) come back as COCO RLE keyed by
+absolute frame index. On the same weights the masks equal the sam2 package's (tests/agents/backends/
+test_sam2_equality.py). `stats` counts calls, frame reads, encoded frames and encoder batches.
+
+`VideoTracker` is the model-independent part (frames, batched features, per-object sessions, masks), shared with
+the SAM 3 segmenter, whose tracker has the same session interface.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ import dataclasses
 import logging
 import tempfile
 import threading
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -44,34 +45,159 @@ from engine.types import Masklet, RleMask
 
 log = logging.getLogger(__name__)
 
-RANDOM_WEIGHTS_SEED = 0  # torch seed of the model's initialisation (what random weights come out as)
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+RANDOM_IMAGE_SIZE = 128  # input size of the tiny random model when the config names none
+_BOX_LABELS = (2, 3)  # SAM's point labels of a box's top-left and bottom-right corners
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class FramePrep:
+    """How frames become model input: the square side, the Pillow resampling filter, mean and std."""
+
+    size: int
+    resample: str = "bicubic"  # "bicubic" (the sam2 release) or "bilinear" (SAM 3)
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+
+
+def prepare_frames(frames: Sequence[np.ndarray], prep: FramePrep) -> Any:
+    """RGB uint8 frames -> a float tensor `[T, 3, size, size]`, resized with Pillow and normalised."""
+    import torch
+    from PIL import Image
+
+    resample = {"bicubic": Image.Resampling.BICUBIC, "bilinear": Image.Resampling.BILINEAR}[prep.resample]
+    resized = np.stack([
+        np.asarray(Image.fromarray(np.ascontiguousarray(frame)).resize((prep.size, prep.size), resample))
+        for frame in frames
+    ])
+    pixels = torch.from_numpy(resized).permute(0, 3, 1, 2).float() / 255.0
+    mean = torch.tensor(prep.mean).view(1, 3, 1, 1)
+    std = torch.tensor(prep.std).view(1, 3, 1, 1)
+    return (pixels - mean) / std
+
+
+class VideoTracker:
+    """Per-object SAM tracking over features computed once per frame (module docstring).
+
+    `encode(batch) -> (feats, pos)`: the image features of a pixel batch, each a list of `[HW, B, C]` levels (what
+    the tracker's session cache holds); `new_session(pixels, height, width)`: an empty inference session over
+    the prepared frames; `tracker`: the model whose `propagate_in_video_iterator` tracks one session.
+    """
+
+    def __init__(
+        self,
+        *,
+        tracker: Any,
+        encode: Callable[[Any], tuple[list[Any], list[Any]]],
+        new_session: Callable[[Any, int, int], Any],
+        prep: FramePrep,
+        encoder_batch: int,
+    ) -> None:
+        self.tracker = tracker
+        self.encode = encode
+        self.new_session = new_session
+        self.prep = prep
+        self.encoder_batch = encoder_batch
+
+    def features(self, pixels: Any) -> tuple[list[dict[str, Any]], int]:
+        """Per frame `{"vision_feats", "vision_pos_embeds"}`, encoded `encoder_batch` frames at a time; and the
+        number of encoder batches run."""
+        per_frame: list[dict[str, Any]] = []
+        batches = 0
+        for start in range(0, int(pixels.shape[0]), self.encoder_batch):
+            feats, pos = self.encode(pixels[start : start + self.encoder_batch])
+            batches += 1
+            for i in range(int(feats[0].shape[1])):
+                per_frame.append({
+                    "vision_feats": [level[:, i : i + 1] for level in feats],
+                    "vision_pos_embeds": [level[:, i : i + 1] for level in pos],
+                })
+        return per_frame, batches
+
+    def track(
+        self,
+        pixels: Any,
+        features: Sequence[dict[str, Any]],
+        prompts: Sequence[tuple[int, SegmentPrompt]],
+        *,
+        height: int,
+        width: int,
+    ) -> list[dict[int, np.ndarray]]:
+        """Per prompt `(local key frame, prompt)`: boolean masks `[height, width]` by local frame index."""
+        import torch
+
+        results = []
+        for local_key, prompt in prompts:
+            session = self.new_session(pixels, height, width)
+            for frame, cached in enumerate(features):
+                session.cache.cache_vision_features(frame, cached)
+            coords, labels = prompt_points(prompt, height=height, width=width, size=self.prep.size)
+            obj_idx = session.obj_id_to_idx(1)
+            session.add_point_inputs(obj_idx, local_key, {
+                "point_coords": torch.tensor(coords, dtype=torch.float32).view(1, 1, -1, 2),
+                "point_labels": torch.tensor(labels, dtype=torch.int32).view(1, 1, -1),
+            })
+            session.obj_with_new_inputs = [1]
+            masks: dict[int, np.ndarray] = {}
+            for reverse in (False, True):
+                for output in self.tracker.propagate_in_video_iterator(
+                    session, start_frame_idx=local_key, reverse=reverse
+                ):
+                    masks[int(output.frame_idx)] = video_masks(output.pred_masks, height, width)[0]
+            results.append(masks)
+        return results
+
+
+def prompt_points(
+    prompt: SegmentPrompt, *, height: int, width: int, size: int
+) -> tuple[list[list[float]], list[int]]:
+    """The prompt as SAM point inputs in the model's square: a box's two corners (labels 2, 3) first, then the
+    points (label 1 inside, 0 outside)."""
+    scale_x, scale_y = size / width, size / height
+    coords: list[list[float]] = []
+    labels: list[int] = []
+    if prompt.box is not None:
+        x0, y0, x1, y1 = prompt.box
+        coords += [[x0 * scale_x, y0 * scale_y], [x1 * scale_x, y1 * scale_y]]
+        labels += list(_BOX_LABELS)
+    for x, y, label in prompt.points:
+        coords.append([x * scale_x, y * scale_y])
+        labels.append(int(label))
+    return coords, labels
+
+
+def video_masks(low_res: Any, height: int, width: int) -> np.ndarray:
+    """Mask logits `[N, 1, h, w]` -> boolean masks `[N, height, width]` (bilinear, align_corners=False, > 0)."""
+    import torch.nn.functional as F
+
+    scores = F.interpolate(low_res.float(), size=(height, width), mode="bilinear", align_corners=False)
+    return (scores[:, 0] > 0.0).cpu().numpy()
 
 
 class Sam2Segmenter:
-    """`Segmenter` over SAM 2's video predictor; see the module docstring."""
+    """`Segmenter` over transformers' SAM 2 video model; see the module docstring."""
 
     kind = "sam2"
 
     def __init__(self, config: Sam2Config) -> None:
-        if config.max_frames < 1:
-            raise ConfigError("sam2: max_frames must be at least 1")
-        if config.checkpoint is None and not config.random_weights:
-            raise ConfigError("sam2: no checkpoint; set one, or ask for random weights with random_weights: true")
+        if not config.model and not config.random_weights:
+            raise ConfigError("sam2: no model; set one, or ask for random weights with random_weights: true")
         self.config = config
-        weights = Path(config.checkpoint).name if config.checkpoint else "random-weights"
-        self.model = f"{Path(config.config_name).stem}:{weights}"
+        size = config.image_size or RANDOM_IMAGE_SIZE
+        self.model = config.model or f"sam2-tiny-random-{size}px"
         self._lock = threading.Lock()
-        self._predictor: Any = None
+        self._tracker: VideoTracker | None = None
+        self._random_folder: tempfile.TemporaryDirectory[str] | None = None
         self._stats = SegmenterStats()
         self._stats_lock = threading.Lock()
 
     def __repr__(self) -> str:
-        device, size = self.config.device, self.config.image_size
-        return f"Sam2Segmenter(model={self.model!r}, device={device!r}, image_size={size})"
+        return f"{type(self).__name__}(model={self.model!r}, device={self.config.device!r})"
 
     @property
     def stats(self) -> SegmenterStats:
-        """Calls, objects, frame reads and SAM 2 states so far (a snapshot)."""
+        """Calls, objects, frame reads, encoded frames and sessions so far (a snapshot)."""
         return self._stats
 
     def segment(
@@ -95,37 +221,31 @@ class Sam2Segmenter:
         prompts: Sequence[SegmentPrompt],
         frames: Mapping[int, np.ndarray] | None = None,
     ) -> list[Masklet]:
-        """One masklet per prompt, in order: one state, one propagation for all of them (module docstring)."""
+        """One masklet per prompt, in order: features once per frame, one session per object (module docstring)."""
         if not prompts:
             return []
         import torch
-        from PIL import Image
 
         keys = [int(prompt.key_frame) for prompt in prompts]
         indices = thin_frames(frame_indices, keys, self.config.max_frames)
-        pixels = self._frames(video_uri, indices, frames or {})
-        local_keys = [indices.index(key) for key in keys]
-        with self._lock:  # one propagation at a time per predictor: its state and the device are shared
-            predictor = self._ensure_built()
-            with tempfile.TemporaryDirectory(prefix="sam2-frames-") as folder:
-                for position, frame in enumerate(pixels):
-                    Image.fromarray(np.ascontiguousarray(frame)).save(Path(folder) / f"{position:05d}.jpg", quality=95)
-                with torch.inference_mode():
-                    state = predictor.init_state(video_path=folder, offload_video_to_cpu=True)
-                    self._count(calls=1, objects=len(prompts), states_started=1, propagations=1)
-                    try:
-                        for obj_id, (prompt, local_key) in enumerate(zip(prompts, local_keys, strict=True), start=1):
-                            box = np.asarray(prompt.box, dtype=np.float32)
-                            predictor.add_new_points_or_box(state, frame_idx=local_key, obj_id=obj_id, box=box)
-                        per_object: list[dict[int, RleMask]] = [{} for _ in prompts]
-                        for n, position, scores in propagate_each_object(predictor, state, local_keys):
-                            mask = (scores > 0.0).cpu().numpy()
-                            per_object[n][indices[position]] = RleMask.from_coco(encode_rle(mask))
-                    finally:
-                        predictor.reset_state(state)
+        images = self._frames(video_uri, indices, frames or {})
+        height, width = images[0].shape[:2]
+        with self._lock, torch.inference_mode():  # one clip at a time per model: the device is shared
+            tracker = self._ensure_loaded()
+            pixels = prepare_frames(images, tracker.prep).to(self.config.device)
+            features, batches = tracker.features(pixels)
+            local = [(indices.index(key), prompt) for key, prompt in zip(keys, prompts, strict=True)]
+            tracked = tracker.track(pixels, features, local, height=height, width=width)
+        self._count(calls=1, objects=len(prompts), states_started=len(prompts), propagations=len(prompts),
+                    frames_encoded=len(indices), encoder_batches=batches)
         return [
-            Masklet(masks=dict(sorted(masks.items())), key_frame=key, box=tuple(prompt.box), score=1.0)
-            for prompt, key, masks in zip(prompts, keys, per_object, strict=True)
+            Masklet(
+                masks={indices[position]: to_rle(mask) for position, mask in sorted(masks.items())},
+                key_frame=key,
+                box=tuple(prompt.box) if prompt.box is not None else None,
+                score=1.0,
+            )
+            for prompt, key, masks in zip(prompts, keys, tracked, strict=True)
         ]
 
     def _frames(self, video_uri: str, indices: Sequence[int], given: Mapping[int, np.ndarray]) -> list[np.ndarray]:
@@ -146,75 +266,56 @@ class Sam2Segmenter:
                 stats, **{name: getattr(stats, name) + value for name, value in increments.items()}
             )
 
-    def _ensure_built(self) -> Any:
-        if self._predictor is None:
+    def _source(self, build_random: Callable[[Path], Path]) -> str:
+        """The model folder: the config's, or a tiny random model built into a temporary folder (kept while this
+        segmenter lives)."""
+        if self.config.model:
+            return self.config.model
+        log.warning("%s built with RANDOM weights (random_weights: true): its masks are meaningless", self.kind)
+        self._random_folder = tempfile.TemporaryDirectory(prefix=f"{self.kind}-random-")
+        return str(build_random(Path(self._random_folder.name) / "model"))
+
+    def _ensure_loaded(self) -> VideoTracker:
+        if self._tracker is None:
             import torch
-            from sam2.build_sam import build_sam2_video_predictor
+            from transformers import Sam2VideoInferenceSession, Sam2VideoModel
 
-            overrides = [f"++model.image_size={self.config.image_size}"] if self.config.image_size else []
-            if self.config.random_weights:
-                log.warning("sam2 built with RANDOM weights (random_weights: true): its masks are meaningless")
-            try:
-                # Random weights are drawn from a fixed seed (the global RNG left as it was), so they are the same
-                # in every process: a random-weight run is reproducible.
-                with torch.random.fork_rng(devices=[]):
-                    torch.manual_seed(RANDOM_WEIGHTS_SEED)
-                    self._predictor = build_sam2_video_predictor(
-                        self.config.config_name,
-                        ckpt_path=self.config.checkpoint,
-                        device=self.config.device,
-                        hydra_overrides_extra=overrides,
-                        apply_postprocessing=self.config.device.startswith("cuda"),
-                    )
-            except Exception as exc:  # hydra / torch raise many kinds; all mean the config cannot be used
-                message = f"sam2 cannot build {self.config.config_name!r}: {type(exc).__name__}: {exc}"
-                raise ConfigError(message) from exc
-        return self._predictor
+            from agents.backends.tiny_models import build_tiny_sam2_video
+
+            size = self.config.image_size or RANDOM_IMAGE_SIZE
+            source = self._source(lambda folder: build_tiny_sam2_video(folder, image_size=size))
+            model = load_pretrained(Sam2VideoModel, source, self.kind).to(self.config.device).eval()
+            device = self.config.device
+
+            def new_session(pixels: Any, height: int, width: int) -> Any:
+                return Sam2VideoInferenceSession(
+                    video=pixels, video_height=height, video_width=width, inference_device=device,
+                    inference_state_device=device, video_storage_device=device,
+                    max_vision_features_cache_size=int(pixels.shape[0]), dtype=torch.float32,
+                )
+
+            def encode(batch: Any) -> tuple[list[Any], list[Any]]:
+                output = model.get_image_features(batch, return_dict=True)
+                return list(output.fpn_hidden_states), list(output.fpn_position_encoding)
+
+            self._tracker = VideoTracker(
+                tracker=model, encode=encode, new_session=new_session,
+                prep=FramePrep(size=int(model.config.image_size)), encoder_batch=self.config.encoder_batch,
+            )
+        return self._tracker
 
 
-def propagate_each_object(
-    predictor: Any, state: dict[str, Any], local_keys: Sequence[int]
-) -> Iterator[tuple[int, int, Any]]:
-    """Track every object of `state` (object `n` is obj_id `n + 1`, prompted on state-local frame `local_keys[n]`)
-    forward from its key frame to the end, then backward from it to the start, as `propagate_in_video` tracks
-    one object alone, but frame-major, so that each frame's image features serve all objects of the pass.
+def load_pretrained(model_class: Any, source: str, kind: str) -> Any:
+    """`model_class.from_pretrained(source)`; a folder that is not such a model is a `ConfigError`."""
+    try:
+        return model_class.from_pretrained(source)
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise ConfigError(f"{kind} cannot load {source!r}: {type(exc).__name__}: {exc}") from exc
 
-    Yields `(n, frame, scores)`: object position, state-local frame and the mask logits `[h, w]` at video
-    resolution (a frame tracked in both passes, the key frame, is yielded twice with the same scores). Mirrors
-    the loop body of sam2 1.1.0's `propagate_in_video` per object; the predictor option
-    `clear_non_cond_mem_around_input` (off in every config this project builds) is refused.
-    """
-    if getattr(predictor, "clear_non_cond_mem_around_input", False):
-        raise ConfigError("sam2: clear_non_cond_mem_around_input is not supported by the multi-object propagation")
-    predictor.propagate_in_video_preflight(state)  # memory of the prompted frames, as propagate_in_video does first
-    num_frames = int(state["num_frames"])
-    slots = [state["obj_id_to_idx"][obj_id] for obj_id in range(1, len(local_keys) + 1)]
-    for reverse in (False, True):
-        order = range(num_frames - 1, -1, -1) if reverse else range(num_frames)
-        for frame in order:
-            for n, (slot, key) in enumerate(zip(slots, local_keys, strict=True)):
-                # Forward: the key frame to the end. Backward: the key frame to 0, skipped when the key is frame 0.
-                if (frame > key or key == 0) if reverse else frame < key:
-                    continue
-                output_dict = state["output_dict_per_obj"][slot]
-                if frame in output_dict["cond_frame_outputs"]:
-                    scores = output_dict["cond_frame_outputs"][frame]["pred_masks"].to(state["device"])
-                else:
-                    out, scores = predictor._run_single_frame_inference(
-                        inference_state=state,
-                        output_dict=output_dict,
-                        frame_idx=frame,
-                        batch_size=1,
-                        is_init_cond_frame=False,
-                        point_inputs=None,
-                        mask_inputs=None,
-                        reverse=reverse,
-                        run_mem_encoder=True,
-                    )
-                    output_dict["non_cond_frame_outputs"][frame] = out
-                state["frames_tracked_per_obj"][slot][frame] = {"reverse": reverse}
-                _, video_scores = predictor._get_orig_video_res_output(state, scores)
-                yield n, frame, video_scores[0, 0]
+
+def to_rle(mask: np.ndarray) -> RleMask:
+    """A boolean mask as COCO RLE."""
+    return RleMask.from_coco(encode_rle(mask))
 
 
 def thin_frames(frame_indices: Sequence[int], key_frame: int | Sequence[int], max_frames: int) -> list[int]:

@@ -157,6 +157,112 @@ def build_tiny_grounding_dino(directory: str | os.PathLike[str], *, seed: int = 
     return _build_once(directory, build)
 
 
+# Tiny SAM 2 video model: SAM 2.1's heads (hidden size 256, as the release hard-codes them) on a Hiera trunk
+# of width 16 with 5 blocks (SAM 2.1 tiny: 96 wide, 12 blocks). The same architecture is built in the sam2 package by
+# tests/agents/backends/test_sam2_equality.py (its hydra overrides name the same numbers).
+TINY_HIERA = {
+    "hidden_size": 16,
+    "embed_dim_per_stage": [16, 32, 64, 128],
+    "num_attention_heads_per_stage": [1, 2, 4, 8],
+    "blocks_per_stage": [1, 1, 2, 1],
+    "global_attention_blocks": [3],  # never a stage's first block (pooled: it needs a window)
+    "window_size_per_stage": [8, 4, 4, 2],
+    "window_positional_embedding_background_size": [7, 7],
+}
+
+
+def tiny_sam2_video_config(image_size: int = 128) -> Any:
+    """The `Sam2VideoConfig` of the tiny random SAM 2 (input `image_size` square, a multiple of 32)."""
+    from transformers import Sam2HieraDetConfig, Sam2VideoConfig, Sam2VisionConfig
+
+    if image_size % 32:
+        raise ValueError(f"the tiny SAM 2's image_size must be a multiple of 32, got {image_size}")
+    trunk = Sam2HieraDetConfig(image_size=[image_size, image_size], **TINY_HIERA)
+    vision = Sam2VisionConfig(
+        backbone_config=trunk,
+        backbone_channel_list=list(reversed(TINY_HIERA["embed_dim_per_stage"])),
+        backbone_feature_sizes=[[image_size // stride] * 2 for stride in (4, 8, 16)],
+    )
+    return Sam2VideoConfig(
+        vision_config=vision,
+        prompt_encoder_config={"image_size": image_size},
+        image_size=image_size,
+        memory_attention_rope_feat_sizes=[image_size // 16, image_size // 16],
+    )
+
+
+def build_tiny_sam2_video(directory: str | os.PathLike[str], *, seed: int = 0, image_size: int = 128) -> Path:
+    """A tiny random `Sam2VideoModel` (about 7M parameters, mostly SAM 2.1's heads) saved with its config."""
+
+    def build(target: Path) -> None:
+        import torch
+        from transformers import Sam2VideoModel
+
+        torch.manual_seed(seed)
+        Sam2VideoModel(tiny_sam2_video_config(image_size)).save_pretrained(target)
+
+    return _build_once(directory, build)
+
+
+def build_tiny_sam3_video(directory: str | os.PathLike[str], *, seed: int = 0, image_size: int = 112) -> Path:
+    """A tiny random `Sam3VideoModel` (ViT detector + CLIP text encoder + SAM 2-style tracker) with a BPE tokenizer
+    trained here; detection thresholds are lowered and the tracker's object-presence bias raised, so that random
+    weights find (meaningless) instances and keep tracking them."""
+
+    def build(target: Path) -> None:
+        import torch
+        from transformers import Sam3VideoConfig, Sam3VideoModel
+
+        tokenizer = _clip_like_tokenizer()
+        patch = 14
+        if image_size % (patch * 4):
+            raise ValueError(f"the tiny SAM 3's image_size must be a multiple of {patch * 4}, got {image_size}")
+        grid = image_size // patch
+        detector = {
+            "vision_config": {
+                "model_type": "sam3_vision_model",
+                "backbone_config": {
+                    "model_type": "sam3_vit_model", "hidden_size": 32, "intermediate_size": 64,
+                    "num_hidden_layers": 2, "num_attention_heads": 4,
+                    "image_size": image_size, "patch_size": patch, "window_size": grid // 2,
+                    "global_attn_indexes": [1], "pretrain_image_size": image_size,
+                },
+                "fpn_hidden_size": 256,
+                "scale_factors": [4.0, 2.0, 1.0, 0.5],
+                "backbone_feature_sizes": [[grid * 4] * 2, [grid * 2] * 2, [grid] * 2],
+            },
+            "text_config": {
+                "model_type": "clip_text_model", "vocab_size": len(tokenizer), "hidden_size": 32,
+                "intermediate_size": 64, "projection_dim": 32,
+                "num_hidden_layers": 1, "num_attention_heads": 4, "max_position_embeddings": 32,
+            },
+            "geometry_encoder_config": {"num_layers": 1, "intermediate_size": 64},
+            "detr_encoder_config": {"num_layers": 1, "intermediate_size": 64},
+            "detr_decoder_config": {"num_layers": 1, "num_queries": 4, "intermediate_size": 64},
+            "mask_decoder_config": {"num_upsampling_stages": 3},
+        }
+        tracker = {
+            "vision_config": detector["vision_config"],
+            "prompt_encoder_config": {"image_size": image_size, "patch_size": patch},
+            "image_size": image_size,
+            "memory_attention_rope_feat_sizes": [grid, grid],
+        }
+        config = Sam3VideoConfig(
+            detector_config={"model_type": "sam3", **detector},
+            tracker_config={"model_type": "sam3_tracker_video", **tracker},
+            low_res_mask_size=grid * 4,
+            score_threshold_detection=0.2, new_det_thresh=0.3, hotstart_delay=0,
+        )
+        torch.manual_seed(seed)
+        model = Sam3VideoModel(config)
+        with torch.no_grad():  # random heads call every tracked instance gone after its first frame: say "present"
+            model.tracker_model.mask_decoder.pred_obj_score_head.proj_out.bias.fill_(5.0)
+        model.save_pretrained(target)
+        tokenizer.save_pretrained(target)
+
+    return _build_once(directory, build)
+
+
 # ---------------------------------------------------------------- helpers
 
 
@@ -214,6 +320,26 @@ def _chat_tokenizer() -> Any:
     )
     fast.chat_template = CHAT_TEMPLATE
     return fast
+
+
+def _clip_like_tokenizer() -> Any:
+    """A byte-level BPE tokenizer with CLIP's start/end tokens (padding with the end token), for the tiny SAM 3."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    specials = ["<|startoftext|>", "<|endoftext|>"]
+    tokenizer = Tokenizer(models.BPE(unk_token=None))
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=300, special_tokens=specials,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    tokenizer.train_from_iterator(CORPUS, trainer)
+    start, end = (tokenizer.token_to_id(token) for token in specials)
+    tokenizer.post_processor = processors.TemplateProcessing(
+        single="<|startoftext|> $A <|endoftext|>", special_tokens=[(specials[0], start), (specials[1], end)]
+    )
+    return PreTrainedTokenizerFast(tokenizer_object=tokenizer, bos_token=specials[0], eos_token=specials[1],
+                                   pad_token=specials[1], model_max_length=32)
 
 
 def _bert_tokenizer() -> Any:

@@ -106,7 +106,7 @@ def frames_decoded_at_once(config: EngineConfig, row: ManifestRow | None = None)
     for given objects the sampled frames plus every annotated frame (export stores them side by side)."""
     frames = max(config.sampling.num_frames, config.sampling.mask_frames)
     segmenter = config.agents.segmenter
-    if getattr(segmenter, "kind", "") == "sam2":
+    if getattr(segmenter, "kind", "") in ("sam2", "sam3"):
         frames = max(frames, int(segmenter.max_frames))
     if row is not None and row.given_objects:
         annotated = {frame for obj in row.given_objects for frame in obj.masklet.masks}

@@ -37,7 +37,8 @@ GENERATE_QA = "generate_qa"
 EXPORT = "export"
 
 Inputs = Literal["clips", "clips_with_objects", "records", "parents"]
-_SEGMENTOR_KEYS = ("key_frame", "seed", "min_mask_area_px", "min_mask_frames", "sampling.num_frames")
+_SEGMENTOR_KEYS = ("key_frame", "seed", "min_mask_area_px", "min_mask_frames", "sampling.num_frames",
+                   "redetect_every", "link_iou", "cut_threshold")
 
 
 class StageSettings:
@@ -118,6 +119,9 @@ def _segmentor(settings: StageSettings, pool: Any) -> Any:
         min_mask_area_px=settings.get("min_mask_area_px"),
         min_mask_frames=settings.get("min_mask_frames"),
         num_frames=settings.get("sampling.num_frames"),
+        redetect_every=settings.get("redetect_every"),
+        link_iou=settings.get("link_iou"),
+        cut_threshold=settings.get("cut_threshold"),
     )
 
 
@@ -136,8 +140,9 @@ def _annotator(settings: StageSettings, pool: Any) -> Any:
 def _reviewer(settings: StageSettings, pool: Any) -> Any:
     from agents.reviewer import Reviewer
 
-    # One outlined key frame, as in the paper.
-    return Reviewer(pool.chat(settings.backend("region_captioner")), pool.chat(settings.backend("judge")))
+    # One outlined key frame, as in the paper; masklets that switch identity are rejected before any model call.
+    return Reviewer(pool.chat(settings.backend("region_captioner")), pool.chat(settings.backend("judge")),
+                    identity_jump=settings.get("identity_jump"))
 
 
 def _refiner(settings: StageSettings, pool: Any) -> Any:
@@ -177,7 +182,8 @@ STAGES: tuple[Stage, ...] = (
           config_keys=_SEGMENTOR_KEYS, vision_roles=("grounder", "segmenter"), clips_in_flight=1,
           build=_segmentor),
     Stage(name=REVIEW, summary="region caption + same-object judge", parents=(SEGMENT,), inputs="records",
-          chat_roles=("region_captioner", "judge"), prompts=("region_caption", "judge"), build=_reviewer),
+          config_keys=("identity_jump",), chat_roles=("region_captioner", "judge"),
+          prompts=("region_caption", "judge"), build=_reviewer),
     Stage(name=REFINE, summary="one detailed caption per accepted object", parents=(REVIEW,), inputs="records",
           chat_roles=("refiner",), prompts=("refiner",), build=_refiner),
     Stage(name=SHORT_CAPTIONS, summary="single subject + segmentation, the clip's caption as short caption",

@@ -187,13 +187,11 @@ def test_a_clip_keeps_each_objects_own_reject_reason(cases) -> None:
     assert [r.reason for r in fine.rejects] == [RejectReason.NO_BOX]
 
 
-def test_a_clip_with_three_objects_starts_one_sam2_state_and_reads_its_frames_once(tmp_path, monkeypatch) -> None:
-    """Fault: every object used to read the clip twice and start its own SAM 2 state. Through the real sam2 package
-    (random weights, 256 px): one frame read and one inference state for the clip, and each object's masks are
-    those it gets when it is segmented alone (each tracked from its own key frame)."""
-    pytest.importorskip("sam2")
-    from sam2.sam2_video_predictor import SAM2VideoPredictor
-
+def test_a_clip_with_three_objects_reads_and_encodes_its_frames_once(tmp_path, monkeypatch, one_torch_thread) -> None:
+    """Fault: every object used to read the clip twice and run the image encoder on every frame again. Through
+    the transformers SAM 2 (tiny random weights, 128 px): one frame read and every sampled frame encoded once for
+    the clip, and each object's masks are those it gets when it is segmented alone (each tracked from its own key
+    frame)."""
     import agents.backends.sam2_segmenter as sam2_module
     import agents.frames
     import agents.segmentor as segmentor_module
@@ -209,33 +207,32 @@ def test_a_clip_with_three_objects_starts_one_sam2_state_and_reads_its_frames_on
                 fps=truth.fps, width=truth.width, height=truth.height, num_frames=truth.num_frames)
     records = _records([clip])
     assert len(records) == 3
-    counts = {"reads": 0, "states": 0}
-    real_read, real_init = engine.video.read_frames, SAM2VideoPredictor.init_state
+    counts = {"reads": 0}
+    real_read = engine.video.read_frames
 
     def counting_read(*args, **kwargs):
         counts["reads"] += 1
         return real_read(*args, **kwargs)
 
-    def counting_init(self, *args, **kwargs):
-        counts["states"] += 1
-        return real_init(self, *args, **kwargs)
-
     for module in (engine.video, agents.frames, segmentor_module, sam2_module):
         monkeypatch.setattr(module, "read_frames", counting_read, raising=False)
-    monkeypatch.setattr(SAM2VideoPredictor, "init_state", counting_init)
-    segmenter = Sam2Segmenter(Sam2Config(device="cpu", image_size=256, random_weights=True))
+    segmenter = Sam2Segmenter(Sam2Config(device="cpu", random_weights=True, encoder_batch=4))
 
     def segmentor(seed: int) -> Segmentor:
-        return Segmentor(FakeGrounder(), segmenter, num_frames=8, seed=seed, min_mask_area_px=0, min_mask_frames=1)
+        return Segmentor(FakeGrounder(), segmenter, num_frames=6, seed=seed, min_mask_area_px=0, min_mask_frames=1)
 
-    sampled = sorted(set(sample_clip_frames(clip, 8)))
+    sampled = sorted(set(sample_clip_frames(clip, 6)))
     def distinct_keys(seed: int) -> bool:
         return len({segmentor(seed).choose_key_frame(r.object_id, sampled) for r in records}) == 3
 
     seed = next(n for n in range(100) if distinct_keys(n))  # every object tracked from a key frame of its own
     together = asyncio.run(segmentor(seed).run(records))
-    assert counts == {"reads": 1, "states": 1}
+    stats = segmenter.stats
+    assert counts == {"reads": 1} and stats.calls == 1 and stats.frame_reads == 0
+    assert stats.frames_encoded == len(sampled) and stats.encoder_batches == 2  # 6 frames in batches of 4
     assert together.rejects == () and len({r.masklet.key_frame for r in together.records}) == 3
+    provenance = together.records[0].provenance[-1]  # what the data report shows: the segmenter by kind and model
+    assert provenance.backend == "fake+sam2" and provenance.model == "fake-grounder+sam2-tiny-random-128px"
     alone = [asyncio.run(segmentor(seed).run([record])) for record in records]
     assert [r.masklet for r in together.records] == [result.records[0].masklet for result in alone]
-    assert counts == {"reads": 4, "states": 4}
+    assert counts == {"reads": 4}

@@ -39,18 +39,18 @@ def test_model_profiles_without_weights_fail_validation_saying_how_to_get_them(n
         profile(name)
     message = str(raised.value)
     assert "agents.segmenter" in message and "agents.grounder" in message
-    assert "sam2.1_hiera" in message and "IDEA-Research/grounding-dino-tiny" in message  # where the weights are
+    assert "facebook/sam2.1-hiera" in message and "IDEA-Research/grounding-dino-tiny" in message  # weights: where
     assert "random_weights: true" in message  # and how to ask for random weights instead
-    with pytest.raises(ConfigError, match="sam2 has no checkpoint"):
+    with pytest.raises(ConfigError, match="sam2 has no model"):
         parse_config({"base_profile": name, "agents": {"grounder": {"model": "models/grounding-dino-tiny"}}})
     with pytest.raises(ConfigError, match="grounding_dino has no model"):
-        parse_config({"base_profile": name, "agents": {"segmenter": {"checkpoint": "checkpoints/sam2.1_hiera_t.pt"}}})
+        parse_config({"base_profile": name, "agents": {"segmenter": {"model": "models/sam2.1-hiera-tiny"}}})
 
 
 @pytest.mark.parametrize("name", ["local", "server"])
 def test_random_weights_pass_only_when_asked_for(name: str) -> None:
     asked = profile(name, random_weights=True)
-    assert asked.agents.segmenter.random_weights and asked.agents.segmenter.checkpoint is None
+    assert asked.agents.segmenter.random_weights and asked.agents.segmenter.model is None
     assert asked.agents.grounder.random_weights and asked.agents.grounder.model is None
     flagged = {"grounder": {"random_weights": True}, "segmenter": {"random_weights": True}}
     from_file = parse_config({"base_profile": name, "agents": flagged})
@@ -59,7 +59,7 @@ def test_random_weights_pass_only_when_asked_for(name: str) -> None:
 
 def test_weights_and_random_weights_exclude_each_other() -> None:
     with pytest.raises(ValueError, match="not both"):
-        Sam2Config(checkpoint="checkpoints/sam2.1_hiera_tiny.pt", random_weights=True)
+        Sam2Config(model="models/sam2.1-hiera-tiny", random_weights=True)
     with pytest.raises(ValueError, match="not both"):
         GroundingDinoConfig(model="models/grounding-dino-tiny", random_weights=True)
     with pytest.raises(ValueError, match="random_weights"):
@@ -87,7 +87,7 @@ def test_yaml_selects_backends_by_kind(tmp_path) -> None:
         "base_profile: offline\n"
         "agents:\n"
         "  refiner: {kind: openai, base_url: 'http://127.0.0.1:9/v1', model: gpt-4o}\n"
-        "  segmenter: {kind: sam2, image_size: 512, random_weights: true}\n"
+        "  segmenter: {kind: sam2, image_size: 128, random_weights: true}\n"
     )
     config = load_config(path)
     assert isinstance(config.agents.refiner, OpenAIChatConfig)

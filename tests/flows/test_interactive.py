@@ -73,7 +73,7 @@ def test_a_box_prompt_gives_the_objects_masklet_over_the_segmented_frames(clip) 
     assert all(iou(decode_rle(masklet.masks[f]), decode_rle(truth.masks[f])) == 1.0 for f in opened.segment_frames)
 
 
-def test_a_click_on_an_object_picks_that_object_and_a_box_only_segmenter_says_so(clip) -> None:
+def test_a_click_on_an_object_picks_that_object_through_segment_many(clip) -> None:
     opened = open_video(clip.path, AppLimits(max_frames=6), model_frames=4)
     truth = clip.ground_truth.objects[0]
     ys, xs = np.nonzero(decode_rle(truth.masks[3]))
@@ -81,14 +81,21 @@ def test_a_click_on_an_object_picks_that_object_and_a_box_only_segmenter_says_so
     masklet = segment(build_segmenter({"kind": "fake"}), opened, Prompt(key_frame=3, points=(point,), labels=(1,)))
     assert iou(decode_rle(masklet.masks[3]), decode_rle(truth.masks[3])) == 1.0
 
-    class BoxesOnly:
-        kind, model = "boxes", "boxes-only"
+    class Recording:  # any segmenter kind gets the clicks as one SegmentPrompt with labelled points
+        kind, model = "recording", "recording"
+        seen: list = []
 
-        def segment(self, **kwargs):  # pragma: no cover - never reached
-            raise AssertionError
+        def segment_many(self, *, video_uri, frame_indices, prompts, frames=None):
+            self.seen.extend(prompts)
+            return [masklet]
 
-    with pytest.raises(ValueError, match="takes boxes"):
-        segment(BoxesOnly(), opened, Prompt(key_frame=3, points=(point,), labels=(1,)))
+    recording = Recording()
+    segment(recording, opened, Prompt(key_frame=3, points=(point, (1.0, 2.0)), labels=(1, 0)))
+    assert recording.seen[0].points == ((point[0], point[1], 1), (1.0, 2.0, 0)) and recording.seen[0].box is None
+    with pytest.raises(ValueError, match="box or at least one point"):
+        segment(recording, opened, Prompt(key_frame=3))
+    with pytest.raises(ValueError, match="labels"):
+        segment(recording, opened, Prompt(key_frame=3, points=(point,), labels=(1, 0)))
 
 
 def test_box_from_corners_in_any_order_and_refuses_a_flat_box() -> None:

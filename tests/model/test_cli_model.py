@@ -121,9 +121,8 @@ def test_infer_box_refuses_what_it_cannot_do(tiny_model_dir, clip) -> None:
 
 @pytest.mark.slow  # random-weight SAM 2 on CPU: ~20 s of CPU time
 def test_infer_with_a_box_builds_the_masklet_with_sam2_first(tiny_model_dir, clip, tmp_path) -> None:
-    pytest.importorskip("sam2")
     config = tmp_path / "sam2.yaml"
-    config.write_text("agents:\n  segmenter: {kind: sam2, random_weights: true, image_size: 256}\n")
+    config.write_text("agents:\n  segmenter: {kind: sam2, random_weights: true, image_size: 128}\n")
     x0, y0, x1, y1 = clip.ground_truth.objects[0].boxes[4]
     result = runner.invoke(
         app,

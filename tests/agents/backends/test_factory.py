@@ -57,7 +57,8 @@ def test_mappings_are_validated_like_config_files() -> None:
         (build_chat_backend, {"kind": "vllm-magic", "model": "m"}),
         (build_chat_backend, {"kind": "openai"}),  # model is required
         (build_grounder, {"kind": "owlv2"}),
-        (build_segmenter, {"kind": "sam3"}),
+        (build_segmenter, {"kind": "sam4"}),
+        (build_segmenter, {"kind": "sam3"}),  # no model named
         (build_segmenter, "sam2"),
     ],
 )

@@ -122,7 +122,7 @@ def test_tags_names_and_order_come_from_the_registry() -> None:
     assert tuple(stage.name for stage in STAGES if stage.per_shard) == SHARD_STAGES
     server = parse_config({"base_profile": "offline", "agents": {
         "refiner": {"kind": "openai", "base_url": "http://127.0.0.1:1/v1", "model": "m"},
-        "segmenter": {"kind": "sam2", "device": "cuda", "checkpoint": "sam2.pt"},
+        "segmenter": {"kind": "sam2", "device": "cuda", "model": "models/sam2.1-hiera-large"},
     }})
     assert stage_tags("refine", server) == {"stage:refine", "chat:openai"}
     assert {"sam2", "gpu", "stage:segment"} <= stage_tags("segment", server)
