@@ -4,7 +4,7 @@ The one module that imports gradio, lazily (inside `build_page`). `AppService` h
 browser sessions (the segmenter the config built, the loaded model, the limits, the examples, a work folder); each
 browser session has one frozen `PageState` (gradio's `gr.State`). Every decision is a plain function of
 `flows.interactive`; this module lays out the components and turns events into those calls. Input errors (not a
-video, too large, too long, a question naming no object, a segmenter that takes no points, ...) become the message
+video, too large, too long, a question naming no object, a prompt the segmenter refuses, ...) become the message
 on the page, and the server keeps serving. `start` launches the page on a host and port without blocking and
 returns the handle whose `close()` stops it.
 """
