@@ -28,3 +28,7 @@ def media_dir() -> Path:
     if not (MEDIA_DIR / "dog.mp4").is_file():
         pytest.skip("../shared/media is not present")
     return MEDIA_DIR
+
+
+# One SeaweedFS (a real S3-compatible server on 127.0.0.1) per session, started on first use; see tests/s3/.
+from tests.s3.fixtures import s3_url, seaweed  # noqa: E402, F401

@@ -1,4 +1,5 @@
-"""One SeaweedFS per test session (started and stopped here, by its own handle) and a fresh `s3://` root per test.
+"""The S3 fixtures (registered for the whole suite by tests/conftest.py): one SeaweedFS per test session, started
+and stopped here by its own handle, and a fresh `s3://` root per test.
 
 The server listens on 127.0.0.1 at ports chosen at run time, with its data in its own temporary folder; the
 standard AWS variables (`AWS_ENDPOINT_URL`, keys, region) point s3fs, and so every command, at it for the session.
