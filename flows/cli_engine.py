@@ -56,7 +56,7 @@ def register(app: typer.Typer) -> None:
 
     @app.command()
     def ingest(
-        manifest: Path = typer.Option(..., "--manifest", help="CSV, Parquet, JSONL or JSON list of videos."),
+        manifest: str = typer.Option(..., "--manifest", help="CSV, Parquet, JSONL or JSON list of videos (or a URL)."),
         root: str = _ROOT,
         config: Path | None = _CONFIG,
     ) -> None:
@@ -72,7 +72,7 @@ def register(app: typer.Typer) -> None:
     @app.command()
     def build(
         root: str = _ROOT,
-        manifest: Path | None = typer.Option(None, "--manifest", help="Ingest this manifest's new rows first."),
+        manifest: str | None = typer.Option(None, "--manifest", help="Ingest this manifest's new rows first."),
         config: Path | None = _CONFIG,
         runner: str = _RUNNER,
         shard: list[str] | None = _SHARDS,
@@ -123,8 +123,8 @@ def register(app: typer.Typer) -> None:
 
     @app.command("import-700k")
     def import_700k(
-        json_file: Path = typer.Option(..., "--json", help="A released VideoRefer-700K JSON file."),
-        videos: Path = typer.Option(..., "--videos", help="Folder the items' `video` paths are relative to."),
+        json_file: str = typer.Option(..., "--json", help="A released VideoRefer-700K JSON file (or a URL)."),
+        videos: str = typer.Option(..., "--videos", help="Folder (or URL) the items' `video` paths are relative to."),
         root: str = _ROOT,
         config: Path | None = _CONFIG,
     ) -> None:

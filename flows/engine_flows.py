@@ -401,6 +401,11 @@ def build(
     return run_stages(root, list(SHARD_STAGES), config_path, shards, force, name="build", manifest=manifest).to_json()
 
 
+def _path_or_url(value: str) -> str:
+    """A local path normalised (`Path`), a URL as it is (`Path` would fold its `//`)."""
+    return str(value) if "://" in str(value) else str(Path(value))
+
+
 @task(name="import_700k", task_run_name="import-{shard_id}", cache_policy=NO_CACHE, persist_result=False)
 def import_700k_task(root: str, json_path: str, video_root: str, shard_id: str, config: EngineConfig) -> StageReport:
     from flows.pipeline.importing import import_700k_shard
@@ -425,7 +430,7 @@ def import_700k(root: str, json_path: str, video_root: str, config_path: str | N
             (
                 "import_700k",
                 shard,
-                import_700k_task.submit(root, str(Path(json_path)), str(Path(video_root)), shard, config),
+                import_700k_task.submit(root, _path_or_url(json_path), _path_or_url(video_root), shard, config),
             )
             for shard in shard_ids
         ]

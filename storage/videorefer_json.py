@@ -120,7 +120,7 @@ def _item_sample(
     for name, value in (("height", height), ("width", width)):
         if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value <= 0):
             raise InvalidSampleError(f"item {name} {value!r} is not a positive integer")
-    video_uri = posixpath.join(video_root, video) if video_root else video
+    video_uri = posixpath.join(video_root, video) if video_root and "://" not in video else video
     clip = make_clip_id(video_uri, None, None)
     objects = []
     for number, frames in enumerate(annotation):

@@ -28,7 +28,8 @@ from agents.backends.base import Detection, SegmenterStats, SegmentPrompt
 from engine.config import FakeGrounderConfig, FakeSegmenterConfig, MaskDegradation
 from engine.ids import stable_hash
 from engine.masks import decode_rle, encode_rle
-from engine.synthetic import SyntheticGroundTruth, SyntheticObject, load_ground_truth, sidecar_path
+from engine.remote import is_url, remote_info
+from engine.synthetic import SyntheticGroundTruth, SyntheticObject, load_ground_truth, sidecar_path, sidecar_url
 from engine.types import Masklet, RleMask
 from engine.video import probe
 
@@ -216,9 +217,11 @@ def _object_at_box(truth: SyntheticGroundTruth, key_frame: int, box: Sequence[fl
 
 def _ground_truth(video_uri: str) -> SyntheticGroundTruth | None:
     path = os.fspath(video_uri)
-    sidecar = sidecar_path(path)
     try:
-        stamp = sidecar.stat().st_mtime_ns
+        if is_url(path):  # a video on an object store: its sidecar's ETag tells a rewritten sidecar
+            stamp = hash(str(remote_info(sidecar_url(path)).get("ETag") or ""))
+        else:
+            stamp = sidecar_path(path).stat().st_mtime_ns
     except (FileNotFoundError, NotADirectoryError):
         return None
     return _cached_ground_truth(path, stamp)
