@@ -54,5 +54,5 @@ def in_stage_order(reports: Sequence[StageReport]) -> list[StageReport]:
 
 
 def is_idle(reports: Sequence[StageReport], failures: Sequence[object] = ()) -> bool:
-    """True when a run did nothing: every report skipped (done before) and no failure."""
-    return not failures and all(report.skipped for report in reports)
+    """True when a run did nothing: it has reports, every one skipped (done before), and no failure."""
+    return bool(reports) and not failures and all(report.skipped for report in reports)
