@@ -258,7 +258,9 @@ def export_video_root(root: DatasetRoot) -> str:
     stated = str(root.read_json(EXPORT_META)["video_root"])
     if not stated or _is_absolute(stated):
         return stated
-    return posixpath.normpath(posixpath.join(root.url_of(EXPORT_JSON_DIR), stated))
+    base = root.url_of(EXPORT_JSON_DIR)
+    protocol, separator, path = base.rpartition("://")  # normpath would fold the `//` of `s3://`
+    return f"{protocol}{separator}{posixpath.normpath(posixpath.join(path, stated))}"
 
 
 def _is_absolute(video: str) -> bool:

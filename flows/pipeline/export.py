@@ -129,6 +129,8 @@ def _portable(root: DatasetRoot, sample: Sample) -> Sample:
     if root.is_local and video and not video.startswith(("http://", "https://")):
         with contextlib.suppress(ValueError):  # a video outside the root keeps its absolute path
             video = Path(video).resolve().relative_to(Path(root.full_path("")).resolve()).as_posix()
+    elif not root.is_local and video.startswith(root.url_of("").rstrip("/") + "/"):  # under an s3:// root
+        video = video[len(root.url_of("").rstrip("/")) + 1 :]
     provenance = tuple(dataclasses.replace(p, latency_s=0.0) for p in sample.provenance)
     return dataclasses.replace(sample, video_uri=video, provenance=provenance)
 

@@ -1,9 +1,9 @@
 """The main path on a real S3-compatible store (SeaweedFS started by the session), end to end.
 
 Manifest and videos on S3 (relative video paths in the manifest are below its folder), the dataset root on S3:
-ingest -> build (every stage) -> export -> validate / doctor / report through the CLI; the exported 700K JSON
-read back by import-700k from `s3://`; and the training loader streaming the export's tars from an `s3://`
-brace pattern.
+ingest -> build (every stage) -> export, a second build that writes nothing, status / validate / doctor / report
+through the CLI; the exported 700K JSON read back by import-700k from `s3://`; and the training loader streaming
+the export's tars from an `s3://` brace pattern.
 """
 
 from __future__ import annotations
@@ -54,7 +54,17 @@ def test_the_main_path_runs_on_s3_end_to_end(prefect_server, s3_inputs: str, s3_
     assert all(item["video"].startswith(f"{s3_url}/inputs/videos/") for item in items)
     assert not root.exists(".videorefer.lock")
 
+    fs = fsspec.filesystem("s3")
+    listing = {path: (info["ETag"], info["LastModified"]) for path, info in fs.find(url, detail=True).items()}
+    again = run_flow(engine_flows.build, root=url, config_path=str(config))
+    assert all(row["shards_skipped"] == row["shards"] for row in again["stages"])
+    fs.invalidate_cache()
+    assert {path: (info["ETag"], info["LastModified"])
+            for path, info in fs.find(url, detail=True).items()} == listing  # nothing to do: nothing written
+
     cli = CliRunner()
+    status = cli.invoke(app, ["status", "--root", url])
+    assert status.exit_code == 0 and "export" in status.output, status.output
     validated = cli.invoke(app, ["validate", "--root", url])
     assert validated.exit_code == 0, validated.output
     assert f"2 tars, {len(items)} samples, 0 problems" in validated.output

@@ -94,3 +94,21 @@ def test_an_upload_is_invisible_until_committed_and_a_failed_one_leaves_nothing(
     assert root.listdir("stages/x") == []
     root.write_json("a/b.json", {"x": 1})
     assert root.read_json("a/b.json") == {"x": 1} and root.listdir("a") == ["b.json"]
+
+
+def test_an_export_on_s3_names_videos_under_the_root_relative_to_it(s3_url: str) -> None:
+    import dataclasses
+
+    from engine.types import Sample, Task
+    from flows.pipeline.export import _portable
+    from storage.videorefer_json import export_video_root, write_export_files
+
+    root = DatasetRoot(f"{s3_url}/root")
+    sample = Sample(key="k", task=next(iter(Task)), video_uri=f"{s3_url}/root/videos/a.mp4", conversations=(),
+                    objects=())
+    assert _portable(root, sample).video_uri == "videos/a.mp4"  # the same bytes on any root
+    outside = dataclasses.replace(sample, video_uri="s3://other/a.mp4")
+    assert _portable(root, outside).video_uri == "s3://other/a.mp4"
+    write_export_files(root, [{"video": "videos/a.mp4", "conversations": [], "annotation": []}])
+    assert root.read_json("export/json/_export.json")["video_root"] == "../.."
+    assert export_video_root(root) == f"{s3_url}/root"
