@@ -23,7 +23,10 @@ def is_url(uri: str) -> bool:
 def _fs(url: str) -> tuple[Any, str]:
     import fsspec
 
-    return fsspec.core.url_to_fs(url)
+    try:  # no cached listings: an object another process wrote since is always seen
+        return fsspec.core.url_to_fs(url, use_listings_cache=False)
+    except TypeError:
+        return fsspec.core.url_to_fs(url)
 
 
 def open_remote(url: str, *, block_size: int = REMOTE_BLOCK_BYTES) -> BinaryIO:

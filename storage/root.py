@@ -132,6 +132,9 @@ class DatasetRoot:
         self.fs, self._base = fsspec.core.url_to_fs(self.url)
         protocols = self.fs.protocol if isinstance(self.fs.protocol, tuple) else (self.fs.protocol,)
         self._renames = bool(set(protocols) & _RENAMING_PROTOCOLS)
+        if not self._renames:  # object stores: no cached listings, so what other writers did is always seen
+            with suppress(TypeError):
+                self.fs, self._base = fsspec.core.url_to_fs(self.url, use_listings_cache=False)
         self.is_local = bool(set(protocols) & {"file", "local"})
 
     def __repr__(self) -> str:

@@ -112,3 +112,21 @@ def test_an_export_on_s3_names_videos_under_the_root_relative_to_it(s3_url: str)
     write_export_files(root, [{"video": "videos/a.mp4", "conversations": [], "annotation": []}])
     assert root.read_json("export/json/_export.json")["video_root"] == "../.."
     assert export_video_root(root) == f"{s3_url}/root"
+
+
+def test_a_lock_another_client_wrote_after_a_listing_is_seen(s3_url: str) -> None:
+    import dataclasses
+    import json
+
+    import fsspec
+
+    root = DatasetRoot(s3_url)
+    root.write_json("dataset.json", {})
+    assert root.listdir("") == ["dataset.json"]  # a listing that a cache would keep
+    other = LockHolder.current("videorefer build (another client)")
+    other = dataclasses.replace(other, host="another-host")
+    client = fsspec.filesystem("s3", skip_instance_cache=True)
+    client.pipe_file(f"{s3_url}/{LOCK_NAME}".removeprefix("s3://"),
+                     json.dumps(dataclasses.asdict(other)).encode())
+    with pytest.raises(RootLockedError, match="another-host"), root.lock("second"):
+        pytest.fail("took a lock another client holds")
