@@ -119,7 +119,7 @@ def register(app: typer.Typer) -> None:
 
             report = run_flow(engine_flows.export, root=root, config_path=_opt(config), force=force)
             _print_report(report)
-            _print_outputs(Path(root))
+            _print_outputs(root)
 
     @app.command("import-700k")
     def import_700k(
@@ -321,11 +321,12 @@ def _print_report(report: dict[str, Any]) -> None:
     Console().print(table)
 
 
-def _print_outputs(root: Path) -> None:
+def _print_outputs(root: Path | str) -> None:
     from flows.pipeline.export import exported_tars
+    from storage.root import DatasetRoot
 
-    tars = exported_tars(str(root))
-    json_dir = root / "export" / "json"
-    typer.echo(f"WebDataset shards: {len(tars)} tars in {root / 'export' / 'wds'}")
-    typer.echo(f"VideoRefer-700K-style JSON: {json_dir}")
-    typer.echo(f"figures: {root / 'reports' / 'latest-run.json'}")
+    droot = DatasetRoot(str(root))  # a folder or a URL (`s3://...`: Path would fold its `//`)
+    tars = exported_tars(droot)
+    typer.echo(f"WebDataset shards: {len(tars)} tars in {droot.url_of('export/wds')}")
+    typer.echo(f"VideoRefer-700K-style JSON: {droot.url_of('export/json')}")
+    typer.echo(f"figures: {droot.url_of('reports/latest-run.json')}")

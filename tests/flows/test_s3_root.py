@@ -65,6 +65,8 @@ def test_the_main_path_runs_on_s3_end_to_end(prefect_server, s3_inputs: str, s3_
     cli = CliRunner()
     status = cli.invoke(app, ["status", "--root", url])
     assert status.exit_code == 0 and "export" in status.output, status.output
+    exported = cli.invoke(app, ["export", "--root", url])
+    assert exported.exit_code == 0 and f"2 tars in {url}/export/wds" in exported.output, exported.output
     validated = cli.invoke(app, ["validate", "--root", url])
     assert validated.exit_code == 0, validated.output
     assert f"2 tars, {len(items)} samples, 0 problems" in validated.output
