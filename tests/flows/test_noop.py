@@ -23,12 +23,23 @@ def _snapshot(root: Path) -> dict[str, tuple[int, str]]:
             for p in sorted(root.rglob("*")) if p.is_file()}
 
 
-def test_a_build_with_nothing_left_to_do_writes_nothing(prefect_server, corpus, tmp_path) -> None:
+class _NoSubmissions:
+    """Stands in for the stage task: any submission fails the test (a done pair must cost no task run)."""
+
+    def with_options(self, **_options: object) -> _NoSubmissions:
+        return self
+
+    def submit(self, *args: object, **kwargs: object) -> None:
+        raise AssertionError(f"a stage task was submitted for {args[1:3]}")
+
+
+def test_a_build_with_nothing_left_to_do_writes_nothing(prefect_server, corpus, tmp_path, monkeypatch) -> None:
     root, manifest = corpus
     config = write_config(tmp_path / "tiny.yaml")
     first = run_flow(engine_flows.build, root=str(root), manifest=str(manifest), config_path=str(config))
     assert (root / "export" / "json" / "train.json").is_file() and (root / "reports" / "index.html").is_file()
     before = _snapshot(root)
+    monkeypatch.setattr(engine_flows, "stage_task", _NoSubmissions())
 
     again = run_flow(engine_flows.build, root=str(root), manifest=str(manifest), config_path=str(config))
     assert _snapshot(root) == before
