@@ -179,12 +179,28 @@ def make_corpus(
     return clips
 
 
+def sidecar_url(video_url: str) -> str:
+    """The sidecar of a video named by a URL (`s3://b/x/clip.mp4` -> `s3://b/x/clip.gt.json`)."""
+    folder, _, name = video_url.rpartition("/")
+    return f"{folder}/{sidecar_path(name).name}"
+
+
 def load_ground_truth(video_path: str | os.PathLike[str]) -> SyntheticGroundTruth | None:
-    """The ground truth of a synthetic clip, read from its sidecar; None when the video has no sidecar."""
-    sidecar = sidecar_path(video_path)
-    if not sidecar.is_file():
-        return None
-    data = json.loads(sidecar.read_text())
+    """The ground truth of a synthetic clip, read from its sidecar (beside a local file or a URL); None when the
+    video has no sidecar."""
+    from engine.remote import is_url, open_remote
+
+    if is_url(str(video_path)):
+        try:
+            with open_remote(sidecar_url(str(video_path))) as handle:
+                data = json.loads(handle.read())
+        except FileNotFoundError:
+            return None
+    else:
+        sidecar = sidecar_path(video_path)
+        if not sidecar.is_file():
+            return None
+        data = json.loads(sidecar.read_text())
     objects = tuple(
         SyntheticObject(
             name=item["name"],

@@ -23,11 +23,16 @@ Policies:
   sequentially. decord is available as `backend="decord"` but is not the default: on demo2.mp4 (edit
   list, negative timestamps) and at the last frame of demo4.mp4 its frames differ from a sequential decode.
 Heavy libraries (av, decord, cv2) are imported lazily inside the functions that need them.
+
+A video may also be a URL (`s3://bucket/clip.mp4`, any fsspec protocol): it is read by range requests through a
+bounded read-ahead buffer (`engine.remote`), never whole into memory; PyAV demuxes the remote file object as it
+would a local file. Frame folders must be local; `backend="decord"` reads a remote file with PyAV's seeking reader.
 """
 
 from __future__ import annotations
 
 import bisect
+import contextlib
 import math
 import os
 from collections.abc import Callable, Iterator, Sequence
@@ -46,6 +51,7 @@ from engine.errors import (
     VideoNotFoundError,
     VideoTooLargeError,
 )
+from engine.remote import is_url, open_remote, remote_info
 
 __all__ = [
     "FRAME_EXTENSIONS",
@@ -179,10 +185,10 @@ def probe(path: str | os.PathLike[str], *, fps: float | None = None, max_bytes: 
     """
     path = _existing(path)
     if max_bytes is not None:
-        size = video_bytes(path)
+        size = _remote_size(path) if isinstance(path, str) else video_bytes(path)
         if size > max_bytes:
             raise VideoTooLargeError(f"{path} holds {size} bytes, above the limit of {max_bytes}")
-    if path.is_dir():
+    if isinstance(path, Path) and path.is_dir():
         info = _probe_folder(path, fps)
     else:
         import av
@@ -220,7 +226,9 @@ def check_pixel_budget(info: VideoInfo, frames: int, budget: int) -> None:
 
 
 def video_bytes(path: str | os.PathLike[str]) -> int:
-    """The size of a video file, or of a frame folder's images together (without opening any of them)."""
+    """The size of a video file (local or a URL), or of a frame folder's images together (without opening any)."""
+    if is_url(str(path)):
+        return _remote_size(str(path))
     path = Path(path)
     if path.is_dir():
         return sum(p.stat().st_size for p in list_frame_files(path))
@@ -235,8 +243,11 @@ def list_frame_files(folder: str | os.PathLike[str]) -> list[Path]:
     )
 
 
-def _existing(path: str | os.PathLike[str]) -> Path:
-    path = Path(path)
+def _existing(path: str | os.PathLike[str]) -> Path | str:
+    """The local path of an existing regular file or frame folder, or a URL naming an existing remote file."""
+    if is_url(str(path)):
+        return _existing_remote(str(path))
+    path = Path(str(path).removeprefix("file://"))
     try:
         stat = path.stat()
     except FileNotFoundError as error:
@@ -254,6 +265,24 @@ def _existing(path: str | os.PathLike[str]) -> Path:
     if stat.st_size == 0:
         raise EmptyVideoError(f"video file is empty (0 bytes): {path}")
     return path
+
+
+def _existing_remote(url: str) -> str:
+    try:
+        info = remote_info(url)
+    except FileNotFoundError as error:
+        raise VideoNotFoundError(f"no such video: {url}") from error
+    except OSError as error:  # permission denied, an unreachable store: this item's video cannot be read
+        raise VideoNotFoundError(f"cannot reach video {url}: {error}") from error
+    if info.get("type") != "file":
+        raise NotARegularFileError(f"not a video file (remote frame folders are not supported): {url}")
+    if int(info.get("size") or 0) == 0:
+        raise EmptyVideoError(f"video file is empty (0 bytes): {url}")
+    return url
+
+
+def _remote_size(url: str) -> int:
+    return int(remote_info(url).get("size") or 0)
 
 
 def _probe_folder(folder: Path, fps: float | None) -> VideoInfo:
@@ -286,13 +315,21 @@ def _image_size(path: Path) -> tuple[int, int]:
         raise BadVideoError(f"unreadable frame image {path}: {error}") from error
 
 
-def _open_container(path: Path) -> Any:
+@contextlib.contextmanager
+def _open_container(path: Path | str) -> Iterator[Any]:
+    """An open PyAV container of a local file, or of a URL read by range requests (closed with the block)."""
+    with contextlib.ExitStack() as stack:
+        source = stack.enter_context(open_remote(path)) if isinstance(path, str) else str(path)
+        yield stack.enter_context(_container(source, path))
+
+
+def _container(source: Any, path: Path | str) -> Any:
     import av  # lazily: FFmpeg bindings are heavy
 
     try:
         # Edit lists ignored: every coded frame counts, as in the container's frame count and in decord
         # (an edit list that hides pre-roll frames would otherwise shift indices against both).
-        return av.open(str(path), mode="r", metadata_errors="ignore", options={"ignore_editlist": "1"})
+        return av.open(source, mode="r", metadata_errors="ignore", options={"ignore_editlist": "1"})
     except av.error.FFmpegError as error:
         if _looks_like_cut_mp4(path):
             raise TruncatedVideoError(f"truncated video (no index found): {path}: {error}") from error
@@ -301,9 +338,9 @@ def _open_container(path: Path) -> Any:
         raise BadVideoError(f"not a readable video: {path}: {error}") from error
 
 
-def _looks_like_cut_mp4(path: Path) -> bool:
+def _looks_like_cut_mp4(path: Path | str) -> bool:
     """An ISO-BMFF file (an `ftyp` box first) that FFmpeg cannot open: its tail (with the index) was cut off."""
-    with path.open("rb") as handle:
+    with open_remote(path) if isinstance(path, str) else path.open("rb") as handle:
         head = handle.read(12)
     return head[4:8] == b"ftyp"
 
@@ -362,7 +399,9 @@ def read_frames(path: str | os.PathLike[str], indices: Sequence[int], *, backend
     """
     path = _existing(path)
     wanted = [int(i) for i in indices]
-    if path.is_dir():
+    if isinstance(path, str) and backend == "decord":
+        backend = "seek"  # decord opens paths only: a remote file goes through PyAV's range reads
+    if isinstance(path, Path) and path.is_dir():
         info = _probe_folder(path, None)
         check_video_limits(info)
         _check_indices(wanted, info, path)

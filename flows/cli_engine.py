@@ -65,7 +65,7 @@ def register(app: typer.Typer) -> None:
 
     @app.command()
     def ingest(
-        manifest: Path = typer.Option(..., "--manifest", help="CSV, Parquet, JSONL or JSON list of videos."),
+        manifest: str = typer.Option(..., "--manifest", help="CSV, Parquet, JSONL or JSON list of videos (or a URL)."),
         root: str = _ROOT,
         config: Path | None = _CONFIG,
     ) -> None:
@@ -81,7 +81,7 @@ def register(app: typer.Typer) -> None:
     @app.command()
     def build(
         root: str = _ROOT,
-        manifest: Path | None = typer.Option(None, "--manifest", help="Ingest this manifest's new rows first."),
+        manifest: str | None = typer.Option(None, "--manifest", help="Ingest this manifest's new rows first."),
         config: Path | None = _CONFIG,
         runner: str = _RUNNER,
         shard: list[str] | None = _SHARDS,
@@ -128,12 +128,12 @@ def register(app: typer.Typer) -> None:
 
             report = run_flow(engine_flows.export, root=root, config_path=_opt(config), force=force)
             _print_report(report)
-            _print_outputs(Path(root))
+            _print_outputs(root)
 
     @app.command("import-700k")
     def import_700k(
-        json_file: Path = typer.Option(..., "--json", help="A released VideoRefer-700K JSON file."),
-        videos: Path = typer.Option(..., "--videos", help="Folder the items' `video` paths are relative to."),
+        json_file: str = typer.Option(..., "--json", help="A released VideoRefer-700K JSON file (or a URL)."),
+        videos: str = typer.Option(..., "--videos", help="Folder (or URL) the items' `video` paths are relative to."),
         root: str = _ROOT,
         config: Path | None = _CONFIG,
     ) -> None:
@@ -330,11 +330,12 @@ def _print_report(report: dict[str, Any]) -> None:
     Console().print(table)
 
 
-def _print_outputs(root: Path) -> None:
+def _print_outputs(root: Path | str) -> None:
     from flows.pipeline.export import exported_tars
+    from storage.root import DatasetRoot
 
-    tars = exported_tars(str(root))
-    json_dir = root / "export" / "json"
-    typer.echo(f"WebDataset shards: {len(tars)} tars in {root / 'export' / 'wds'}")
-    typer.echo(f"VideoRefer-700K-style JSON: {json_dir}")
-    typer.echo(f"figures: {root / 'reports' / 'latest-run.json'}")
+    droot = DatasetRoot(str(root))  # a folder or a URL (`s3://...`: Path would fold its `//`)
+    tars = exported_tars(droot)
+    typer.echo(f"WebDataset shards: {len(tars)} tars in {droot.url_of('export/wds')}")
+    typer.echo(f"VideoRefer-700K-style JSON: {droot.url_of('export/json')}")
+    typer.echo(f"figures: {droot.url_of('reports/latest-run.json')}")

@@ -42,6 +42,7 @@ from engine.errors import BackendUnavailableError, ConfigError, TransientBackend
 from flows.pipeline import layout
 from flows.pipeline.backends import close_worker_pool
 from flows.pipeline.ingest import ingest as ingest_manifest
+from flows.pipeline.planning import in_stage_order, is_idle, plan_stages
 from flows.pipeline.preflight import check_run
 from flows.pipeline.reports import RunReport, StageReport
 from flows.pipeline.runner import run_stage
@@ -199,8 +200,9 @@ def submit_stages(
     stages: Sequence[str],
     *,
     force: bool = False,
+    only: set[tuple[str, str]] | None = None,
 ) -> list[tuple[str, str, PrefectFuture[StageReport]]]:
-    """Submit one task per (stage, shard), chained along the stage graph within each shard.
+    """Submit one task per (stage, shard) (of `only`, when given), chained along the stage graph within each shard.
 
     Submission is stage-major (every shard's analyze, then every shard's annotate, ...): a task waiting for its
     upstream holds a runner slot, and this order keeps the first slots busy with work that can run now.
@@ -211,6 +213,8 @@ def submit_stages(
     futures: dict[tuple[str, str], PrefectFuture[StageReport]] = {}
     for stage in wanted:
         for shard in shard_ids:
+            if only is not None and (stage, shard) not in only:
+                continue  # done for this config: planned as skipped, no task run (flows.pipeline.planning)
             upstream = [futures[(parent, shard)] for parent in STAGE_PARENTS[stage] if (parent, shard) in futures]
             with _gpu_request(stage, config):
                 future = tasks[stage].submit(root, stage, shard, config, force, wait_for=upstream)
@@ -256,10 +260,12 @@ def finish_run(
     droot = layout.open_root(root)
     data = run.to_json()
     data["failures"] = [{"stage": s, "shard_id": sh, "error": f"{type(e).__name__}: {e}"} for s, sh, e in failures]
-    droot.write_json(f"{layout.run_reports_dir()}/runs/{run.run_id}.json", data)
-    droot.write_json(f"{layout.run_reports_dir()}/latest-run.json", data)
+    idle = is_idle(reports, failures)  # nothing ran: the root stays as it is (figures in the artifact only)
+    if not idle:
+        droot.write_json(f"{layout.run_reports_dir()}/runs/{run.run_id}.json", data)
+        droot.write_json(f"{layout.run_reports_dir()}/latest-run.json", data)
     report = None
-    if name == "build":  # the static data report (reports/index.html); a failure to write it is logged, not raised
+    if name == "build" and not idle:  # the static data report (reports/index.html); a failure is logged, not raised
         from flows.reporting import write_report_safely
 
         report = write_report_safely(droot)
@@ -347,15 +353,17 @@ def _run_locked(root: str, config: EngineConfig, stages: Sequence[str], shards: 
     if manifest:
         reports.append(ingest_task(root, str(manifest), config))
     shard_ids = _select_shards(root, shards)
+    plan = plan_stages(root, config, shard_ids, stages, force=force)  # done pairs: no task, nothing written
     try:
-        submitted = submit_stages(root, config, shard_ids, stages, force=force)
+        submitted = submit_stages(root, config, shard_ids, stages, force=force, only=set(plan.todo))
         stage_reports, failures = collect(submitted)
     finally:
         close_worker_pool()  # the warm models of this run (loaded once per worker process)
     if EXPORT in stages:  # the export's one 700K JSON, merged from its shards' parts once every task has finished
         from flows.pipeline.export import finalize_export
 
-        finalize_export(root)
+        finalize_export(root)  # writes nothing when no shard's export changed
+    stage_reports = in_stage_order([*plan.done, *stage_reports])
     return finish_run(root, config, [*reports, *stage_reports], failures, started=started, name=name)
 
 
@@ -401,6 +409,11 @@ def build(
     return run_stages(root, list(SHARD_STAGES), config_path, shards, force, name="build", manifest=manifest).to_json()
 
 
+def _path_or_url(value: str) -> str:
+    """A local path normalised (`Path`), a URL as it is (`Path` would fold its `//`)."""
+    return str(value) if "://" in str(value) else str(Path(value))
+
+
 @task(name="import_700k", task_run_name="import-{shard_id}", cache_policy=NO_CACHE, persist_result=False)
 def import_700k_task(root: str, json_path: str, video_root: str, shard_id: str, config: EngineConfig) -> StageReport:
     from flows.pipeline.importing import import_700k_shard
@@ -425,7 +438,7 @@ def import_700k(root: str, json_path: str, video_root: str, config_path: str | N
             (
                 "import_700k",
                 shard,
-                import_700k_task.submit(root, str(Path(json_path)), str(Path(video_root)), shard, config),
+                import_700k_task.submit(root, _path_or_url(json_path), _path_or_url(video_root), shard, config),
             )
             for shard in shard_ids
         ]

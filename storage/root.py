@@ -11,7 +11,11 @@ One writer per root: `DatasetRoot.lock(command)` creates `.videorefer.lock` excl
 (host, pid, the process's start time, the command). A second writer fails at once with a `RootLockedError` naming
 the holder; a lock whose process is gone (killed with -9 on this host, or its pid reused by another process) is
 stale and taken over. The lock is re-entrant within one process (the CLI takes it, then the flow it runs), and
-temporary names are unique per write, so two processes can never write into the same temporary file.
+temporary names are unique per write, so two processes can never write into the same temporary file. On object
+stores (`s3://bucket/prefix` through s3fs, with the standard AWS variables such as `AWS_ENDPOINT_URL`) the lock is
+created by the store's atomic create-if-absent (`PutObject` with `If-None-Match: *`, which S3 and SeaweedFS refuse
+on an existing key), with the same holder and stale-lock rules; no reader ever sees half an object, since an
+upload becomes visible only when it is committed whole.
 """
 
 from __future__ import annotations
@@ -88,6 +92,16 @@ def process_start_time(pid: int) -> str:
     return stat.rsplit(")", 1)[-1].split()[19]  # field 22 of stat; fields after the command name start at 3
 
 
+def _precondition_failed(error: OSError) -> bool:
+    """An object store refused a conditional write because its condition did not hold (S3 HTTP 412; s3fs turns it
+    into `FileExistsError` only when the store names the `If-None-Match` condition, as AWS does and SeaweedFS not)."""
+    cause = error.__cause__
+    response = getattr(cause, "response", None) or {}
+    code = str(response.get("Error", {}).get("Code", ""))
+    status = response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+    return code in ("PreconditionFailed", "412") or status == 412
+
+
 def holder_is_alive(holder: LockHolder) -> bool:
     """False only when the holder is certainly gone: on this host, no such pid, or the pid now names another
     process (another start time). A holder on another host is taken to be alive."""
@@ -118,6 +132,9 @@ class DatasetRoot:
         self.fs, self._base = fsspec.core.url_to_fs(self.url)
         protocols = self.fs.protocol if isinstance(self.fs.protocol, tuple) else (self.fs.protocol,)
         self._renames = bool(set(protocols) & _RENAMING_PROTOCOLS)
+        if not self._renames:  # object stores: no cached listings, so what other writers did is always seen
+            with suppress(TypeError):
+                self.fs, self._base = fsspec.core.url_to_fs(self.url, use_listings_cache=False)
         self.is_local = bool(set(protocols) & {"file", "local"})
 
     def __repr__(self) -> str:
@@ -210,7 +227,7 @@ class DatasetRoot:
         """
         final = self.full_path(relative)
         directory = posixpath.dirname(final)
-        if directory:
+        if directory and self._renames:  # object stores have no folders to make (s3fs would list the bucket)
             self.fs.makedirs(directory, exist_ok=True)
         if not self._renames:
             # Object stores: the upload is committed on close; on failure the partial upload is discarded.
@@ -221,6 +238,7 @@ class DatasetRoot:
                 discard = getattr(handle, "discard", None)
                 if discard is not None:
                     discard()
+                    handle.closed = True  # discarded: closing it later (its __del__) must not upload anything
                 raise
             handle.close()
             return
@@ -346,11 +364,17 @@ class DatasetRoot:
                 handle.flush()
                 os.fsync(handle.fileno())
             return True
-        # Object stores have no exclusive create: write when absent, then read back who won.
-        if self.fs.exists(path):
+        # Object stores: the store's own create-if-absent (S3 `PutObject` with `If-None-Match: *`, refused with
+        # HTTP 412 when the key exists), so of two writers exactly one creates the lock.
+        try:
+            self.fs.pipe_file(path, data, mode="create")
+        except FileExistsError:
             return False
-        self.fs.pipe_file(path, data)
-        holder = self.lock_holder()
+        except OSError as error:
+            if _precondition_failed(error):
+                return False
+            raise
+        holder = self.lock_holder()  # read back: a store that ignored the condition shows the real winner
         return holder is not None and holder.token == me.token
 
     def _lock_age_s(self) -> float:
@@ -379,7 +403,10 @@ class DatasetRoot:
                 return
             os.remove(aside)
             return
-        self.delete(LOCK_NAME)
+        # Object stores: delete only the stale lock we read; a lock another writer took since stays.
+        current = self.lock_holder()
+        if stale is None or (current is not None and current.token == stale.token):
+            self.delete(LOCK_NAME)
 
     @staticmethod
     def _read_local(path: str) -> dict[str, Any] | None:

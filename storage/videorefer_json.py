@@ -15,8 +15,12 @@ items (RLE normalised).
 
 from __future__ import annotations
 
+import hashlib
+import json
 import posixpath
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import suppress
+from dataclasses import dataclass
 from typing import Any
 
 from engine.errors import DATA_ERRORS, InvalidSampleError, PathNotAllowedError, RejectReason
@@ -120,7 +124,7 @@ def _item_sample(
     for name, value in (("height", height), ("width", width)):
         if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value <= 0):
             raise InvalidSampleError(f"item {name} {value!r} is not a positive integer")
-    video_uri = posixpath.join(video_root, video) if video_root else video
+    video_uri = posixpath.join(video_root, video) if video_root and "://" not in video else video
     clip = make_clip_id(video_uri, None, None)
     objects = []
     for number, frames in enumerate(annotation):
@@ -254,7 +258,9 @@ def export_video_root(root: DatasetRoot) -> str:
     stated = str(root.read_json(EXPORT_META)["video_root"])
     if not stated or _is_absolute(stated):
         return stated
-    return posixpath.normpath(posixpath.join(root.url_of(EXPORT_JSON_DIR), stated))
+    base = root.url_of(EXPORT_JSON_DIR)
+    protocol, separator, path = base.rpartition("://")  # normpath would fold the `//` of `s3://`
+    return f"{protocol}{separator}{posixpath.normpath(posixpath.join(path, stated))}"
 
 
 def _is_absolute(video: str) -> bool:
@@ -282,6 +288,146 @@ def video_root_of(items: Sequence[Mapping[str, Any]], dataset_root: DatasetRoot)
     return root, [{**item, "video": video} for item, video in zip(items, relative, strict=True)]
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ExportPart:
+    """One shard's stored 700K items, as the merged files need them: how many, a digest of their bytes, and the
+    summary of their videos that decides the export's video root (`video_summary`)."""
+
+    shard_id: str
+    items: int
+    digest: str
+    videos: Mapping[str, Any]
+
+
+def json_list_bytes(items: Iterable[Any]) -> Iterator[bytes]:
+    """The bytes of `root.write_json(list(items))` (indent 2, sorted keys, trailing newline), one item at a time,
+    so a list of any length is written without holding it."""
+    first = True
+    for item in items:
+        text = json.dumps(item, indent=2, sort_keys=True, ensure_ascii=False).replace("\n", "\n  ")
+        yield (("[\n  " if first else ",\n  ") + text).encode("utf-8")
+        first = False
+    yield b"[]\n" if first else b"\n]\n"
+
+
+def part_bytes(items: Sequence[Mapping[str, Any]]) -> tuple[bytes, str]:
+    """A shard's part file (the same bytes `write_json` gives) and its digest."""
+    data = b"".join(json_list_bytes(items))
+    return data, hashlib.sha256(data).hexdigest()[:32]
+
+
+def video_summary(items: Iterable[Mapping[str, Any]], dataset_root: DatasetRoot) -> dict[str, Any]:
+    """What `video_root_of` needs to know of a shard's items, so the roots of many shards combine without
+    reading their items again: any absolute path or URL, and the deepest folder of them all (local roots)."""
+    videos = [str(item.get("video", "")) for item in items]
+    base = dataset_root.url_of("").rstrip("/")
+    summary: dict[str, Any] = {"absolute": any(_is_absolute(v) for v in videos),
+                               "url": any("://" in v for v in videos), "folder": ""}
+    if videos and summary["absolute"] and not summary["url"] and dataset_root.is_local:
+        absolute = [v if v.startswith("/") else posixpath.join(base, v) for v in videos]
+        summary["folder"] = posixpath.commonpath([posixpath.dirname(posixpath.normpath(v)) for v in absolute])
+    return summary
+
+
+def _combined_root(parts: Sequence[ExportPart], dataset_root: DatasetRoot) -> str:
+    if not any(part.videos.get("absolute") for part in parts):
+        return _ROOT_FROM_JSON_DIR
+    if any(part.videos.get("url") for part in parts) or not dataset_root.is_local:
+        return ""
+    return posixpath.commonpath([str(part.videos["folder"]) for part in parts if part.items])
+
+
+def _relative_to(items: Sequence[Mapping[str, Any]], video_root: str, dataset_root: DatasetRoot) -> Iterator[Any]:
+    if video_root in (_ROOT_FROM_JSON_DIR, ""):
+        yield from items
+        return
+    base = dataset_root.url_of("").rstrip("/")
+    for item in items:
+        video = str(item.get("video", ""))
+        absolute = video if video.startswith("/") else posixpath.join(base, video)
+        yield {**item, "video": posixpath.relpath(posixpath.normpath(absolute), video_root)}
+
+
+def _file_names(name: str, total: int, max_items: int) -> list[str]:
+    count = max(1, -(-total // max_items))
+    return [f"{name}.json"] if count == 1 else [f"{name}-{n:06d}.json" for n in range(count)]
+
+
+def write_export_parts(
+    root: DatasetRoot, parts: Sequence[ExportPart], read_part: Callable[[str], Sequence[Mapping[str, Any]]], *,
+    name: str = "train", max_items: int = 200_000,
+) -> list[str]:
+    """Write one export's merged files from its shards' parts, streaming shard by shard; return the files
+    written (empty when nothing changed).
+
+    The files are those of `write_export_files` (the same bytes): `export/json/<name>.json`, or
+    `<name>-NNNNNN.json` of at most `max_items` items each, and `_export.json` (`{"format": "videorefer-700k",
+    "video_root", "files", "items", "parts"}`), where `parts` keeps a digest of what each file was made of (its
+    shards' item ranges and digests, and the video root). A file whose digest is unchanged and which is still
+    there is not written again; `read_part(shard_id)` is called only for the shards of files that are, one shard
+    at a time, so memory does not grow with the number of items. With no items every file is removed.
+    """
+    if max_items <= 0:
+        raise ValueError("max_items must be positive")
+    parts = [part for part in parts if part.items]
+    total = sum(part.items for part in parts)
+    names = _file_names(name, total, max_items) if total else []
+    stale = [existing for existing in root.listdir(EXPORT_JSON_DIR) if existing not in names and
+             _is_export_file(existing, name)]
+    if not total:
+        for existing in stale:
+            root.delete(f"{EXPORT_JSON_DIR}/{existing}")
+        root.delete(EXPORT_META)
+        return []
+    video_root = _combined_root(parts, root)
+    slices: list[list[tuple[ExportPart, int, int]]] = [[] for _ in names]  # per file: (part, start, end) in part
+    offset = 0
+    for part in parts:
+        position = 0
+        while position < part.items:
+            number = (offset + position) // max_items
+            take = min(part.items - position, (number + 1) * max_items - (offset + position))
+            slices[number].append((part, position, position + take))
+            position += take
+        offset += part.items
+    digests = {
+        file_name: stable_hash(video_root, [(p.shard_id, p.digest, a, b) for p, a, b in pieces])
+        for file_name, pieces in zip(names, slices, strict=True)
+    }
+    previous: dict[str, Any] = {}
+    if root.exists(EXPORT_META):
+        with suppress(ValueError, UnicodeDecodeError):
+            previous = root.read_json(EXPORT_META)
+    meta = {"format": "videorefer-700k", "video_root": video_root, "files": names, "items": total,
+            "parts": digests}
+    written = []
+    for file_name, pieces in zip(names, slices, strict=True):
+        relative = f"{EXPORT_JSON_DIR}/{file_name}"
+        if (previous.get("parts") or {}).get(file_name) == digests[file_name] and root.exists(relative):
+            continue
+
+        def items(pieces: Sequence[tuple[ExportPart, int, int]] = pieces) -> Iterator[Any]:
+            for part, start, end in pieces:
+                yield from _relative_to(list(read_part(part.shard_id))[start:end], video_root, root)
+
+        with root.open_atomic(relative) as handle:
+            for chunk in json_list_bytes(items()):
+                handle.write(chunk)
+        written.append(relative)
+    for existing in stale:
+        root.delete(f"{EXPORT_JSON_DIR}/{existing}")
+    if stale or previous != meta:
+        root.write_json(EXPORT_META, meta)
+        written.append(EXPORT_META)
+    return written
+
+
+def _is_export_file(existing: str, name: str) -> bool:
+    stem = existing.removesuffix(".json")
+    number = stem[len(name) + 1 :]
+    return existing.endswith(".json") and (stem == name or stem.startswith(f"{name}-") and number.isdigit())
+
+
 def write_export_files(
     root: DatasetRoot, items: Sequence[Mapping[str, Any]], *, name: str = "train", max_items: int = 200_000
 ) -> list[str]:
@@ -290,29 +436,15 @@ def write_export_files(
 
     Each item's `video` is relative to that root (`video_root_of`; `export_video_root` resolves it): a reader
     joins it and `video`, e.g. `videorefer import-700k --json <root>/export/json/train.json --videos <root>`.
-    `_export.json` is `{"format": "videorefer-700k", "video_root", "files", "items"}`. Files of an earlier
-    write under the same name are removed first; with no items nothing is written. Returns the paths written
-    (relative to the root).
+    `_export.json` is `{"format": "videorefer-700k", "video_root", "files", "items", "parts"}`. Files of an
+    earlier write under the same name that the new one does not have are removed; with no items nothing is
+    written. Returns the paths written (relative to the root). The engine's export writes from its shards'
+    parts with `write_export_parts`, which this wraps for one in-memory list.
     """
-    if max_items <= 0:
-        raise ValueError("max_items must be positive")
-    for existing in root.listdir(EXPORT_JSON_DIR):
-        stem, part = existing.removesuffix(".json"), existing.removesuffix(".json")[len(name) + 1 :]
-        if existing.endswith(".json") and (stem == name or stem.startswith(f"{name}-") and part.isdigit()):
-            root.delete(f"{EXPORT_JSON_DIR}/{existing}")
-    root.delete(EXPORT_META)
-    if not items:
-        return []
-    video_root, relative = video_root_of(items, root)
-    chunks = [relative[i : i + max_items] for i in range(0, len(relative), max_items)]
-    names = [f"{name}.json"] if len(chunks) == 1 else [f"{name}-{n:06d}.json" for n in range(len(chunks))]
-    written = []
-    for file_name, chunk in zip(names, chunks, strict=True):
-        root.write_json(f"{EXPORT_JSON_DIR}/{file_name}", chunk)
-        written.append(f"{EXPORT_JSON_DIR}/{file_name}")
-    meta = {"format": "videorefer-700k", "video_root": video_root, "files": names, "items": len(relative)}
-    root.write_json(EXPORT_META, meta)
-    return [*written, EXPORT_META]
+    listed = [dict(item) for item in items]
+    _data, digest = part_bytes(listed)
+    part = ExportPart(shard_id="items", items=len(listed), digest=digest, videos=video_summary(listed, root))
+    return write_export_parts(root, [part], lambda _shard: listed, name=name, max_items=max_items)
 
 
 def read_700k(root: DatasetRoot, relative: str) -> list[dict[str, Any]]:

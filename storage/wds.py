@@ -461,7 +461,9 @@ def write_split_stats(folder: DatasetRoot, split: str, writers: Sequence[Mapping
     splits = {name: v for name, v in (merged.get("splits") or {}).items() if name != split}
     if writers:
         splits[split] = _summed(list(writers), split)
-    folder.write_json(STATS_NAME, {"splits": dict(sorted(splits.items())), "writers": dict(sorted(kept.items()))})
+    value = {"splits": dict(sorted(splits.items())), "writers": dict(sorted(kept.items()))}
+    if value != merged:  # the same figures: nothing to write
+        folder.write_json(STATS_NAME, value)
 
 
 def _summed(writers: Sequence[Mapping[str, Any]], split: str) -> dict[str, Any]:

@@ -40,3 +40,7 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+# One SeaweedFS (a real S3-compatible server on 127.0.0.1) per session, started on first use; see tests/s3/.
+from tests.s3.fixtures import s3_url, seaweed  # noqa: E402, F401

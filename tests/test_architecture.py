@@ -26,7 +26,7 @@ ALLOWED = {
     "model": {"engine", "storage", "model"},
     "flows": set(PACKAGES),
 }
-HEAVY = ("torch", "transformers", "prefect", "sam2", "decord", "openai", "prefect_ray", "ray", "gradio")
+HEAVY = ("torch", "transformers", "prefect", "sam2", "decord", "openai", "prefect_ray", "ray", "gradio", "s3fs")
 
 
 def _modules(package: str) -> list[Path]:

@@ -34,7 +34,15 @@ from agents.backends.base import Detection, SegmenterStats, SegmentPrompt
 from engine.config import FakeGrounderConfig, FakeSegmenterConfig, MaskDegradation
 from engine.ids import stable_hash
 from engine.masks import box_iou, decode_rle, encode_rle
-from engine.synthetic import COLORS, SyntheticGroundTruth, SyntheticObject, load_ground_truth, sidecar_path
+from engine.remote import is_url, remote_info
+from engine.synthetic import (
+    COLORS,
+    SyntheticGroundTruth,
+    SyntheticObject,
+    load_ground_truth,
+    sidecar_path,
+    sidecar_url,
+)
 from engine.types import Masklet, RleMask
 from engine.video import probe
 
@@ -296,9 +304,11 @@ def _intersection(a: Sequence[float], b: Sequence[float]) -> float:
 
 def _ground_truth(video_uri: str) -> SyntheticGroundTruth | None:
     path = os.fspath(video_uri)
-    sidecar = sidecar_path(path)
     try:
-        stamp = sidecar.stat().st_mtime_ns
+        if is_url(path):  # a video on an object store: its sidecar's ETag tells a rewritten sidecar
+            stamp = hash(str(remote_info(sidecar_url(path)).get("ETag") or ""))
+        else:
+            stamp = sidecar_path(path).stat().st_mtime_ns
     except (FileNotFoundError, NotADirectoryError):
         return None
     return _cached_ground_truth(path, stamp)

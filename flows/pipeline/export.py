@@ -129,6 +129,8 @@ def _portable(root: DatasetRoot, sample: Sample) -> Sample:
     if root.is_local and video and not video.startswith(("http://", "https://")):
         with contextlib.suppress(ValueError):  # a video outside the root keeps its absolute path
             video = Path(video).resolve().relative_to(Path(root.full_path("")).resolve()).as_posix()
+    elif not root.is_local and video.startswith(root.url_of("").rstrip("/") + "/"):  # under an s3:// root
+        video = video[len(root.url_of("").rstrip("/")) + 1 :]
     provenance = tuple(dataclasses.replace(p, latency_s=0.0) for p in sample.provenance)
     return dataclasses.replace(sample, video_uri=video, provenance=provenance)
 
@@ -184,7 +186,7 @@ def export_shard(
     files = [f"{WDS_DIR}/{name}" for name in stats["tars"]]
     files += [f"{WDS_DIR}/{name.removesuffix('.tar')}.parquet" for name in stats["tars"]]
     json_path = f"{JSON_PARTS_DIR}/{shard_id}.json"
-    droot.write_json(json_path, _json_700k(written))
+    part = _write_json_part(droot, shard_id, _json_700k(written))
     files.append(json_path)
     layout.tables.write_rejects(droot, EXPORT, shard_id, rejects)
     report = StageReport(
@@ -197,7 +199,7 @@ def export_shard(
         seconds=time.perf_counter() - started,
     )
     droot.write_json(layout.stage_report_path(EXPORT, shard_id), report.to_json())
-    droot.mark_done(EXPORT, shard_id, config_hash, files=files, samples=len(written), stats=stats)
+    droot.mark_done(EXPORT, shard_id, config_hash, files=files, samples=len(written), stats=stats, json=part)
     return report
 
 
@@ -230,6 +232,29 @@ def _json_700k(samples: Sequence[Sample]) -> list[dict[str, Any]]:
     return list(export_700k(list(samples)))
 
 
+def _write_json_part(root: DatasetRoot, shard_id: str, items: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Write the shard's 700K items (`export/json/shards/S.json`); return what the merged files need of them
+    (kept in the done marker, so `finalize_export` decides what changed without reading any part)."""
+    from storage.videorefer_json import part_bytes, video_summary
+
+    data, digest = part_bytes(items)
+    root.write_bytes(f"{JSON_PARTS_DIR}/{shard_id}.json", data)
+    return {"items": len(items), "digest": digest, "videos": video_summary(items, root)}
+
+
+def _export_part(root: DatasetRoot, shard_id: str, marker: Mapping[str, Any]) -> Any:
+    """The shard's `ExportPart` from its done marker (an older marker without it: from the part file itself)."""
+    from storage.videorefer_json import ExportPart, part_bytes, video_summary
+
+    stored = marker.get("json")
+    if isinstance(stored, Mapping) and {"items", "digest", "videos"} <= stored.keys():
+        return ExportPart(shard_id=shard_id, items=int(stored["items"]), digest=str(stored["digest"]),
+                          videos=stored["videos"])
+    items = root.read_json(f"{JSON_PARTS_DIR}/{shard_id}.json")
+    return ExportPart(shard_id=shard_id, items=len(items), digest=part_bytes(items)[1],
+                      videos=video_summary(items, root))
+
+
 def clear_shard_export(root: DatasetRoot, shard_id: str) -> None:
     """Remove a shard's exported files (before a re-export), leaving other shards' files alone."""
     from storage.wds import STATS_NAME
@@ -252,30 +277,34 @@ def clear_shard_export(root: DatasetRoot, shard_id: str) -> None:
 
 def finalize_export(root: layout.RootLike) -> list[str]:
     """Merge the 700K JSON parts of every shard whose export is done into the export's JSON file(s) and their
-    `_export.json` (video root, files, item count); return the files written (none when nothing is exported).
+    `_export.json` (video root, files, item count); return the files written (none when nothing changed).
 
     Run after the export stage's tasks (`flows.engine_flows.run_stages`): a plain function of the stored parts, so
-    running it again, or after one shard's re-export, gives the same files. It also rewrites `_stats.json` from
-    the figures each shard's done marker keeps, so merges lost between export tasks in parallel processes (Ray)
-    are repaired.
+    running it again, or after one shard's re-export, gives the same files. The merged files are written by
+    streaming the parts shard by shard (`storage.videorefer_json.write_export_parts`: memory independent of the
+    number of items), and only the files whose shards' parts changed: with nothing changed it writes nothing.
+    It also rewrites `_stats.json` from the figures each shard's done marker keeps (only when they differ), so
+    merges lost between export tasks in parallel processes (Ray) are repaired.
     """
-    from storage.videorefer_json import write_export_files
+    from storage.videorefer_json import write_export_parts
     from storage.wds import write_split_stats
 
     droot = layout.open_root(root)
-    items: list[dict[str, Any]] = []
+    parts = []
     writers: list[dict[str, Any]] = []
     for shard_id in sorted(layout.shards(droot)):
-        part = f"{JSON_PARTS_DIR}/{shard_id}.json"
         marker = droot.read_done(EXPORT, shard_id)
-        if marker is not None and droot.exists(part):
-            items.extend(droot.read_json(part))
-        if marker is not None and marker.get("stats"):
+        if marker is None:
+            continue
+        if droot.exists(f"{JSON_PARTS_DIR}/{shard_id}.json"):
+            parts.append(_export_part(droot, shard_id, marker))
+        if marker.get("stats"):
             writers.append(marker["stats"])
     if writers:  # shards exported in parallel processes may have lost each other's `_stats.json` merges
         with _STATS_LOCK:
             write_split_stats(droot.sub(WDS_DIR), SPLIT, writers)
-    return write_export_files(droot, items, name=SPLIT, max_items=MAX_JSON_ITEMS)
+    return write_export_parts(droot, parts, lambda shard: droot.read_json(f"{JSON_PARTS_DIR}/{shard}.json"),
+                              name=SPLIT, max_items=MAX_JSON_ITEMS)
 
 
 def exported_tars(root: layout.RootLike) -> list[str]:

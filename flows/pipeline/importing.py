@@ -39,23 +39,45 @@ MAX_FRAMES = MAX_SAMPLE_FRAMES  # ShardWriter names frames with two digits
 FRAME_LAYOUT = "sampled+extra-v2"
 
 
-def _chunk_dir(json_path: str | Path) -> str:
+def _source(json_path: str | Path) -> tuple[str, str, int]:
+    """The JSON's identity: its stem, its resolved path (a URL as given) and its size in bytes."""
+    from engine.remote import is_url, remote_info
+
+    if is_url(str(json_path)):
+        url = str(json_path)
+        try:
+            size = int(remote_info(url).get("size") or 0)
+        except FileNotFoundError as exc:
+            raise ConfigError(f"700K JSON not found: {url}") from exc
+        return Path(url.rsplit("/", 1)[-1]).stem, url, size
     path = Path(json_path)
-    return f"imports/{path.stem}-{stable_hash(str(path.resolve()), path.stat().st_size, length=8)}"
+    if not path.is_file():
+        raise ConfigError(f"700K JSON not found: {path}")
+    return path.stem, str(path.resolve()), path.stat().st_size
+
+
+def _chunk_dir(json_path: str | Path) -> str:
+    stem, identity, size = _source(json_path)
+    return f"imports/{stem}-{stable_hash(identity, size, length=8)}"
 
 
 def plan_import(root: layout.RootLike, json_path: str | Path, config: EngineConfig) -> list[str]:
     """Split the JSON into chunk files under the root (once); return the chunk ids."""
+    from engine.remote import is_url, open_remote
+
     droot = layout.open_root(root)
-    path = Path(json_path)
-    if not path.is_file():
-        raise ConfigError(f"700K JSON not found: {path}")
-    directory = _chunk_dir(path)
+    _stem, identity, _size = _source(json_path)
+    path = str(json_path) if is_url(str(json_path)) else Path(json_path)
+    directory = _chunk_dir(json_path)
     plan = f"{directory}/plan.json"
     if droot.exists(plan):
         return list(droot.read_json(plan)["chunks"])
     try:
-        items = json.loads(path.read_text(encoding="utf-8"))
+        if isinstance(path, Path):
+            items = json.loads(path.read_text(encoding="utf-8"))
+        else:
+            with open_remote(path) as handle:
+                items = json.load(handle)
     except json.JSONDecodeError as exc:
         raise ConfigError(f"{path} is not valid JSON: {exc}") from exc
     if not isinstance(items, list):
@@ -66,7 +88,7 @@ def plan_import(root: layout.RootLike, json_path: str | Path, config: EngineConf
         part = items[offset : offset + config.shard_size]
         droot.write_json(f"{directory}/{chunk}.json", {"offset": offset, "items": part})
         chunks.append(chunk)
-    droot.write_json(plan, {"source": str(path.resolve()), "chunks": chunks})
+    droot.write_json(plan, {"source": identity, "chunks": chunks})
     return chunks
 
 

@@ -91,7 +91,7 @@ def _check_bytes(path: Path, size: int, max_bytes: int | None) -> None:
 
 def manifest_policy(droot: layout.DatasetRoot, manifest: str | Path, config: EngineConfig) -> ManifestPolicy:
     """The rows' limits: paths inside the manifest's folder, the (local) dataset root or `paths.allowed_roots`."""
-    roots = [Path(manifest).resolve().parent]
+    roots = [] if is_url(str(manifest)) else [Path(manifest).resolve().parent]
     if droot.is_local:
         roots.append(Path(droot.full_path("")))
     roots.extend(Path(root) for root in config.paths.allowed_roots)

@@ -16,6 +16,7 @@ below 0: `frame_out_of_range`); ingest checks the rest against the probed video.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import math
 from collections.abc import Iterator, Mapping, Sequence
@@ -69,7 +70,13 @@ def is_url(uri: str) -> bool:
 
 
 def read_manifest(path: str | Path, policy: ManifestPolicy | None = None) -> list[ManifestRow]:
-    """All rows of a manifest file, in file order (`policy`: by default paths inside the manifest's folder)."""
+    """All rows of a manifest file, in file order (`policy`: by default paths inside the manifest's folder).
+
+    A manifest named by a URL (`s3://bucket/x/manifest.jsonl`) is copied to a temporary local file and read the
+    same way; its relative video paths are URLs below the manifest's folder (one climbing out is refused).
+    """
+    if is_url(str(path)):
+        return _read_remote_manifest(str(path), policy or ManifestPolicy())
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"manifest not found: {path}")
@@ -80,6 +87,40 @@ def read_manifest(path: str | Path, policy: ManifestPolicy | None = None) -> lis
     policy = policy or ManifestPolicy()
     roots = (base, *policy.allowed_roots)
     return [_normalise(index, item, base, roots, policy) for index, item in enumerate(raw)]
+
+
+def _read_remote_manifest(url: str, policy: ManifestPolicy) -> list[ManifestRow]:
+    import shutil
+    import tempfile
+
+    from engine.remote import join_url, open_remote, remote_info
+
+    try:
+        remote_info(url)
+    except FileNotFoundError as exc:
+        raise ConfigError(f"manifest not found: {url}") from exc
+    folder = url.rsplit("/", 1)[0]
+    with tempfile.TemporaryDirectory(prefix="videorefer-manifest-") as scratch:
+        local = Path(scratch) / Path(url.rsplit("/", 1)[-1]).name
+        with open_remote(url) as remote, local.open("wb") as out:
+            shutil.copyfileobj(remote, out, 1 << 20)
+        raw = list(_raw_rows(local))
+    if raw and not any(isinstance(item, Mapping) and key in item for item in raw[:1] for key in _VIDEO_KEYS):
+        raise ConfigError(f"manifest {url} has no video column (one of {', '.join(_VIDEO_KEYS)})")
+    rows = []
+    for index, item in enumerate(raw):
+        video = str(_first(item, _VIDEO_KEYS) or "").strip() if isinstance(item, Mapping) else ""
+        if video and not is_url(video):
+            try:
+                item = {**{k: v for k, v in item.items() if k not in _VIDEO_KEYS}, "video": join_url(folder, video)}
+            except ValueError as exc:
+                row = _normalise(index, item, Path("/nonexistent"), (), policy)
+                problem = f"{exc} (the manifest's folder)"
+                rows.append(dataclasses.replace(row, video_uri=video, problem=problem,
+                                                problem_reason=RejectReason.PATH_NOT_ALLOWED))
+                continue
+        rows.append(_normalise(index, item, Path("/nonexistent"), (), policy))
+    return rows
 
 
 def _raw_rows(path: Path) -> Iterator[Mapping[str, Any]]:

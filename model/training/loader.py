@@ -33,6 +33,7 @@ reads failed since that source's last good one), instead of epoch-looping foreve
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import glob
 import json
@@ -81,12 +82,18 @@ class SampleEncoder(Protocol):
 
 
 def expand_shards(pattern: str) -> list[str]:
-    """The sorted .tar files a pattern names: whitespace-separated globs, each with optional {a,b} / {00..09}."""
+    """The sorted .tar files a pattern names: whitespace-separated globs, each with optional {a,b} / {00..09};
+    a URL pattern (`s3://b/x/export/wds/train-{000000..000003}.tar`) names the store's objects."""
     import braceexpand
+
+    from engine.remote import is_url, remote_glob
 
     paths: set[str] = set()
     for part in pattern.split():
         for expanded in braceexpand.braceexpand(part):
+            if is_url(expanded):
+                paths.update(remote_glob(expanded))
+                continue
             matches = glob.glob(expanded)
             if not matches and Path(expanded).is_file():
                 matches = [expanded]
@@ -105,7 +112,7 @@ def read_tar_records(path: str) -> Iterator[dict[str, Any]]:
     The key is the file name up to its first dot (WebDataset's rule); members of one record are contiguous.
     """
     current: dict[str, Any] | None = None
-    with tarfile.open(path, mode="r|*") as archive:
+    with _open_tar(path, "r|*") as archive:
         for member in archive:
             if not member.isreg() or "/" in member.name and member.name.rsplit("/", 1)[1].startswith("__"):
                 continue
@@ -123,6 +130,19 @@ def read_tar_records(path: str) -> Iterator[dict[str, Any]]:
             current[extension.lower()] = data
     if current is not None:
         yield current
+
+
+@contextlib.contextmanager
+def _open_tar(path: str, mode: str) -> Iterator[tarfile.TarFile]:
+    """A tar read from a local path, or streamed from a URL by range requests (bounded read-ahead)."""
+    from engine.remote import is_url, open_remote
+
+    if not is_url(path):
+        with tarfile.open(path, mode=mode) as archive:
+            yield archive
+        return
+    with open_remote(path) as handle, tarfile.open(fileobj=handle, mode=mode) as archive:
+        yield archive
 
 
 def is_clip_record(raw: Mapping[str, Any]) -> bool:
@@ -172,7 +192,7 @@ def count_samples(paths: Sequence[str]) -> int:
     """Number of training samples in the shards, from their json members only (no JPEG is read)."""
     total = 0
     for path in paths:
-        with tarfile.open(path, mode="r:*") as archive:
+        with _open_tar(path, "r|*") as archive:
             for member in archive:
                 if member.isreg() and member.name.endswith(".json"):
                     data = archive.extractfile(member).read()

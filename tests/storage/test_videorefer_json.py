@@ -163,7 +163,9 @@ def test_one_json_file_per_export_with_paths_relative_to_the_stated_video_root(t
     assert not root.exists("export/json/train-000003.json")
     meta = root.read_json("export/json/_export.json")
     # Videos under the dataset root: the root, stated relative to export/json (the same files on any root).
-    assert meta == {"format": "videorefer-700k", "video_root": "../..", "files": ["train.json"], "items": 2}
+    assert {k: v for k, v in meta.items() if k != "parts"} == {
+        "format": "videorefer-700k", "video_root": "../..", "files": ["train.json"], "items": 2}
+    assert set(meta["parts"]) == {"train.json"}  # what each file was made of: unchanged files are not rewritten
     assert export_video_root(root) == str(tmp_path / "ds")
     back = read_700k(root, "export/json/train.json")
     assert back == items
@@ -180,3 +182,49 @@ def test_one_json_file_per_export_with_paths_relative_to_the_stated_video_root(t
     assert [f"{meta['video_root'].rstrip('/')}/{v}" for v in videos] == [
         "/data/set/a/x.mp4", "/data/set/b/y.mp4", str(tmp_path / "ds" / "panda" / "clip_0001.mp4")]
     assert write_export_files(root, []) == [] and not root.exists("export/json/_export.json")
+
+
+# ---------------------------------------------------------------- streamed shard by shard, only what changed
+
+
+def test_export_parts_stream_shard_by_shard_and_rewrite_only_the_files_that_changed(tmp_path) -> None:
+    from storage.videorefer_json import ExportPart, part_bytes, video_summary, write_export_files, write_export_parts
+
+    root = DatasetRoot(tmp_path / "ds")
+    shards = {f"s{n}": [{**item(), "video": f"videos/{n}-{k}.mp4"} for k in range(count)]
+              for n, count in enumerate([3, 2, 4])}
+
+    def parts() -> list[ExportPart]:
+        return [ExportPart(shard_id=shard, items=len(items), digest=part_bytes(items)[1],
+                           videos=video_summary(items, root)) for shard, items in shards.items()]
+
+    reads: list[str] = []
+
+    def read_part(shard: str) -> list[dict]:
+        reads.append(shard)
+        return shards[shard]
+
+    written = write_export_parts(root, parts(), read_part, max_items=4)
+    names = ["train-000000.json", "train-000001.json", "train-000002.json"]  # 9 items, 4 per file
+    assert written == [*(f"export/json/{n}" for n in names), "export/json/_export.json"]
+    merged = [i for n in names for i in read_700k(root, f"export/json/{n}")]
+    assert merged == [i for items in shards.values() for i in items]
+    # The same bytes as the one-list writer, which the streamed writer replaces.
+    other = DatasetRoot(tmp_path / "other")
+    write_export_files(other, merged, max_items=4)
+    assert all(root.read_bytes(f"export/json/{n}") == other.read_bytes(f"export/json/{n}") for n in names)
+
+    stamps = {n: (tmp_path / "ds" / "export" / "json" / n).stat().st_mtime_ns for n in names}
+    reads.clear()
+    assert write_export_parts(root, parts(), read_part, max_items=4) == []  # nothing changed: nothing written
+    assert reads == []
+    shards["s2"][0] = {**shards["s2"][0], "video": "videos/changed.mp4"}  # items 5..8: the second and third file
+    assert write_export_parts(root, parts(), read_part, max_items=4) == [
+        *(f"export/json/{n}" for n in names[1:]), "export/json/_export.json"]
+    assert set(reads) == {"s1", "s2"} and "s0" not in reads  # s0's items lie only in the unchanged first file
+    assert (tmp_path / "ds" / "export" / "json" / names[0]).stat().st_mtime_ns == stamps[names[0]]
+    assert read_700k(root, "export/json/train-000001.json")[1]["video"] == "videos/changed.mp4"
+    shards.pop("s2")
+    shards.pop("s1")  # 3 items left: one file, the numbered parts removed
+    assert write_export_parts(root, parts(), read_part, max_items=4)[-1] == "export/json/_export.json"
+    assert sorted(root.listdir("export/json")) == ["_export.json", "train.json"]

@@ -84,7 +84,11 @@ def test_finalize_merges_every_exported_shard_into_one_json_with_its_video_root(
     assert not rejects
     ours = sorted(s.conversations[-1].value for s, _ in iter_samples(list_tars(root / "export" / "wds")))
     assert sorted(s.conversations[-1].value for s in samples) == ours
-    assert finalize_export(root) == written  # a plain function of the stored parts
+    stamp = (root / "export" / "json" / "train.json").stat().st_mtime_ns
+    assert finalize_export(root) == []  # nothing changed: nothing written (no re-merge)
+    assert (root / "export" / "json" / "train.json").stat().st_mtime_ns == stamp
+    (root / "export" / "json" / "train.json").unlink()
+    assert finalize_export(root) == ["export/json/train.json"]  # a plain function of the stored parts
     assert json.loads((root / "export" / "json" / "train.json").read_text()) == items
 
 
