@@ -132,6 +132,30 @@ def save_masklets(path: Path, opened: Any, objects: list[Any]) -> Path:
     return preview
 
 
+RELEASE_EVAL_FRAMES = 8  # the release's NUM_FRAMES in its notebook and Bench scripts (agents.bench.protocol)
+
+
+def frame_count(num_frames: int | None, protocol: str | None, model_frames: int) -> tuple[int, str]:
+    """The frames `infer` shows the model, and why: `--num-frames`, else the protocol's, else the model's config.
+
+    The release's demo notebook and its Bench scripts pass 8 frames (`NUM_FRAMES`), never the model's 16; the line
+    says so, because the two give different answers on the same clip.
+    """
+    if protocol is not None:
+        from agents.bench.protocol import get_protocol
+
+        chosen = get_protocol(protocol)
+        if num_frames is None:
+            return chosen.num_frames, (f"--protocol {protocol}: the release's notebook and Bench scripts use 8"
+                                       if protocol == "release" else f"--protocol {protocol}: the paper's 16")
+    if num_frames is not None:
+        return num_frames, "--num-frames"
+    if model_frames == RELEASE_EVAL_FRAMES:
+        return model_frames, "the model's config (num_frames), as the release's notebook and Bench scripts"
+    return model_frames, ("the model's config (num_frames); the release's notebook and Bench scripts use 8: "
+                          "--protocol release")
+
+
 def register(app: typer.Typer) -> None:
     """Add `infer` and the `model` sub-app (`model info`) to the main app."""
 
@@ -158,6 +182,9 @@ def register(app: typer.Typer) -> None:
         mode: str = typer.Option("single", "--mode", help="single (1 token per object) or multi (up to u)."),
         num_frames: int | None = typer.Option(
             None, "--num-frames", min=2, help="Frames the model sees (default: the model's, 16; 8 = release eval)."
+        ),
+        protocol: str | None = typer.Option(
+            None, "--protocol", help="release: the release's settings (8 frames, greedy mm_infer decoding); paper: 16"
         ),
         start: float | None = typer.Option(None, "--start", help="Span start in seconds (release's span rule)."),
         end: float | None = typer.Option(None, "--end", help="Span end in seconds."),
@@ -195,8 +222,14 @@ def register(app: typer.Typer) -> None:
         try:
             from model.inference import VideoReferPipeline
 
+            if protocol is not None:
+                from agents.bench.protocol import get_protocol
+
+                get_protocol(protocol)  # an unknown name fails before the model loads
             pipeline = VideoReferPipeline.from_pretrained(model, device=device, dtype=dtype)
-            frames_to_use = num_frames or pipeline.processor.num_frames
+            frames_to_use, why = frame_count(num_frames, protocol, pipeline.processor.num_frames)
+            if video is not None:
+                typer.echo(f"frames: {frames_to_use} ({why})", err=True)
             if masks is not None:
                 objects = load_masks_file(masks)
             elif prompts:

@@ -186,3 +186,34 @@ def test_infer_on_an_image_a_span_and_text_only(tiny_model_dir, clip, tmp_path) 
 def test_model_info_reports_the_release_evaluation_token_count() -> None:
     report = json.loads(runner.invoke(app, ["model", "info", "--preset", "7b"]).output)
     assert report["video_tokens_8_frames"] == 676 and report["image_tokens"] == 1352
+
+
+def test_frame_count_says_which_count_and_why() -> None:
+    from flows.cli_model import frame_count
+
+    count, why = frame_count(None, None, 16)
+    assert count == 16 and "model's config" in why and "use 8" in why and "--protocol release" in why
+    release = "--protocol release: the release's notebook and Bench scripts use 8"
+    assert frame_count(None, "release", 16) == (8, release)
+    assert frame_count(None, "paper", 4)[0] == 16
+    assert frame_count(6, "release", 16) == (6, "--num-frames")  # an explicit count wins over the protocol's
+    assert frame_count(6, None, 16) == (6, "--num-frames")
+    assert frame_count(None, None, 8)[1].endswith("as the release's notebook and Bench scripts")
+
+
+def test_infer_prints_the_frame_count_it_uses_and_why(tiny_model_dir, clip, tmp_path) -> None:
+    masks_file = tmp_path / "m.json"
+    masks_file.write_text(json.dumps({"3": clip.ground_truth.objects[0].masks[3].to_coco()}))
+    base = ["infer", "--model", str(tiny_model_dir), "--video", str(clip.path), "--masks", str(masks_file),
+            "--question", "<region>?", "--max-new-tokens", "1"]
+    default = runner.invoke(app, base)
+    assert default.exit_code == 0, default.output
+    assert "frames: 8 (the model's config (num_frames), as the release's" in default.output  # the tiny model's 8
+    paper = runner.invoke(app, [*base, "--protocol", "paper"])
+    assert paper.exit_code == 0, paper.output
+    assert "frames: 16 (--protocol paper" in paper.output
+    release = runner.invoke(app, [*base, "--protocol", "release", "--num-frames", "4"])
+    assert release.exit_code == 0, release.output
+    assert "frames: 4 (--num-frames)" in release.output
+    unknown = runner.invoke(app, [*base, "--protocol", "nope"])
+    assert unknown.exit_code == 1 and "unknown protocol 'nope'" in unknown.output
