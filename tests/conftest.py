@@ -28,3 +28,15 @@ def media_dir() -> Path:
     if not (MEDIA_DIR / "dog.mp4").is_file():
         pytest.skip("../shared/media is not present")
     return MEDIA_DIR
+
+
+@pytest.fixture(scope="session")
+def gpu_device():
+    """The device of the `gpu`-marked checks: CUDA, or what `VIDEOREFER_GPU_CHECK_DEVICE` names (`cpu` for
+    `scripts/gpu_check.sh --cpu-dry-run`, which runs the same checks at tiny sizes here). Skips without CUDA."""
+    import torch
+
+    name = os.environ.get("VIDEOREFER_GPU_CHECK_DEVICE", "cuda")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        pytest.skip("no CUDA device (set VIDEOREFER_GPU_CHECK_DEVICE=cpu for the CPU dry run)")
+    return torch.device(name)
