@@ -449,7 +449,8 @@ def train(recipe: TrainingRecipe, out: Path, *, resume: bool = False, overwrite:
     if runtime.sharded:
         dist.barrier()
         dist.destroy_process_group()
-    return {"steps": steps, "loss": last_loss, "bad_samples": bad_total, "model_dir": str(out / FINAL_DIR)}
+    return {"steps": steps, "loss": last_loss, "bad_samples": bad_total, "model_dir": str(out / FINAL_DIR),
+            "device": runtime.device.type, "fsdp": runtime.sharded}
 
 
 def _position(item: dict[str, Any]) -> Any:
