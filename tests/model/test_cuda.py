@@ -131,9 +131,10 @@ def test_attention_runs_the_fused_kernels(gpu_device, tiny_model_dir, tiny_proce
     with torch.no_grad():
         with sdpa_kernel([SDPBackend.MATH]):
             math = model(**question).logits.float()
-        # One unpadded sample: every attention call (SigLIP's, the causal LLM's) can take the flash kernel; forcing
-        # it raises if any call cannot (a mask or a layout that falls back to the math kernel).
-        with sdpa_kernel([SDPBackend.FLASH_ATTENTION]):
+        # One unpadded sample: every attention call (SigLIP's, the causal LLM's with grouped KV heads) can take a
+        # fused kernel (flash; on CUDA also memory-efficient or cuDNN); allowing only those raises if any call cannot
+        # (a mask or a layout that would fall back to the math kernel).
+        with sdpa_kernel([SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.CUDNN_ATTENTION]):
             flash = model(**question).logits.float()
         scale = float(math.abs().max())
         assert float((flash - math).abs().max()) <= TOLERANCE[torch.bfloat16] * scale
