@@ -185,7 +185,7 @@ def install_wheels(python: str, wheels: Path, rows: list[dict[str, str]], site: 
     has_pip = subprocess.run([python, "-m", "pip", "--version"], env=env, capture_output=True).returncode == 0
     if has_pip:
         pip_env = {**env, "PIP_CONSTRAINT": "", "PIP_DISABLE_PIP_VERSION_CHECK": "1", "PIP_NO_INPUT": "1"}
-        done = subprocess.run([python, "-m", "pip", "install", "--no-index", "--no-deps", "--no-compile",
+        done = subprocess.run([python, "-m", "pip", "install", "--no-index", "--no-deps", "--no-compile", "--upgrade",
                                "--no-warn-script-location", "--target", str(site), *files],
                               env=pip_env, capture_output=True, text=True, timeout=300)
         log.write_text(done.stdout + done.stderr)

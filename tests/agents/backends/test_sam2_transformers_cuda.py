@@ -67,10 +67,16 @@ def _track(model, video, device) -> list:
     session.remove_mask_inputs(obj_idx, 0)
     session.obj_with_new_inputs = [1]
     masks = []
-    with torch.no_grad():
-        model(inference_session=session, frame_idx=0)
-        for output in model.propagate_in_video_iterator(session, start_frame_idx=0):
-            masks.append(output.pred_masks.float().cpu())
+    # float32 means float32 on the GPU too: no TF32 in cuDNN convolutions or matmuls (on by default for convolutions).
+    tf32 = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        with torch.no_grad():
+            model(inference_session=session, frame_idx=0)
+            for output in model.propagate_in_video_iterator(session, start_frame_idx=0):
+                masks.append(output.pred_masks.float().cpu())
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = tf32
     return masks
 
 
