@@ -32,19 +32,22 @@ for dist in pytest pluggy iniconfig pygments pytest-timeout webdataset braceexpa
   PURE+=("$dist==$(version "$dist")")
 done
 "$PY" -m pip download -q --no-deps --only-binary=:all: --python-version "$GPU_PYTHON" --implementation cp \
-  --abi "$ABI" --abi none --platform manylinux_2_28_x86_64 --platform any -d "$STAGE/always" "${PURE[@]}" 2> >(grep -v "is ignored" >&2)
+  --abi "$ABI" --abi none --platform manylinux_2_28_x86_64 --platform any -d "$STAGE/always" "${PURE[@]}" \
+  2> >(grep -v "is ignored" >&2)
 
 # Binary wheels for the machine's CPython, only used where it lacks them (the main venv's versions; pycocotools at
 # most the main venv's, the newest with a manylinux wheel for that CPython).
 "$PY" -m pip download -q --no-deps --only-binary=:all: --python-version "$GPU_PYTHON" --implementation cp \
   --abi "$ABI" --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
-  -d "$STAGE/if-missing" "pillow==$(version pillow)" "pycocotools<=$(version pycocotools)" 2> >(grep -v "is ignored" >&2)
+  -d "$STAGE/if-missing" "pillow==$(version pillow)" "pycocotools<=$(version pycocotools)" \
+  2> >(grep -v "is ignored" >&2)
 
 # MANIFEST.tsv: wheel (relative to the folder), distribution, rule; ours first.
 {
   echo "# wheel	distribution	rule   (scripts/gpu_check.py installs in this order, --no-deps --no-index)"
   for rule in always if-missing; do
-    for wheel in $(ls "$STAGE/$rule" | sort -f | awk '/^videorefer_suite/ {print; next} {rest = rest $0 "\n"} END {printf "%s", rest}'); do
+    # ours first, then the rest in name order
+    for wheel in $(ls "$STAGE/$rule" | grep '^videorefer'; ls "$STAGE/$rule" | grep -v '^videorefer' | sort -f); do
       dist=$(echo "$wheel" | cut -d- -f1 | tr '_' '-' | tr 'A-Z' 'a-z')
       printf '%s/%s\t%s\t%s\n' "$rule" "$wheel" "$dist" "$rule"
     done

@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # CI's lowest-versions step (`make test-lowest`): .venv-lowest/ holds the project with the LOWEST torch and
-# transformers that pyproject.toml declares (`torch>=X`, `transformers>=Y`; every other pin as in constraints.txt),
-# and the model and training tests (tests/model) run there on the CPU, so an API difference shows here and not in
-# a GPU machine's minutes. PyPI has no CPU build of an older torch: its CUDA build (about 3 GB with the NVIDIA
-# libraries) is installed and runs on the CPU.
+# transformers that pyproject.toml declares (`torch>=X`, `transformers>=Y`; tokenizers as that transformers asks;
+# every other pin as in constraints.txt), and the model and training tests (tests/model) run there on the CPU, so
+# an API difference shows here and not in a GPU machine's minutes. PyPI has no CPU build of an older torch: its
+# CUDA build (about 3 GB with the NVIDIA libraries) is installed and runs on the CPU.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3.11}
@@ -19,7 +19,8 @@ PY
 export PIP_DISABLE_PIP_VERSION_CHECK=1
 CONSTRAINTS=$(mktemp)
 trap 'rm -f "$CONSTRAINTS"' EXIT
-grep -v -E '^(torch|transformers)[=<>! ]' constraints.txt > "$CONSTRAINTS"
+# tokenizers too: the lowest transformers picks its own (5.6 asks for <=0.23.0, the main pin is 0.23.x).
+grep -v -E '^(torch|transformers|tokenizers)[=<>! ]' constraints.txt > "$CONSTRAINTS"
 printf 'torch==%s\ntransformers==%s\n' "$TORCH" "$TRANSFORMERS" >> "$CONSTRAINTS"
 export PIP_CONSTRAINT="$CONSTRAINTS"
 want="torch==$TORCH transformers==$TRANSFORMERS $(sha1sum pyproject.toml constraints.txt | cut -c1-12 | tr '\n' ' ')"
@@ -31,7 +32,8 @@ if [ ! -f "$VENV/.stack" ] || [ "$(cat "$VENV/.stack")" != "$want" ]; then
   "$VENV/bin/python" -m pip install -q -e ".[dev]" 2> >(grep -v "is ignored" >&2)
   echo "$want" > "$VENV/.stack"
 fi
-"$VENV/bin/python" -c "import torch, transformers; print('lowest versions: torch', torch.__version__, 'transformers', transformers.__version__)"
+"$VENV/bin/python" -c "import torch as o, transformers as t; print('lowest: torch', o.__version__, 'transformers', \
+  t.__version__)"
 started=$(date +%s)
 "$VENV/bin/python" -m pytest -q -p no:cacheprovider tests/model "$@"
 echo "lowest-versions tests: $(( $(date +%s) - started )) s"

@@ -1,11 +1,11 @@
 """An FSDP2 training step on the GPU check's device, with a distributed checkpoint saved and resumed.
 
 `torchrun --nproc-per-node 1` runs the real loop with `fsdp_single_process` (a one-process group: `fully_shard`
-per layer and at the root, bf16 parameters with fp32 reduction on CUDA, DTensor state in the DCP checkpoint), two
-steps with a checkpoint after each. Then the second checkpoint and the saved model are removed, as if the run had
+per layer and at the root, bf16 parameters with fp32 reduction, DTensor state in the DCP checkpoint), two steps
+with a checkpoint after each. Then the second checkpoint and the saved model are removed, as if the run had
 been killed after step 1, and `--resume` redoes step 2 from the first checkpoint: its loss and its saved weights
 must match the uninterrupted run's (within bf16 rounding on CUDA, where atomics may reorder sums; exactly on CPU).
-`gpu`-marked: `scripts/gpu_check.sh` runs it (`--cpu-dry-run`: on the CPU with gloo, in float32).
+`gpu`-marked: `scripts/gpu_check.sh` runs it (`--cpu-dry-run`: on the CPU with gloo, the same bf16 policy).
 """
 
 from __future__ import annotations
@@ -24,8 +24,9 @@ from model.training.synthetic import write_synthetic_shards
 
 pytestmark = [pytest.mark.gpu, pytest.mark.timeout(600)]
 
-SETTINGS = {"fsdp_single_process": True, "checkpoint_every": 1, "num_workers": 0, "global_batch": 2,
-            "micro_batch": 1, "log_every": 1}
+# bf16 also on the CPU (the dry run): FSDP2's MixedPrecisionPolicy(bf16 parameters, fp32 reduction) is the path.
+SETTINGS = {"fsdp_single_process": True, "precision": "bf16", "checkpoint_every": 1, "num_workers": 0,
+            "global_batch": 2, "micro_batch": 1, "log_every": 1}
 
 
 def _train(data: str, out: Path, *, resume: bool = False) -> list[str]:
