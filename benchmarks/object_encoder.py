@@ -9,6 +9,7 @@ median seconds per path, and `ratio` = the median of the pairs' loop / batched r
 spread, for both variants; `ratio` alone is the pooling + merge one.
 
     .venv/bin/python benchmarks/object_encoder.py [--objects 64] [--frames 32] [--repeats 3] [--threads 1]
+    python benchmarks/object_encoder.py --device cuda      # both paths on a GPU (timed with synchronisation)
 
 One torch thread by default: with torch's default (a thread per core) the loop's thousands of small ops spin
 against other processes on a busy machine, and the loop took 28 s at load 5 against 0.3 s at load 0.5 (ratio 47
@@ -60,21 +61,23 @@ def _loop(features, masks, u, projector):
 def _batched(features, masks, u, projector):
     objects, frames = masks.shape[:2]
     flat = masks.reshape(objects * frames, *masks.shape[2:])
-    frame_index = torch.arange(frames).repeat(objects)
-    object_index = torch.arange(objects).repeat_interleave(frames)
+    frame_index = torch.arange(frames, device=masks.device).repeat(objects)
+    object_index = torch.arange(objects, device=masks.device).repeat_interleave(frames)
     pooled = batched_mask_pool(features, flat, frame_index)
     merged, counts = batched_temporal_token_merge(pooled, object_index, objects, u)
-    tokens = merged[torch.arange(u)[None, :] < counts[:, None]]
+    tokens = merged[torch.arange(u, device=counts.device)[None, :] < counts[:, None]]
     return projector(tokens) if projector is not None else tokens
 
 
-def _timed(fn):
+def _timed(fn, sync=lambda: None):
+    sync()
     start = time.perf_counter()
     result = fn()
+    sync()
     return time.perf_counter() - start, result
 
 
-def _paired(loop, batched, repeats):
+def _paired(loop, batched, repeats, sync=lambda: None):
     """Per side the seconds of each pair's run and the last result, after an untimed warm-up of the batched path
     (the loop, tens of seconds, needs none)."""
     times: dict[str, list[float]] = {"loop": [], "batched": []}
@@ -82,7 +85,7 @@ def _paired(loop, batched, repeats):
     sides = [("loop", loop), ("batched", batched)]
     for repeat in range(repeats):
         for name, fn in sides if repeat % 2 == 0 else sides[::-1]:
-            seconds, results[name] = _timed(fn)
+            seconds, results[name] = _timed(fn, sync)
             times[name].append(seconds)
     return times, results
 
@@ -94,20 +97,24 @@ def main() -> None:
     parser.add_argument("--mask-size", type=int, default=384)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=1, help="torch threads (0: torch's default)")
+    parser.add_argument("--device", default="cpu", help="where both paths run (cuda: timed with synchronisation)")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     grid, depth, hidden, u = 27, 1152, 3584, 4
     features, masks = _inputs(args.objects, args.frames, grid, depth, args.mask_size, seed=0)
-    projector = ObjectEncoder(depth, hidden, tokens_per_object=u).feat_linear.eval()
+    features, masks = features.to(device), masks.to(device)
+    projector = ObjectEncoder(depth, hidden, tokens_per_object=u).feat_linear.eval().to(device)
 
-    figures = {"benchmark": "object_encoder", "objects": args.objects, "frames": args.frames,
-               "mask_size": args.mask_size, "grid": grid,
+    figures = {"benchmark": "object_encoder", "device": torch.cuda.get_device_name(device) if device.type == "cuda"
+               else "cpu", "objects": args.objects, "frames": args.frames, "mask_size": args.mask_size, "grid": grid,
                "width": depth, "u": u, "threads": torch.get_num_threads()}
     with torch.inference_mode():
         for label, head in (("pool_merge", None), ("with_projector", projector)):
             times, results = _paired(lambda head=head: _loop(features, masks, u, head),
-                                     lambda head=head: _batched(features, masks, u, head), args.repeats)
+                                     lambda head=head: _batched(features, masks, u, head), args.repeats, sync)
             if not torch.allclose(results["loop"], results["batched"], atol=1e-4, rtol=1e-4):
                 raise SystemExit(f"{label}: batched tokens differ from the loop's")
             ratios = [loop_s / batched_s for loop_s, batched_s in zip(times["loop"], times["batched"], strict=True)]

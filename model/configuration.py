@@ -13,7 +13,11 @@ from __future__ import annotations
 from typing import Any
 
 from transformers import AutoConfig, PretrainedConfig, Qwen2Config, SiglipVisionConfig
-from transformers.configuration_utils import SubConfigSpec
+
+try:  # newer transformers 5.x: sub-configs are declared with their defaults and built by PretrainedConfig
+    from transformers.configuration_utils import SubConfigSpec
+except ImportError:  # 5.17 (the lent GPU machine's): declared as classes, built in VideoReferConfig.__post_init__
+    SubConfigSpec = None
 
 from engine.errors import ConfigError
 
@@ -88,10 +92,13 @@ class VideoReferConfig(PretrainedConfig):
     """
 
     model_type = "videorefer"
-    sub_configs_defaults = {
-        "vision_config": SubConfigSpec(config_class=SiglipVisionConfig, init_kwargs=dict(SIGLIP_SO400M_384)),
-        "text_config": SubConfigSpec(config_class=Qwen2Config, init_kwargs=dict(QWEN2_7B_WITH_REGION)),
-    }
+    if SubConfigSpec is not None:
+        sub_configs_defaults = {
+            "vision_config": SubConfigSpec(config_class=SiglipVisionConfig, init_kwargs=dict(SIGLIP_SO400M_384)),
+            "text_config": SubConfigSpec(config_class=Qwen2Config, init_kwargs=dict(QWEN2_7B_WITH_REGION)),
+        }
+    else:
+        sub_configs = {"vision_config": SiglipVisionConfig, "text_config": Qwen2Config}
 
     vision_config: dict | PretrainedConfig | None = None
     text_config: dict | PretrainedConfig | None = None
@@ -108,6 +115,9 @@ class VideoReferConfig(PretrainedConfig):
     tie_word_embeddings: bool = False
 
     def __post_init__(self, **kwargs: Any) -> None:
+        if SubConfigSpec is None:  # what SubConfigSpec.create_subconfig does: keep a config, build a dict or None
+            self.vision_config = _subconfig(SiglipVisionConfig, self.vision_config, SIGLIP_SO400M_384)
+            self.text_config = _subconfig(Qwen2Config, self.text_config, QWEN2_7B_WITH_REGION)
         super().__post_init__(**kwargs)
         self.connector_downsample = tuple(int(v) for v in self.connector_downsample)
         if self.region_tokens_per_object < 1:
@@ -164,6 +174,14 @@ class VideoReferConfig(PretrainedConfig):
     def preset(cls, name: str, **overrides: Any) -> VideoReferConfig:
         """`"7b"`: VideoRefer-7B's numbers; `"tiny"`: a few layers, small widths, 64-px images on an 8x8 grid."""
         return preset(name, **overrides)
+
+
+def _subconfig(config_class: type, value: Any, defaults: dict[str, Any]) -> PretrainedConfig:
+    if isinstance(value, PretrainedConfig):
+        return value
+    if value is not None and not isinstance(value, dict):
+        raise TypeError(f"a sub-config must be a dict, a config or None, got {type(value).__name__}")
+    return config_class(**(value if value is not None else defaults))
 
 
 def video_token_count(num_frames: int, grid: int, downsample: tuple[int, int, int] | list[int] = (2, 2, 2)) -> int:

@@ -42,5 +42,17 @@ def one_torch_thread():
     torch.set_num_threads(before)
 
 
+@pytest.fixture(scope="session")
+def gpu_device():
+    """The device of the `gpu`-marked checks: CUDA, or what `VIDEOREFER_GPU_CHECK_DEVICE` names (`cpu` for
+    `scripts/gpu_check.sh --cpu-dry-run`, which runs the same checks at tiny sizes here). Skips without CUDA."""
+    import torch
+
+    name = os.environ.get("VIDEOREFER_GPU_CHECK_DEVICE", "cuda")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        pytest.skip("no CUDA device (set VIDEOREFER_GPU_CHECK_DEVICE=cpu for the CPU dry run)")
+    return torch.device(name)
+
+
 # One SeaweedFS (a real S3-compatible server on 127.0.0.1) per session, started on first use; see tests/s3/.
 from tests.s3.fixtures import s3_url, seaweed  # noqa: E402, F401

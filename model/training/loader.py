@@ -456,14 +456,31 @@ def plan_frames(sample_json: dict[str, Any], available: int, wanted: int) -> tup
 
 
 def decode_jpeg(data: bytes) -> np.ndarray | None:
-    """RGB uint8 `[h, w, 3]` of one JPEG (decoded straight to RGB where OpenCV can), None when undecodable."""
-    import cv2
+    """RGB uint8 `[h, w, 3]` of one JPEG (decoded straight to RGB where OpenCV can), None when undecodable.
+
+    Without OpenCV (a GPU machine carrying only small wheels, `scripts/gpu_check.sh`) Pillow decodes it."""
+    try:
+        import cv2
+    except ImportError:
+        return _pillow_decode(data)
 
     buffer = np.frombuffer(data, dtype=np.uint8)
     if hasattr(cv2, "IMREAD_COLOR_RGB"):
         return cv2.imdecode(buffer, cv2.IMREAD_COLOR_RGB)
     image = cv2.imdecode(buffer, cv2.IMREAD_COLOR)
     return None if image is None else cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+
+
+def _pillow_decode(data: bytes) -> np.ndarray | None:
+    import io
+
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            return np.asarray(image.convert("RGB"))
+    except (UnidentifiedImageError, OSError):
+        return None
 
 
 def decode_frames(raw: Mapping[str, Any], positions: Sequence[int] | None = None) -> np.ndarray:
@@ -655,9 +672,18 @@ def raw_frames_of(raw: Mapping[str, Any]) -> list[bytes]:
 
 
 def jpeg_bytes(frame: np.ndarray, quality: int = 90) -> bytes:
-    """JPEG-encode an RGB uint8 frame (used to write synthetic shards in tests and benchmarks)."""
-    import cv2
+    """JPEG-encode an RGB uint8 frame (used to write synthetic shards in tests and benchmarks); Pillow encodes it
+    where OpenCV is not installed."""
+    try:
+        import cv2
+    except ImportError:
+        import io
 
+        from PIL import Image
+
+        buffer = io.BytesIO()
+        Image.fromarray(frame).save(buffer, format="JPEG", quality=quality)
+        return buffer.getvalue()
     ok, buffer = cv2.imencode(".jpg", cv2.cvtColor(frame, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, quality])
     if not ok:
         raise ValueError("JPEG encoding failed")

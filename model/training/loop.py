@@ -3,8 +3,9 @@
 One readable loop: set up the process group (NCCL on GPU, gloo on CPU), load the model and processor (from the
 previous stage's directory, or a random tiny model), freeze all but the recipe's module groups, shard with FSDP2
 (`fully_shard` per decoder layer and at the root; bf16 parameters with fp32 gradient reduction on GPU; FSDP2 also
-runs on CPU/gloo in torch 2.13, so a multi-process CPU run takes the same path; a single process is left
-unwrapped), then step: per optimizer step each process runs `accumulation_steps` micro-batches, the loss is the sum
+runs on CPU/gloo too, so a multi-process CPU run takes the same path; a single process is left unwrapped
+unless the recipe's `fsdp_single_process` asks for a one-process group, the multi-GPU path on one device), then
+step: per optimizer step each process runs `accumulation_steps` micro-batches, the loss is the sum
 of token losses divided by the assistant tokens of the whole global batch (so 1 process x 2 micro-batches and 2
 processes x 1 micro-batch compute the same thing), gradients are clipped, AdamW and a warmup + cosine schedule
 step. Every `checkpoint_every` steps and at the end a distributed checkpoint (model, optimizer, scheduler, RNG, data
@@ -59,6 +60,7 @@ class Runtime:
     world_size: int
     device: torch.device
     dtype: torch.dtype
+    sharded: bool = False  # FSDP2 wraps the model: several processes, or `fsdp_single_process`
 
     @property
     def is_main(self) -> bool:
@@ -77,11 +79,15 @@ def setup_runtime(recipe: TrainingRecipe) -> Runtime:
     if cuda:
         torch.cuda.set_device(local_rank)
     device = torch.device("cuda", local_rank) if cuda else torch.device("cpu")
-    if world_size > 1 and not dist.is_initialized():
+    sharded = world_size > 1 or recipe.fsdp_single_process
+    if sharded and not dist.is_initialized():
+        if "MASTER_ADDR" not in os.environ:
+            raise ConfigError("fsdp_single_process needs a process group: launch with torchrun (videorefer train)")
         dist.init_process_group(backend="nccl" if cuda else "gloo", device_id=device if cuda else None)
     precision = recipe.precision if recipe.precision != "auto" else ("bf16" if cuda else "fp32")
     dtype = torch.bfloat16 if precision == "bf16" else torch.float32
-    return Runtime(rank=rank, local_rank=local_rank, world_size=world_size, device=device, dtype=dtype)
+    return Runtime(rank=rank, local_rank=local_rank, world_size=world_size, device=device, dtype=dtype,
+                   sharded=sharded)
 
 
 def resolve_model_dir(path: str | Path) -> Path:
@@ -185,9 +191,10 @@ def shard_model(model: Any, runtime: Runtime) -> Any:
     """FSDP2 across processes: one unit per transformer layer (LLM and vision tower), then the root.
 
     Frozen units hold no gradients, so FSDP never reduces anything for them; their parameters are still sharded,
-    which is what lets a 7B LLM plus a 400M vision tower fit. A single process is left as it is.
+    which is what lets a 7B LLM plus a 400M vision tower fit. A single process is left as it is unless
+    `runtime.sharded` (the recipe's `fsdp_single_process`).
     """
-    if runtime.world_size == 1:
+    if not runtime.sharded:
         return model
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
@@ -402,7 +409,7 @@ def train(recipe: TrainingRecipe, out: Path, *, resume: bool = False, overwrite:
             if hasattr(model, "set_requires_gradient_sync"):
                 model.set_requires_gradient_sync(last_micro)
             autocast = (torch.autocast("cuda", dtype=torch.bfloat16)
-                        if runtime.dtype == torch.bfloat16 and runtime.world_size == 1 else contextlib.nullcontext())
+                        if runtime.dtype == torch.bfloat16 and not runtime.sharded else contextlib.nullcontext())
             with autocast:
                 output = model(**batch, use_cache=False)  # no KV cache in training (checkpointing warns otherwise)
             micro_tokens = _label_tokens(batch)
@@ -438,10 +445,11 @@ def train(recipe: TrainingRecipe, out: Path, *, resume: bool = False, overwrite:
                 world_size=runtime.world_size, keep=recipe.keep_checkpoints)
     log.close()
     save_final(model, processor, out / FINAL_DIR, runtime, generation_config)
-    if runtime.world_size > 1:
+    if runtime.sharded:
         dist.barrier()
         dist.destroy_process_group()
-    return {"steps": steps, "loss": last_loss, "bad_samples": bad_total, "model_dir": str(out / FINAL_DIR)}
+    return {"steps": steps, "loss": last_loss, "bad_samples": bad_total, "model_dir": str(out / FINAL_DIR),
+            "device": runtime.device.type, "fsdp": runtime.sharded}
 
 
 def _position(item: dict[str, Any]) -> Any:
@@ -473,7 +481,7 @@ def save_final(
     """
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
-    if runtime.world_size > 1:
+    if runtime.sharded:
         state = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
     else:
         state = {key: value.detach().cpu() for key, value in model.state_dict().items()}

@@ -86,6 +86,9 @@ class TrainingRecipe:
     max_length: int = 2048
     precision: Precision = "auto"  # auto: bf16 on GPU, fp32 on CPU
     activation_checkpointing: bool = False
+    # FSDP2 also when one process runs (torchrun --nproc 1 joins a one-process group): the multi-GPU code path
+    # (sharded bf16 parameters, DTensor checkpoints) on a single device, as `scripts/gpu_check.sh` runs it.
+    fsdp_single_process: bool = False
     seed: int = 0
     num_workers: int = 2
     checkpoint_every: int = 500  # steps between distributed checkpoints (and one at the end)

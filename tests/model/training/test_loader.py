@@ -12,6 +12,7 @@ from __future__ import annotations
 import io
 import itertools
 import json
+import sys
 import tarfile
 from pathlib import Path
 
@@ -31,6 +32,7 @@ from model.training.loader import (
     count_samples,
     decode_frames,
     decode_jpeg,
+    jpeg_bytes,
     plan_frames,
     read_tar_samples,
     recorded_mode,
@@ -558,3 +560,22 @@ def test_a_broken_clip_record_is_a_bad_sample_not_a_crash(tmp_path: Path) -> Non
     first = next(iter(build_loader(stream)))
     assert first["batch"]["items"][0]["json"]["key"] == "detailed_other"
     assert [bad["key"] for bad in first["bad"]] == ["c0ffee"]
+
+
+def test_jpeg_codec_falls_back_to_pillow_without_opencv(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The lent GPU machine carries no OpenCV (its wheel alone is ~60 MB): Pillow encodes and decodes there instead.
+    from PIL import Image
+
+    ys, xs = np.mgrid[0:24, 0:32]
+    frame = np.stack([ys * 10, xs * 8, 255 - xs * 8], axis=-1).astype(np.uint8)  # smooth: JPEG keeps it closely
+    with_opencv = jpeg_bytes(frame)
+    monkeypatch.setitem(sys.modules, "cv2", None)  # `import cv2` raises ImportError
+    with pytest.raises(ImportError):
+        import cv2  # noqa: F401
+    data = jpeg_bytes(frame)
+    assert data[:2] == b"\xff\xd8"  # a JPEG stream
+    decoded = decode_jpeg(data)
+    assert np.array_equal(decoded, np.asarray(Image.open(io.BytesIO(data)).convert("RGB")))
+    assert np.abs(decoded.astype(int) - frame).mean() < 4  # a JPEG of the frame
+    assert decode_jpeg(with_opencv).shape == (24, 32, 3)
+    assert decode_jpeg(b"not a jpeg") is None

@@ -24,3 +24,16 @@ def test_the_final_folder_is_named_after_the_run_and_loads_by_auto_map(tmp_path:
     assert "auto_map" in json.loads((target / "config.json").read_text())
     assert (target / "modeling_videorefer.py").is_file()
     assert not list(tmp_path.joinpath("s25").glob("*.tmp"))
+
+
+def test_a_one_process_fsdp_run_outside_torchrun_is_a_config_error(monkeypatch) -> None:
+    import pytest
+
+    from engine.errors import ConfigError
+    from model.training.recipes import get_recipe
+
+    monkeypatch.delenv("MASTER_ADDR", raising=False)
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    assert loop.setup_runtime(get_recipe("tiny_stage3")).sharded is False
+    with pytest.raises(ConfigError, match="torchrun"):
+        loop.setup_runtime(get_recipe("tiny_stage3", fsdp_single_process=True))
