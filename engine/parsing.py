@@ -206,8 +206,9 @@ def load_yaml(text: str | bytes, what: str) -> Any:
             text = decode_utf8(bytes(text), what)
         except ParseError as exc:
             raise ConfigError(str(exc)) from None
-    loader = _Loader(text)
+    loader = None
     try:
+        loader = _Loader(text)
         node = loader.get_single_node()
         if node is None:
             return None
@@ -222,7 +223,8 @@ def load_yaml(text: str | bytes, what: str) -> Any:
     except (ValueError, TypeError, OverflowError) as exc:  # a number of 4300+ digits, an unhashable key, ...
         raise ConfigError(f"{what} holds a value that cannot be read: {bounded(exc, 200)}") from None
     finally:
-        loader.dispose()
+        if loader is not None:
+            loader.dispose()
 
 
 def _check_yaml_size(root: Any, what: str) -> None:
@@ -231,11 +233,14 @@ def _check_yaml_size(root: Any, what: str) -> None:
     import yaml
 
     sizes: dict[int, int] = {}
+    open_nodes: set[int] = set()  # nodes whose children are being sized: meeting one again is a cycle
     stack: list[tuple[Any, bool]] = [(root, False)]
     while stack:
         node, children_done = stack.pop()
         if id(node) in sizes:
             continue
+        if not children_done and id(node) in open_nodes:
+            raise ConfigError(f"{what} holds a recursive alias (a value that contains itself)")
         if isinstance(node, yaml.SequenceNode):
             children = list(node.value)
         elif isinstance(node, yaml.MappingNode):
@@ -247,5 +252,6 @@ def _check_yaml_size(root: Any, what: str) -> None:
             if sizes[id(node)] > MAX_YAML_NODES:
                 raise ConfigError(f"{what} expands to more than {MAX_YAML_NODES} values (aliases that expand?)")
             continue
+        open_nodes.add(id(node))
         stack.append((node, True))
         stack.extend((child, False) for child in children if id(child) not in sizes)
