@@ -45,6 +45,7 @@ class RejectReason(StrEnum):
     PATH_NOT_ALLOWED = "path_not_allowed"  # a video path outside the allowed roots (`paths` in the config)
     NOT_A_REGULAR_FILE = "not_a_regular_file"  # a FIFO, device or socket given as a video
     SOURCE_CHANGED = "source_changed"  # the clip's video was replaced or moved (a symlink swapped in) after ingest
+    CONTROL_CHARACTERS = "control_characters"  # a stored text with NUL, ESC, bidi overrides (writers clean them)
     HOSTILE_STRUCTURE = "hostile_structure"  # duplicate keys, runaway nesting, invalid UTF-8 / lone surrogates
 
 

@@ -24,11 +24,12 @@ from typing import Literal
 
 from engine.config import EngineConfig
 from engine.errors import InvalidMaskError
+from engine.parsing import bounded, loads_json, text_limit, text_problem
 from engine.types import Clip, ClipQA, Masklet, ObjectRecord
 from flows.pipeline import layout
 from flows.pipeline.checks import stored_stage_reports, validate_tar
 from flows.pipeline.stages import ANALYZE, INGEST, SHARD_STAGES
-from storage.root import DatasetRoot, holder_is_alive
+from storage.root import DatasetRoot, holder_is_alive, is_temp_name
 
 Severity = Literal["error", "warning", "info"]
 
@@ -58,9 +59,15 @@ def diagnose(root: layout.RootLike, config_path: str | Path | None = None) -> li
                 for item in layout.read_stage(droot, stage, shard):
                     findings += item_findings(item, config, where=f"{stage}/{shard}")
     findings += count_findings(droot)
-    findings += shard_findings(droot)
-    findings += json_findings(droot)
+    findings += export_findings(droot, config)
     return findings
+
+
+def export_findings(droot: DatasetRoot, config: EngineConfig) -> list[Finding]:
+    """The checks of exported data, shared with `videorefer validate` (so the two always agree): every tar
+    re-validated with the run's text limit, and the 700K JSON's video paths."""
+    with text_limit(config.limits.max_text_chars):
+        return [*shard_findings(droot), *json_findings(droot)]
 
 
 def lock_findings(droot: DatasetRoot) -> list[Finding]:
@@ -86,11 +93,11 @@ def temp_file_findings(droot: DatasetRoot, *, live_writer: bool) -> list[Finding
     found = []
     for folder, _dirs, files in os.walk(base):
         for name in files:
-            if ".tmp-" in name or name.endswith(".tmp"):
+            if is_temp_name(name):
                 relative = str((Path(folder) / name).relative_to(base))
                 found.append(Finding(severity=severity, kind="temp_file", where=relative,
-                                     message="temp file of an interrupted write (safe to delete when no writer "
-                                             "is at work)"))
+                                     message="temp file of an interrupted write (the next writer of the root "
+                                             "removes it)"))
     return found
 
 
@@ -150,11 +157,12 @@ def item_findings(item: ObjectRecord | ClipQA, config: EngineConfig, *, where: s
 
 
 def text_findings(texts: dict[str, str | None], config: EngineConfig, *, where: str) -> list[Finding]:
-    """Each text above `limits.max_text_chars` (a training target that long is a data bug)."""
+    """Each text above `limits.max_text_chars` (a training target that long is a data bug) or holding control
+    characters (writers store texts clean)."""
     limit = config.limits.max_text_chars
-    return [Finding(severity="error", kind="text", where=where,
-                    message=f"{name} is {len(text)} characters, above limits.max_text_chars ({limit})")
-            for name, text in texts.items() if text is not None and len(text) > limit]
+    return [Finding(severity="error", kind="text", where=where, message=f"{name}: {problem}")
+            for name, text in texts.items()
+            if isinstance(text, str) and (problem := text_problem(text, limit)) is not None]
 
 
 def masklet_findings(masklet: Masklet, clip: Clip, *, where: str) -> list[Finding]:
@@ -214,8 +222,6 @@ def shard_findings(droot: DatasetRoot) -> list[Finding]:
 def json_findings(droot: DatasetRoot) -> list[Finding]:
     """The 700K JSON's `video` paths: relative to the stated video root, never leaving it, naming files that
     exist (local roots)."""
-    import json
-
     from storage.videorefer_json import EXPORT_JSON_DIR, EXPORT_META, export_video_root
 
     if not droot.exists(EXPORT_META):
@@ -224,14 +230,15 @@ def json_findings(droot: DatasetRoot) -> list[Finding]:
         meta = droot.read_json(EXPORT_META)
         video_root = export_video_root(droot)
     except (OSError, ValueError, KeyError, TypeError) as exc:
-        return [Finding(severity="error", kind="json", where=EXPORT_META, message=f"unreadable: {exc}")]
+        return [Finding(severity="error", kind="json", where=EXPORT_META, message=f"unreadable: {bounded(exc, 300)}")]
     findings = []
     for name in meta.get("files", []):
         relative = f"{EXPORT_JSON_DIR}/{name}"
         try:
-            items = json.loads(droot.read_bytes(relative))
+            items = loads_json(droot.read_bytes(relative), relative)
         except (OSError, ValueError) as exc:
-            findings.append(Finding(severity="error", kind="json", where=relative, message=f"unreadable: {exc}"))
+            findings.append(Finding(severity="error", kind="json", where=relative,
+                                    message=f"unreadable: {bounded(exc, 300)}"))
             continue
         findings += list(_video_path_findings(items, video_root, where=relative))
     return findings

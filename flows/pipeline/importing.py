@@ -27,7 +27,7 @@ import numpy as np
 from engine.config import EngineConfig
 from engine.errors import DATA_ERRORS, ConfigError, RejectReason, VideoReferError
 from engine.ids import stable_hash
-from engine.parsing import ParseError, bounded, clean_text, loads_json, structure_problem
+from engine.parsing import ParseError, bounded, clean_text, loads_json, structure_problem, text_limit
 from engine.types import Reject, Sample
 from flows.pipeline import layout
 from flows.pipeline.reports import StageReport, count_reasons
@@ -98,11 +98,12 @@ def import_700k_shard(
     hostile = {position: item[HOSTILE] if isinstance(item, dict) and HOSTILE in item else problem
                for position, item in enumerate(items)
                if (isinstance(item, dict) and HOSTILE in item) or (problem := structure_problem(item)) is not None}
-    samples, rejects = import_700k(
-        [{} if position in hostile else clean_item(item) for position, item in enumerate(items)],
-        video_root=str(video_root), grid=grid, allowed_roots=list(config.paths.allowed_roots),
-        allow_outside=config.paths.allow_outside, max_text_chars=config.limits.max_text_chars,
-    )
+    with text_limit(config.limits.max_text_chars):
+        samples, rejects = import_700k(
+            [{} if position in hostile else clean_item(item) for position, item in enumerate(items)],
+            video_root=str(video_root), grid=grid, allowed_roots=list(config.paths.allowed_roots),
+            allow_outside=config.paths.allow_outside, max_text_chars=config.limits.max_text_chars,
+        )
     rejects = [r for r in rejects if not (r.item_id.startswith("item") and r.item_id[4:].isdigit()
                                           and int(r.item_id[4:]) in hostile)]
     rejects += [Reject(stage=STAGE, item_id=f"item{position}", clip_id="", reason=RejectReason.HOSTILE_STRUCTURE,

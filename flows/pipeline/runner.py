@@ -58,7 +58,8 @@ def run_stage(
     check_parents_done(droot, definition, shard_id, config)
     if definition.run is not None:
         inputs = {parent: _read_parent(droot, parent, shard_id) for parent in definition.parents}
-        return definition.run(droot, shard_id, config, config_hash=config_hash, inputs=inputs)
+        with text_limit(config.limits.max_text_chars):
+            return definition.run(droot, shard_id, config, config_hash=config_hash, inputs=inputs)
 
     started = time.perf_counter()
     items = stage_inputs(droot, definition, shard_id)
