@@ -220,6 +220,30 @@ def _quiet() -> None:
     from flows.runtime import quiet_prefect_env
 
     quiet_prefect_env()
+    _typed_errors_without_traceback()
+
+
+class _NoTracebackForTypedErrors:
+    """A logging filter: Prefect logs a failed task or flow with its traceback; for an error of the engine's
+    taxonomy (or a file system fault) the command prints its one `error:` line, so the log keeps one line too."""
+
+    def filter(self, record: Any) -> bool:
+        from engine.errors import VideoReferError
+
+        error = record.exc_info[1] if record.exc_info else None
+        if isinstance(error, VideoReferError) or (error is not None and _storage_fault(error) is not None):
+            record.exc_info = None
+            record.exc_text = None
+        return True
+
+
+def _typed_errors_without_traceback() -> None:
+    import logging
+
+    for name in ("prefect.task_runs", "prefect.flow_runs"):
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _NoTracebackForTypedErrors) for f in logger.filters):
+            logger.addFilter(_NoTracebackForTypedErrors())
 
 
 def _config_allowing(root: Path, config: str | None, folder: Path) -> str:

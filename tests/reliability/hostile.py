@@ -346,10 +346,13 @@ def class_parsers(work: Path) -> Figures:
     return figures
 
 
-def _clean(text: str) -> bool:
-    from engine.parsing import is_clean
+_UNCLEAN = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069\ud800-\udfff]")
 
-    return is_clean(text)
+
+def _clean(text: str) -> bool:
+    """No control characters, bidi controls or lone surrogates (written out here: the corpus also measures older
+    code, which has no `engine.parsing`)."""
+    return not _UNCLEAN.search(text)
 
 
 # ------------------------------------------------------------------------------------------ 2. texts
