@@ -32,6 +32,7 @@ from engine.errors import ConfigError
 MAX_INT_DIGITS = 64  # longer integers are read as floats (inf beyond ~308 digits): nothing of ours counts that far
 MAX_DEPTH = 64  # nesting deeper than this in one item or row is hostile: none of our formats goes beyond ~8
 MAX_YAML_NODES = 100_000  # nodes of a YAML document once its aliases are expanded
+MAX_YAML_CHARS = 1 << 20  # a config file of more than 1 MiB of text is not a config
 MESSAGE_CHARS = 2000  # the most characters of any error or reject message
 DUPLICATE_KEYS = "\x00duplicate_keys"  # set on a parsed JSON object whose text repeated a key (the repeated keys)
 
@@ -206,6 +207,10 @@ def load_yaml(text: str | bytes, what: str) -> Any:
             text = decode_utf8(bytes(text), what)
         except ParseError as exc:
             raise ConfigError(str(exc)) from None
+    if len(text) > MAX_YAML_CHARS:
+        raise ConfigError(f"{what} holds {len(text)} characters; a config has at most {MAX_YAML_CHARS}")
+    if _flow_depth(text) > MAX_DEPTH:  # PyYAML takes quadratic time on deep flow nesting before it fails
+        raise ConfigError(f"{what} nests deeper than {MAX_DEPTH} levels")
     loader = None
     try:
         loader = _Loader(text)
@@ -225,6 +230,18 @@ def load_yaml(text: str | bytes, what: str) -> Any:
     finally:
         if loader is not None:
             loader.dispose()
+
+
+def _flow_depth(text: str) -> int:
+    """The deepest nesting of `[` / `{` in `text` (brackets inside quotes count too: an upper bound)."""
+    depth = deepest = 0
+    for char in text:
+        if char in "[{":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif char in "]}":
+            depth = max(0, depth - 1)
+    return deepest
 
 
 def _check_yaml_size(root: Any, what: str) -> None:
