@@ -518,9 +518,9 @@ def class_source_changed(work: Path) -> Figures:
 
     for index in range(6):
         Image.fromarray(np.full((H, W, 3), 20 * index, np.uint8)).save(frames / f"{index:05d}.png")
-    rows = [{"video": f"videos/v{n}.mp4", "caption": f"clip {n}"} for n in range(5)]
-    rows.append({"video": "frames", "caption": "a frame folder"})
-    rows.append({"video": "videos/v4.mp4", "caption": "same video, own id", "source_id": "panda:v4"})
+    rows = [{"video": f"videos/v{n}.mp4", "caption": f"a red ball rolls in clip {n}"} for n in range(5)]
+    rows.append({"video": "frames", "caption": "a grey ball in a frame folder"})
+    rows.append({"video": "videos/v4.mp4", "caption": "a blue ball, same video, own id", "source_id": "panda:v4"})
     manifest = work / "data" / "manifest.jsonl"
     manifest.write_text("".join(json.dumps(row) + "\n" for row in rows))
     config = write_config(work / "tiny.yaml")
@@ -540,7 +540,8 @@ def class_source_changed(work: Path) -> Figures:
     for number in range(4):
         os.link(moved / f"v{number}.mp4", videos / f"v{number}.mp4")
     os.symlink(elsewhere / "v4.mp4", videos / "v4.mp4")  # a symlink swapped in for the file
-    changed = {"clip 0", "clip 1", "a frame folder", "clip 4", "same video, own id"}
+    changed = {"a red ball rolls in clip 0", "a red ball rolls in clip 1", "a grey ball in a frame folder",
+               "a red ball rolls in clip 4", "a blue ball, same video, own id"}
     run = videorefer("build", "--root", str(root), "--config", str(config))
     if figures.run_failed(run, len(changed), "build") or run.rc != 0:
         if run.rc == 1:
@@ -552,13 +553,19 @@ def class_source_changed(work: Path) -> Figures:
     for sample, _ in iter_samples(sorted(str(p) for p in (root / "export" / "wds").glob("*.tar"))):
         exported.add(sample.clip_id)
     clips = {c["clip_id"]: c["caption"] for c in _clips(root)}
-    rejected = {message for reason, message in _reject_messages(root, "analyze") if reason == "source_changed"}
+    import pyarrow.parquet as pq
+
+    rejected = {row["clip_id"] for folder in (root / "rejects").iterdir() for file in folder.glob("*.parquet")
+                for row in pq.read_table(file).to_pylist() if row["reason"] == "source_changed"}
     for clip_id, caption in clips.items():
         if caption in changed:
-            figures.add("silent" if clip_id in exported else "typed", f"{caption} exported after its video changed")
+            if clip_id in exported:
+                figures.add("silent", f"{caption} exported after its video changed")
+            else:
+                figures.add("typed" if clip_id in rejected else "silent", f"{caption}: lost without its reason")
         elif clip_id not in exported:
             figures.add("silent", f"{caption}: an unchanged clip was not exported")
-    figures.notes.append(f"{len(rejected)} source_changed rejects in analyze")
+    figures.notes.append(f"{len(rejected)} clips rejected as source_changed")
     return figures
 
 
