@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from engine.errors import ConfigError, RejectReason
+from engine.parsing import ParseError, loads_json
 from engine.types import REGION_TOKEN, Reject, RleMask
 from engine.video import list_frame_files
 
@@ -149,9 +150,9 @@ def _read(path: str | Path, data_root: str | Path | None, *, kind: Literal["d", 
     if not root.is_dir():
         raise ConfigError(f"--data-root is not a directory: {root}")
     try:
-        entries = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"benchmark file {path} is not valid JSON: {exc}") from exc
+        entries = loads_json(path.read_bytes(), f"benchmark file {path}")
+    except (ParseError, OSError) as exc:
+        raise ConfigError(str(exc)) from None
     if not isinstance(entries, list):
         raise ConfigError(f"benchmark file {path} must hold a JSON list of entries, got {type(entries).__name__}")
     items: list[BenchItem] = []
