@@ -285,7 +285,7 @@ def _engine_errors() -> Iterator[None]:
         # StageFailedError only exists once the flows are imported (importing them loads prefect: not for this).
         engine_flows = sys.modules.get("flows.engine_flows")
         failed = engine_flows is not None and isinstance(exc, engine_flows.StageFailedError)
-        storage = _storage_fault(exc)
+        storage = None if isinstance(exc, VideoReferError) else _storage_fault(exc)
         if storage is not None:
             typer.secho(f"error: {bounded(storage)}", fg=typer.colors.RED, err=True)
             raise typer.Exit(1) from exc
@@ -303,6 +303,8 @@ _STORAGE_HINTS = {
     errno.EROFS: "the file system is read-only: choose a writable root (or PREFECT_HOME)",
     errno.EACCES: "permission denied: make it writable for this user or choose another folder",
     errno.EPERM: "operation not permitted: make it writable for this user or choose another folder",
+    errno.ENOTDIR: "a part of the path is a file, not a folder: choose another root",
+    errno.EEXIST: "a file is in the way of a folder there: choose another root",
 }
 
 
@@ -315,7 +317,7 @@ def _storage_fault(exc: BaseException) -> str | None:
         if isinstance(current, OSError) and current.errno in _STORAGE_HINTS:
             where = current.filename or "the dataset root"
             return f"cannot write {where}: {current.strerror or current}; {_STORAGE_HINTS[current.errno]}"
-        current = current.__cause__ or current.__context__
+        current = current.__cause__ or (None if current.__suppress_context__ else current.__context__)
     return None
 
 

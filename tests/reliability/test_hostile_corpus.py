@@ -9,6 +9,7 @@ config loader, the reply parser, the header check, the backend factory, the temp
 from __future__ import annotations
 
 import json
+import os
 import random
 import time
 from pathlib import Path
@@ -313,3 +314,39 @@ def test_a_failed_write_leaves_nothing_half_written(tmp_path: Path, monkeypatch:
         handle.write(b"partial")
         raise OSError(errno.ENOSPC, "No space left on device")
     assert [p.name for p in (tmp_path / "a").iterdir()] == []
+
+
+@pytest.mark.parametrize("code", ["ENOSPC", "EROFS", "EACCES", "ENOTDIR", "EFBIG"])
+def test_file_system_faults_are_one_error_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, code: str) -> None:
+    import errno
+
+    from typer.testing import CliRunner
+
+    from flows.cli import app
+    from storage.root import DatasetRoot
+
+    def refuse(self: DatasetRoot, *args: Any, **kwargs: Any) -> None:
+        raise OSError(getattr(errno, code), os.strerror(getattr(errno, code)), str(tmp_path / "root" / "x"))
+
+    monkeypatch.setattr(DatasetRoot, "_acquire", refuse)
+    manifest = tmp_path / "m.jsonl"
+    manifest.write_text("")
+    result = CliRunner().invoke(app, ["ingest", "--manifest", str(manifest), "--root", str(tmp_path / "root")])
+    assert result.exit_code == 1
+    lines = [line for line in result.output.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1 and str(tmp_path / "root" / "x") in lines[0], result.output
+    assert "Traceback" not in result.output
+
+
+def test_an_unwritable_prefect_home_is_one_error_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from typer.testing import CliRunner
+
+    from flows.cli import app
+
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    monkeypatch.setenv("PREFECT_HOME", str(blocker / "home"))
+    monkeypatch.delenv("PREFECT_API_URL", raising=False)
+    result = CliRunner().invoke(app, ["ingest", "--manifest", str(blocker), "--root", str(tmp_path / "root")])
+    assert result.exit_code == 1 and "PREFECT_HOME" in result.output and "Traceback" not in result.output
+    assert not (tmp_path / "root").exists() or not any((tmp_path / "root").iterdir())
