@@ -74,7 +74,7 @@ def preview(value: object, limit: int = 80) -> str:
 
 
 DEFAULT_TEXT_CHARS = 20_000  # `limits.max_text_chars` by default (engine.config.LimitsConfig)
-_LIMIT = {"chars": DEFAULT_TEXT_CHARS}
+_LIMIT = {"chars": DEFAULT_TEXT_CHARS, "depth": 0, "outside": DEFAULT_TEXT_CHARS}
 _LIMIT_GUARD = threading.Lock()
 
 
@@ -83,12 +83,18 @@ def text_limit(chars: int) -> Iterator[None]:
     """Make `chars` the bound of every text this process admits into a record (model replies and exported
     samples) for the block: the stage runner, `validate` and `doctor` set the run's `limits.max_text_chars`."""
     with _LIMIT_GUARD:
-        before, _LIMIT["chars"] = _LIMIT["chars"], int(chars)
+        if _LIMIT["depth"] == 0:
+            _LIMIT["outside"] = _LIMIT["chars"]
+        _LIMIT["chars"] = int(chars)
+        _LIMIT["depth"] += 1
     try:
         yield
     finally:
         with _LIMIT_GUARD:
-            _LIMIT["chars"] = before
+            # Stage tasks of one run overlap on threads with the same limit: it holds until the last one ends.
+            _LIMIT["depth"] -= 1
+            if _LIMIT["depth"] == 0:
+                _LIMIT["chars"] = _LIMIT["outside"]
 
 
 def current_text_limit() -> int:
