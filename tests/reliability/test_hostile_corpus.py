@@ -350,3 +350,43 @@ def test_an_unwritable_prefect_home_is_one_error_line(tmp_path: Path, monkeypatc
     result = CliRunner().invoke(app, ["ingest", "--manifest", str(blocker), "--root", str(tmp_path / "root")])
     assert result.exit_code == 1 and "PREFECT_HOME" in result.output and "Traceback" not in result.output
     assert not (tmp_path / "root").exists() or not any((tmp_path / "root").iterdir())
+
+
+def test_a_changed_source_is_rejected_before_a_stage_reads_it(tmp_path: Path) -> None:
+    import shutil
+
+    from engine.errors import SourceChangedError
+    from engine.types import Clip
+    from flows.pipeline.ingest import _fingerprint, source_changed_rejects, verify_source
+
+    videos = tmp_path / "videos"
+    a, b = hostile.make_video(videos / "a.mp4", seed=1), hostile.make_video(tmp_path / "b.mp4", seed=2)
+    clip = Clip(clip_id="c1", video_uri=str(a.resolve()), caption="x")
+    prints = {"c1": _fingerprint(clip.video_uri)}
+    verify_source(clip, prints)  # unchanged
+    shutil.copy(b, a)
+    with pytest.raises(SourceChangedError, match="replaced"):
+        verify_source(clip, prints)
+    moved = tmp_path / "moved"
+    videos.rename(moved)
+    videos.symlink_to(moved)  # the folder swapped for a symlink
+    with pytest.raises(SourceChangedError, match="symlink"):
+        verify_source(clip, None)
+
+    class Root:
+        def exists(self, path: str) -> bool:
+            return False
+
+    kept, rejects = source_changed_rejects(Root(), "s", "analyze", [clip], lambda item: item.clip_id)
+    assert kept == [] and [r.reason for r in rejects] == [RejectReason.SOURCE_CHANGED]
+
+
+def test_the_videos_folder_is_one_spelling(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from flows.pipeline.importing import canonical_video_root
+
+    (tmp_path / "data" / "videos").mkdir(parents=True)
+    (tmp_path / "link").symlink_to(tmp_path / "data")
+    monkeypatch.chdir(tmp_path)
+    spellings = ["data/videos", str(tmp_path / "data" / "videos"), "data/videos/../videos", "link/videos/",
+                 f"file://{tmp_path}/data/videos"]
+    assert {canonical_video_root(s) for s in spellings} == {str((tmp_path / "data" / "videos").resolve())}
