@@ -231,7 +231,9 @@ class _NoTracebackForTypedErrors:
         from engine.errors import VideoReferError
 
         error = record.exc_info[1] if record.exc_info else None
-        if isinstance(error, VideoReferError) or (error is not None and _storage_fault(error) is not None):
+        engine_flows = sys.modules.get("flows.engine_flows")
+        failed = engine_flows is not None and isinstance(error, engine_flows.StageFailedError)
+        if isinstance(error, VideoReferError) or failed or (error is not None and _storage_fault(error) is not None):
             record.exc_info = None
             record.exc_text = None
         return True
