@@ -287,7 +287,7 @@ def _engine_errors() -> Iterator[None]:
         # StageFailedError only exists once the flows are imported (importing them loads prefect: not for this).
         engine_flows = sys.modules.get("flows.engine_flows")
         failed = engine_flows is not None and isinstance(exc, engine_flows.StageFailedError)
-        storage = None if isinstance(exc, VideoReferError) else _storage_fault(exc)
+        storage = None if isinstance(exc, VideoReferError) else _storage_fault(exc) or _api_fault(exc)
         if storage is not None:
             typer.secho(f"error: {bounded(storage)}", fg=typer.colors.RED, err=True)
             raise typer.Exit(1) from exc
@@ -321,6 +321,21 @@ def _storage_fault(exc: BaseException) -> str | None:
             return f"cannot write {where}: {current.strerror or current}; {_STORAGE_HINTS[current.errno]}"
         current = current.__cause__ or (None if current.__suppress_context__ else current.__context__)
     return None
+
+
+def _api_fault(exc: BaseException) -> str | None:
+    """One line for the Prefect API failing on the server side (a 5xx): with the local API, its SQLite database
+    lives in PREFECT_HOME, and a full or read-only disk there shows up only as such an error."""
+    import os
+
+    response = getattr(exc, "response", None)
+    status = getattr(response, "status_code", 0)
+    if type(exc).__name__ != "PrefectHTTPStatusError" or not 500 <= int(status or 0) < 600:
+        return None
+    home = os.environ.get("PREFECT_HOME") or str(Path.home() / ".prefect")
+    where = os.environ.get("PREFECT_API_URL") or f"the local API (database in {home})"
+    return (f"the Prefect API failed ({status}) at {getattr(getattr(response, 'request', None), 'url', '')}: check "
+            f"that {where} has disk space and is writable, then run again")
 
 
 def _check_prefect_home() -> None:
