@@ -333,9 +333,9 @@ def _api_fault(exc: BaseException) -> str | None:
     if type(exc).__name__ != "PrefectHTTPStatusError" or not 500 <= int(status or 0) < 600:
         return None
     home = os.environ.get("PREFECT_HOME") or str(Path.home() / ".prefect")
-    where = os.environ.get("PREFECT_API_URL") or f"the local API (database in {home})"
-    return (f"the Prefect API failed ({status}) at {getattr(getattr(response, 'request', None), 'url', '')}: check "
-            f"that {where} has disk space and is writable, then run again")
+    url = getattr(getattr(response, "request", None), "url", "")
+    return (f"the Prefect API at {url} failed ({status}): check that the disk of its database (PREFECT_HOME {home} "
+            "for the local API) has space and is writable, then run again")
 
 
 def _check_prefect_home() -> None:
