@@ -390,3 +390,20 @@ def test_the_videos_folder_is_one_spelling(tmp_path: Path, monkeypatch: pytest.M
     spellings = ["data/videos", str(tmp_path / "data" / "videos"), "data/videos/../videos", "link/videos/",
                  f"file://{tmp_path}/data/videos"]
     assert {canonical_video_root(s) for s in spellings} == {str((tmp_path / "data" / "videos").resolve())}
+
+
+def test_a_runaway_judge_reply_is_malformed_and_stored_bounded() -> None:
+    import asyncio
+
+    from agents.backends.base import ChatReply
+    from agents.bench.judge import JudgeSettings, judge_description
+
+    class Judge:
+        async def complete(self, request: Any) -> ChatReply:
+            return ChatReply(text="1. Subject Correspondence: 5\x1b[2J" + "z" * 3_000_000, model="m", backend="t")
+
+    settings = JudgeSettings(model="judge", prompt=type("Prompt", (), {"text": "judge"})(), max_reasks=1)
+    with text_limit(1000):
+        outcome = asyncio.run(judge_description(Judge(), reference="r", prediction="p", settings=settings))
+    assert outcome.scores is None and "above limits.max_text_chars" in outcome.error
+    assert all(len(reply.text) <= 1000 and is_clean(reply.text) for reply in outcome.replies)
