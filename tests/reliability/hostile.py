@@ -599,7 +599,9 @@ def class_filesystem(work: Path) -> Figures:
         if figures.run_failed(run, 1, f"full disk at {limit} bytes"):
             continue
         partial = [p for p in root.rglob("*") if p.is_file() and p.stat().st_size == limit and limit]
-        ok = run.one_error_line and "cannot write" in run.err and not partial
+        # The root's own writes fail with "cannot write <path>"; where the local API's database fills first, its
+        # line names PREFECT_HOME instead.
+        ok = run.one_error_line and ("cannot write" in run.err or "PREFECT_HOME" in run.err) and not partial
         figures.add("typed" if ok else "silent", f"full disk at {limit}: rc {run.rc} {run.err[-300:]} {partial[:2]}")
     for name, home in (("PREFECT_HOME below a file", str(manifest / "home")), ("PREFECT_HOME in /proc", "/proc/x")):
         env = {"PREFECT_HOME": home, "PREFECT_API_URL": ""}
