@@ -407,3 +407,10 @@ def test_a_runaway_judge_reply_is_malformed_and_stored_bounded() -> None:
         outcome = asyncio.run(judge_description(Judge(), reference="r", prediction="p", settings=settings))
     assert outcome.scores is None and "above limits.max_text_chars" in outcome.error
     assert all(len(reply.text) <= 1000 and is_clean(reply.text) for reply in outcome.replies)
+
+
+def test_read_only_commands_keep_their_exit_code_without_native_teardown(tmp_path: Path) -> None:
+    # `validate` / `doctor` / `status` end with os._exit once flushed (pyarrow's pool worker is never met joinable by
+    # its static destructor); their exit code and output must be those of the command.
+    run = hostile.videorefer("validate", "--root", str(tmp_path), timeout=300, memory=4 << 30)
+    assert (run.rc, run.hung) == (1, False) and "no exported tars" in run.out, run.err
