@@ -414,3 +414,32 @@ def test_read_only_commands_keep_their_exit_code_without_native_teardown(tmp_pat
     # its static destructor); their exit code and output must be those of the command.
     run = hostile.videorefer("validate", "--root", str(tmp_path), timeout=300, memory=4 << 30)
     assert (run.rc, run.hung) == (1, False) and "no exported tars" in run.out, run.err
+
+
+def test_export_rejects_a_clip_whose_video_changed_after_the_stages_ran(tmp_path: Path) -> None:
+    import shutil
+
+    from flows.pipeline import layout
+    from flows.pipeline.export import exported_tars
+    from flows.pipeline.ingest import ingest
+    from flows.pipeline.runner import run_stage
+    from flows.pipeline.stages import EXPORT, SHARD_STAGES
+    from storage.wds import iter_samples
+    from tests.flows.conftest import make_inputs, tiny_config
+
+    config = tiny_config(shard_size=10)
+    root = tmp_path / "root"
+    root.mkdir()
+    ingest(root, make_inputs(root, clips=2, qa_clips=0), config)
+    droot = layout.open_root(root)
+    shard = layout.shards(droot)[0]
+    for stage in SHARD_STAGES:
+        if stage != EXPORT:
+            run_stage(root, stage, shard, config)
+    clips = layout.shard_clips(droot, shard)
+    changed, kept = clips[0], clips[1]
+    shutil.copy(kept.video_uri, changed.video_uri)  # another video's bytes under the first clip's path
+    report = run_stage(root, EXPORT, shard, config)
+    exported = {sample.clip_id for sample, _ in iter_samples(exported_tars(root))}
+    assert changed.clip_id not in exported and kept.clip_id in exported
+    assert report.rejects.get(RejectReason.SOURCE_CHANGED, 0) >= 1
