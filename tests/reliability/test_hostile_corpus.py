@@ -443,3 +443,18 @@ def test_export_rejects_a_clip_whose_video_changed_after_the_stages_ran(tmp_path
     exported = {sample.clip_id for sample, _ in iter_samples(exported_tars(root))}
     assert changed.clip_id not in exported and kept.clip_id in exported
     assert report.rejects.get(RejectReason.SOURCE_CHANGED, 0) >= 1
+
+
+def test_hostile_bench_entries_are_rejected_alone_and_hostile_files_are_one_error(tmp_path: Path) -> None:
+    from agents.bench.files import read_bench_q
+
+    entries = (b'[{"id": 1, "Question": "q", "Question": "r"}, {"id": 2, "video": "\\ud800"},'
+               b' {"id": 3, "x": ' + b"[" * 80 + b"]" * 80 + b"}, {\"id\": 4}]")
+    (tmp_path / "q.json").write_bytes(b"\xef\xbb\xbf" + entries)
+    bench = read_bench_q(tmp_path / "q.json", tmp_path)
+    assert [r.reason for r in bench.rejects] == [RejectReason.HOSTILE_STRUCTURE] * 3 + [RejectReason.MALFORMED_SAMPLE]
+    for data in (b"\xff\xfe[]", b"[" * 100_000, b'[{"id": ' + b"9" * 10_000 + b"}"):
+        (tmp_path / "q.json").write_bytes(data)
+        with pytest.raises(ConfigError) as error:
+            read_bench_q(tmp_path / "q.json", tmp_path)
+        assert len(str(error.value)) < 400
