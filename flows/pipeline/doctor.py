@@ -3,7 +3,8 @@
 A root written by an older version, edited by hand or hit by a crash may hold what today's ingest, import and
 export would refuse. `diagnose` re-checks it and returns `Finding`s (severity `error`, `warning` or `info`, a
 kind, where, and a message): the root's lock (a live writer; a stale lock of a dead process), temp files left by
-interrupted writes, every ingested clip (its video still a regular file or frame folder within the size limit,
+interrupted writes, every ingested clip (its video still a regular file or frame folder within the size limit and
+still what ingest checked, no symlink swapped in (`source_changed`),
 its caption within `limits.max_text_chars`, given masks whose RLE counts cover their size, of the video's frame
 size, on frames of the video), every stage record (the same mask checks for masklets; names, expressions,
 captions and QA texts within the limit), the stored per-stage counts (`items_in = items_out + rejected`), every
@@ -28,6 +29,7 @@ from engine.parsing import bounded, loads_json, text_limit, text_problem
 from engine.types import Clip, ClipQA, Masklet, ObjectRecord
 from flows.pipeline import layout
 from flows.pipeline.checks import stored_stage_reports, validate_tar
+from flows.pipeline.ingest import read_fingerprints, verify_source
 from flows.pipeline.stages import ANALYZE, INGEST, SHARD_STAGES
 from storage.root import DatasetRoot, holder_is_alive, is_temp_name
 
@@ -52,8 +54,10 @@ def diagnose(root: layout.RootLike, config_path: str | Path | None = None) -> li
     live_writer = any(f.kind == "lock" and f.severity == "info" for f in findings)
     findings += temp_file_findings(droot, live_writer=live_writer)
     for shard in layout.shards(droot):
+        fingerprints = read_fingerprints(droot, shard)
         for clip in layout.shard_clips(droot, shard):
             findings += clip_findings(clip, config)
+            findings += source_findings(clip, fingerprints)
         for stage in SHARD_STAGES:
             if droot.exists(droot.stage_path(stage, shard)):
                 for item in layout.read_stage(droot, stage, shard):
@@ -110,6 +114,22 @@ def clip_findings(clip: Clip, config: EngineConfig) -> list[Finding]:
         findings += text_findings({"name": obj.name, "expression": obj.expression}, config, where=where)
         findings += masklet_findings(obj.masklet, clip, where=f"{where} object {obj.name!r}")
     return findings
+
+
+def source_findings(clip: Clip, fingerprints: dict | None) -> list[Finding]:
+    """A clip whose video is no longer what ingest checked (replaced, or a symlink swapped in on its path): every
+    stage would reject it as `source_changed`, and what was exported from it before may show another video."""
+    from engine.errors import SourceChangedError, VideoReferError
+
+    if not os.path.exists(clip.video_uri.removeprefix("file://")) and "://" not in clip.video_uri:
+        return []  # a missing video is `video_findings`' error
+    try:
+        verify_source(clip, fingerprints)
+    except SourceChangedError as exc:
+        return [Finding(severity="error", kind="video", where=f"clip {clip.clip_id}", message=str(exc))]
+    except VideoReferError:
+        return []
+    return []
 
 
 def video_findings(video_uri: str, config: EngineConfig, *, where: str) -> list[Finding]:

@@ -443,6 +443,10 @@ def test_export_rejects_a_clip_whose_video_changed_after_the_stages_ran(tmp_path
     exported = {sample.clip_id for sample, _ in iter_samples(exported_tars(root))}
     assert changed.clip_id not in exported and kept.clip_id in exported
     assert report.rejects.get(RejectReason.SOURCE_CHANGED, 0) >= 1
+    from flows.pipeline.doctor import diagnose
+
+    found = [f for f in diagnose(root) if f.kind == "video" and f.severity == "error"]
+    assert [f.where for f in found] == [f"clip {changed.clip_id}"] and "replaced" in found[0].message
 
 
 def test_hostile_bench_entries_are_rejected_alone_and_hostile_files_are_one_error(tmp_path: Path) -> None:
