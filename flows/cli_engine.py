@@ -135,8 +135,11 @@ def register(app: typer.Typer) -> None:
             from flows import engine_flows
             from flows.runtime import run_flow
 
-            report = run_flow(engine_flows.import_700k, root=root, json_path=str(json_file),
-                              video_root=str(videos), config_path=_opt(config))
+            from flows.pipeline.importing import canonical_video_root
+
+            # One spelling before any worker sees it (a worker's working folder may differ from this one's).
+            report = run_flow(engine_flows.import_700k, root=root, json_path=str(json_file.resolve()),
+                              video_root=canonical_video_root(videos), config_path=_opt(config))
             _print_report(report)
 
     @app.command()
