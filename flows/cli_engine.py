@@ -133,9 +133,8 @@ def register(app: typer.Typer) -> None:
         _quiet()
         with _engine_errors(), _writer_lock(root):
             from flows import engine_flows
-            from flows.runtime import run_flow
-
             from flows.pipeline.importing import canonical_video_root
+            from flows.runtime import run_flow
 
             # One spelling before any worker sees it (a worker's working folder may differ from this one's).
             report = run_flow(engine_flows.import_700k, root=root, json_path=str(json_file.resolve()),
