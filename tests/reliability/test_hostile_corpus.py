@@ -462,3 +462,47 @@ def test_hostile_bench_entries_are_rejected_alone_and_hostile_files_are_one_erro
         with pytest.raises(ConfigError) as error:
             read_bench_q(tmp_path / "q.json", tmp_path)
         assert len(str(error.value)) < 400
+
+
+def test_validate_and_doctor_flag_the_same_exported_texts(tmp_path: Path) -> None:
+    import io
+    import tarfile
+
+    from typer.testing import CliRunner
+
+    from flows.cli import app
+    from flows.pipeline import layout
+    from flows.pipeline.doctor import diagnose
+    from flows.pipeline.export import exported_tars
+    from flows.pipeline.ingest import ingest
+    from flows.pipeline.runner import run_stage
+    from flows.pipeline.stages import SHARD_STAGES
+    from tests.flows.conftest import make_inputs, tiny_config
+
+    config = tiny_config(shard_size=10)
+    root = tmp_path / "root"
+    root.mkdir()
+    ingest(root, make_inputs(root, clips=1, qa_clips=0), config)
+    droot = layout.open_root(root)
+    for stage in SHARD_STAGES:
+        run_stage(root, stage, layout.shards(droot)[0], config)
+    tar = Path(exported_tars(root)[0])
+    with tarfile.open(tar) as handle:
+        members = [(m, handle.extractfile(m).read()) for m in handle.getmembers()]
+
+    def verdicts(answer: str) -> tuple[int, bool]:
+        with tarfile.open(tar, "w") as handle:
+            for member, data in members:
+                if member.name.endswith(".json"):
+                    value = json.loads(data)
+                    value["samples"][0]["conversations"][-1]["value"] = answer
+                    data = json.dumps(value).encode()
+                    member.size = len(data)
+                handle.addfile(member, io.BytesIO(data))
+        validate = CliRunner().invoke(app, ["validate", "--root", str(root)])
+        doctor = any(f.kind == "shard" and f.severity == "error" for f in diagnose(root))
+        return validate.exit_code, doctor
+
+    assert verdicts("A ball.") == (0, False)
+    assert verdicts("q" * (config.limits.max_text_chars + 1)) == (1, True)
+    assert verdicts("ok \x1b]0;title\x07 \u202e") == (1, True)
