@@ -3,7 +3,9 @@
 `call_structured` sends a batch of requests through the backend's `complete_batch` (the backend bounds
 how many are in flight), validates each reply against its pydantic schema, tries a free local repair
 (JSON pulled out of code fences or prose, trailing commas dropped), and then ONE re-ask that shows the
-model its invalid reply and the validation error. An item that still fails becomes a
+model its invalid reply and the validation error. A reply longer than a reply can be with its texts within
+`limits.max_text_chars`, or with one text above it, is not repaired: `text_too_long`. An item that still fails
+becomes a
 `Reject(reason=INVALID_REPLY)`; an item whose request raised becomes a reject with the error's reason.
 Errors that mean the run cannot go on (`BackendUnavailableError`, `ConfigError`, a strict replay miss)
 propagate. Every success carries a `Provenance` with the backend, model, prompt version, latency and
@@ -22,9 +24,10 @@ from pydantic import BaseModel, ValidationError
 from agents.backends.base import ChatBackend, ChatMessage, ChatReply, ChatRequest, ImagePart
 from agents.backends.json_reply import extract_json
 from agents.prompting import Prompt
-from agents.schemas import json_schema_for
+from agents.schemas import TEXT_TOO_LONG, json_schema_for
 from agents.stage import make_reject, reject_for
 from engine.errors import BackendError, InvalidReplyError, RejectReason
+from engine.parsing import bounded, current_text_limit
 from engine.types import Provenance, Reject
 
 ReplyT = TypeVar("ReplyT", bound=BaseModel)
@@ -104,6 +107,9 @@ async def call_structured(
         try:
             value = parse_reply(reply.text, schema)
         except InvalidReplyError as exc:
+            if exc.reason == RejectReason.TEXT_TOO_LONG:  # a runaway reply: asking again costs as much again
+                outcomes[index] = _rejected(make_reject(stage, call.item_id, call.clip_id, exc.reason, str(exc)))
+                continue
             to_repair.append((index, repair_request(call.request, reply.text, str(exc)), str(exc)))
             continue
         outcomes[index] = _accepted(call, value, spent[index], agent, prompt_version, repaired=False)
@@ -122,27 +128,56 @@ async def call_structured(
                 value = parse_reply(reply.text, schema)
             except InvalidReplyError as exc:
                 message = f"invalid reply after one repair attempt: {exc} (first error: {first_error})"
-                outcomes[index] = _rejected(
-                    make_reject(stage, call.item_id, call.clip_id, RejectReason.INVALID_REPLY, message)
-                )
+                outcomes[index] = _rejected(make_reject(stage, call.item_id, call.clip_id, exc.reason, message))
                 continue
             outcomes[index] = _accepted(call, value, spent[index], agent, prompt_version, repaired=True)
     return [outcome for outcome in outcomes if outcome is not None]
 
 
+def reply_budget(limit: int) -> int:
+    """The most characters a whole reply may have with every text in it within `limit` (schemas hold a few texts;
+    QA replies a few items of a few texts each)."""
+    return 16 * limit + 65_536
+
+
 def parse_reply(text: str, schema: type[ReplyT]) -> ReplyT:
-    """Validate a reply's text against `schema`, tolerating code fences, prose and trailing commas."""
+    """Validate a reply's text against `schema`, tolerating code fences, prose and trailing commas.
+
+    A reply longer than `reply_budget` is not parsed at all, and a text in it above `limits.max_text_chars`
+    fails it: `InvalidReplyError` with the reason `text_too_long` (the caller does not ask again)."""
+    limit = current_text_limit()
+    if not isinstance(text, str):
+        raise InvalidReplyError(f"reply is {type(text).__name__}, not text")
+    if len(text) > reply_budget(limit):
+        raise _too_long(f"reply of {len(text)} characters, above what a reply within limits.max_text_chars "
+                        f"({limit}) can hold ({reply_budget(limit)})")
     try:
         return schema.model_validate_json(text)
     except ValidationError as strict_error:
+        if _has_too_long(strict_error):
+            raise _too_long(_brief(strict_error)) from None
         try:
             data = extract_json(text)
         except InvalidReplyError:
             raise InvalidReplyError(_brief(strict_error)) from None
+        except RecursionError:
+            raise InvalidReplyError("reply nests deeper than a reply may") from None
         try:
             return schema.model_validate(data)
         except ValidationError as lenient_error:
+            if _has_too_long(lenient_error):
+                raise _too_long(_brief(lenient_error)) from None
             raise InvalidReplyError(_brief(lenient_error)) from None
+
+
+def _has_too_long(error: ValidationError) -> bool:
+    return any(item["type"] == TEXT_TOO_LONG for item in error.errors())
+
+
+def _too_long(message: str) -> InvalidReplyError:
+    error = InvalidReplyError(message)
+    error.reason = RejectReason.TEXT_TOO_LONG
+    return error
 
 
 def repair_request(request: ChatRequest, bad_reply: str, error: str) -> ChatRequest:
@@ -188,4 +223,4 @@ def _rejected(reject: Reject) -> Outcome[Any]:
 
 def _brief(error: ValidationError) -> str:
     problems = [f"{'.'.join(str(p) for p in item['loc']) or 'reply'}: {item['msg']}" for item in error.errors()]
-    return "; ".join(problems[:5]) or str(error)
+    return bounded("; ".join(problems[:5]) or str(error), 1000)

@@ -1,8 +1,10 @@
 """The pydantic models of every agent's model reply, and their JSON schemas for structured output.
 
 Replies are outside data, so they are validated here (pydantic at the edge) before anything enters the
-pipeline's frozen records. Validation is lenient where it is harmless (surrounding whitespace, case and
-articles of nouns, extra keys) and strict where the pipeline needs it (non-empty texts, known QA types).
+pipeline's frozen records. Every text is cleaned of control characters and bounded by `limits.max_text_chars`
+(`engine.parsing`); a longer one fails the reply with the error type `text_too_long`. Validation is lenient
+where it is harmless (surrounding whitespace, case and articles of nouns, extra keys) and strict where the
+pipeline needs it (non-empty texts, known QA types).
 `json_schema_for(model)` gives the schema in the strict form OpenAI-compatible servers accept: every
 property required, no additional properties, no titles or defaults.
 """
@@ -15,13 +17,36 @@ import re
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic_core import PydanticCustomError
+
+from engine.parsing import clean_text, current_text_limit
 
 _ARTICLES = re.compile(r"^(a|an|the|some|one|two|three)\s+", re.IGNORECASE)
+TEXT_TOO_LONG = "text_too_long"  # the pydantic error type of a text above the process's text limit
 
 
 class _Reply(BaseModel):
     # Extra keys from a chatty model are ignored rather than failing the item.
     model_config = ConfigDict(extra="ignore", frozen=True, str_strip_whitespace=True)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _bounded_clean_text(cls, value: Any) -> Any:
+        """Every text of a reply (lists of texts included) without control characters, and at most
+        `limits.max_text_chars` long (`engine.parsing.current_text_limit`): a longer one fails the reply."""
+        return _bounded(value)
+
+
+def _bounded(value: Any) -> Any:
+    if isinstance(value, str):
+        limit = current_text_limit()
+        if len(value) > limit:
+            raise PydanticCustomError(TEXT_TOO_LONG, "a text of {length} characters, above limits.max_text_chars "
+                                      "({limit})", {"length": len(value), "limit": limit})
+        return clean_text(value)
+    if isinstance(value, list):
+        return [_bounded(item) for item in value]
+    return value
 
 
 def normalize_noun(text: str) -> str:

@@ -16,12 +16,14 @@ from typing import Generic, TypeVar
 
 from engine.errors import (
     DATA_ERRORS,
+    BackendLoadError,
     BackendUnavailableError,
     ConfigError,
     RejectReason,
     ReplayMissError,
     VideoReferError,
 )
+from engine.parsing import bounded
 from engine.types import Reject
 
 RecordT = TypeVar("RecordT")
@@ -58,6 +60,9 @@ def reject_for(
     """
     if isinstance(exc, RUN_FATAL_ERRORS):
         raise exc
+    if isinstance(exc, ImportError):  # a backend's package (or a module inside it) cannot load: no item's fault
+        raise BackendLoadError(f"{stage}: a backend cannot load: {type(exc).__name__}: {bounded(exc, 500)} "
+                               "(install what it needs, or pick another backend kind in the config)") from exc
     # An unexpected error on one item (a backend bug, an odd input) is still that item's failure; the
     # stage's reject-fraction check fails the run when it happens to many items.
     if isinstance(exc, VideoReferError):

@@ -12,7 +12,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError, field_validator, model_validator
 
 from engine.errors import ConfigError
@@ -366,10 +365,14 @@ def load_config(path: str | Path | None) -> EngineConfig:
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
+    from engine.parsing import load_yaml  # duplicate keys, alias bombs, deep nesting, huge numbers: one line
+
     try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"config file {path} is not valid YAML: {exc}") from exc
+        data = load_yaml(path.read_bytes(), f"config file {path}") or {}
+    except OSError as exc:
+        raise ConfigError(f"config file {path} cannot be read: {exc.strerror or exc}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path} must hold a mapping of settings, not {type(data).__name__}")
     return parse_config(data, source=str(path))
 
 
@@ -383,7 +386,10 @@ def parse_config(data: dict[str, Any], *, source: str = "<dict>") -> EngineConfi
             return EngineConfig.model_validate(merged)
         return EngineConfig.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(f"invalid config {source}:\n{exc}") from exc
+        from engine.parsing import bounded
+
+        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()[:10])
+        raise ConfigError(f"invalid config {source}: {bounded(problems, 1500)}") from None
 
 
 def _deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:

@@ -45,6 +45,9 @@ class RejectReason(StrEnum):
     TEXT_TOO_LONG = "text_too_long"  # a caption or text above `limits.max_text_chars`
     PATH_NOT_ALLOWED = "path_not_allowed"  # a video path outside the allowed roots (`paths` in the config)
     NOT_A_REGULAR_FILE = "not_a_regular_file"  # a FIFO, device or socket given as a video
+    SOURCE_CHANGED = "source_changed"  # the clip's video was replaced or moved (a symlink swapped in) after ingest
+    CONTROL_CHARACTERS = "control_characters"  # a stored text with NUL, ESC, bidi overrides (writers clean them)
+    HOSTILE_STRUCTURE = "hostile_structure"  # duplicate keys, runaway nesting, invalid UTF-8 / lone surrogates
 
 
 class VideoReferError(Exception):
@@ -75,6 +78,11 @@ class TransientBackendError(BackendError):
 
 class BackendUnavailableError(BackendError):
     """The backend stayed down after all retries, or cannot be reached at all: fail the run, not the items."""
+
+
+class BackendLoadError(ConfigError):
+    """A backend that cannot load (its package missing, its weights missing, an import error inside it): the run's
+    configuration cannot work, so the run stops at once with one line; never a reject of each item."""
 
 
 class ReplayMissError(BackendError):
@@ -113,6 +121,13 @@ class NotARegularFileError(BadVideoError):
     """A FIFO, device or socket named as a video: never opened (a FIFO blocks in open, /dev/zero never ends)."""
 
     reason = RejectReason.NOT_A_REGULAR_FILE
+
+
+class SourceChangedError(BadVideoError):
+    """The clip's video is no longer what ingest checked (other bytes, size or time, or a path now through a
+    symlink): reading it would export another video's frames under the clip's id and caption."""
+
+    reason = RejectReason.SOURCE_CHANGED
 
 
 class PathNotAllowedError(VideoReferError):

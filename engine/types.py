@@ -173,6 +173,13 @@ class Reject:
     reason: RejectReason
     message: str = ""
 
+    def __post_init__(self) -> None:
+        # A message may quote the input that was refused: it is kept to a bounded length.
+        if len(self.message) > 2000:
+            from engine.parsing import bounded
+
+            object.__setattr__(self, "message", bounded(self.message))
+
 
 @dataclass(**_FROZEN)
 class Turn:

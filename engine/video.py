@@ -75,6 +75,8 @@ FRAME_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp")
 MAX_SIDE = 8192
 MAX_FRAMES = 1_000_000
 DEFAULT_FOLDER_FPS = 30.0
+MIN_FPS = 0.1  # one frame in 10 s: slower time-lapses are stored as frame folders
+MAX_FPS = 1000.0  # high-speed cameras record up to ~1000 fps; a header claiming more lies
 
 Backend = Literal["auto", "sequential", "seek", "decord"]
 
@@ -373,6 +375,7 @@ def _probe_container(container: Any, path: Path) -> VideoInfo:
         fps = num_frames / duration_s
     if fps > 0:
         duration_s = num_frames / fps  # consistent with the frame count, whatever the container claims
+    _check_header_is_plausible(path, fps, num_frames)
     return VideoInfo(
         fps=fps,
         width=width,
@@ -383,6 +386,18 @@ def _probe_container(container: Any, path: Path) -> VideoInfo:
         is_frame_folder=False,
         codec=str(stream.codec_context.name),
     )
+
+
+def _check_header_is_plausible(path: Path, fps: float, num_frames: int) -> None:
+    """`BadVideoError` for a header that lies: a frame rate that is not finite or outside [MIN_FPS, MAX_FPS] (a
+    time scale of 0 reads as 1/1024 fps, a frame duration of 1 tick as thousands), or more frames than the file
+    has bytes (every coded frame takes at least one)."""
+    if not math.isfinite(fps) or not MIN_FPS <= fps <= MAX_FPS:
+        raise BadVideoError(f"{path}: its header gives {fps:g} frames per second, outside {MIN_FPS:g}..{MAX_FPS:g} "
+                            "(a time scale of 0 or an absurd frame duration)")
+    size = path.stat().st_size
+    if num_frames > size:
+        raise BadVideoError(f"{path}: its header claims {num_frames} frames in a file of {size} bytes")
 
 
 # ------------------------------------------------------------------------------------------ reading

@@ -9,6 +9,7 @@ Every command runs the Prefect flows of `flows.engine_flows` on Prefect's local 
 from __future__ import annotations
 
 import contextlib
+import errno
 import sys
 import threading
 from collections.abc import Iterator
@@ -141,31 +142,43 @@ def register(app: typer.Typer) -> None:
         _quiet()
         with _engine_errors(), _writer_lock(root):
             from flows import engine_flows
+            from flows.pipeline.importing import canonical_video_root
             from flows.runtime import run_flow
 
-            report = run_flow(engine_flows.import_700k, root=root, json_path=str(json_file),
-                              video_root=str(videos), config_path=_opt(config))
+            # One spelling before any worker sees it (a worker's working folder may differ from this one's).
+            report = run_flow(engine_flows.import_700k, root=root, json_path=str(json_file.resolve()),
+                              video_root=canonical_video_root(videos), config_path=_opt(config))
             _print_report(report)
 
     @app.command()
-    def validate(root: str = _ROOT) -> None:
-        """Re-read every exported shard and check each sample (masks, <region> count, frames)."""
+    def validate(root: str = _ROOT, config: Path | None = _CONFIG) -> None:
+        """Re-read every exported shard and check each sample (masks, <region> count, frames, texts), and the
+        700K JSON's video paths: the same checks of exported data as `doctor`, with the root's limits."""
         from rich.progress import track
 
+        from engine.parsing import text_limit
+        from flows.pipeline import layout
         from flows.pipeline.checks import validate_tar
+        from flows.pipeline.doctor import json_findings
         from flows.pipeline.export import exported_tars
 
-        tars = exported_tars(root)
+        with _engine_errors():
+            limits = layout.resolve_config(root, _opt(config)).limits
+            tars = exported_tars(root)
         if not tars:
             typer.echo(f"no exported tars under {root}/export/wds")
             raise typer.Exit(1)
         samples = problems = 0
-        for path in track(tars, description="validating shards", transient=True):
-            result = validate_tar(path)
-            samples += result.samples
-            problems += len(result.problems)
-            for problem in result.problems[:20]:
-                typer.echo(f"{Path(path).name}: {problem}")
+        with text_limit(limits.max_text_chars):
+            for path in track(tars, description="validating shards", transient=True):
+                result = validate_tar(path)
+                samples += result.samples
+                problems += len(result.problems)
+                for problem in result.problems[:20]:
+                    typer.echo(f"{Path(path).name}: {problem}")
+        for finding in json_findings(layout.open_root(root)):
+            problems += finding.severity == "error"
+            typer.echo(f"{finding.where}: {finding.message}")
         typer.echo(f"{len(tars)} tars, {samples} samples, {problems} problems")
         if problems:
             raise typer.Exit(1)
@@ -218,6 +231,32 @@ def _quiet() -> None:
     from flows.runtime import quiet_prefect_env
 
     quiet_prefect_env()
+    _typed_errors_without_traceback()
+
+
+class _NoTracebackForTypedErrors:
+    """A logging filter: Prefect logs a failed task or flow with its traceback; for an error of the engine's
+    taxonomy (or a file system fault) the command prints its one `error:` line, so the log keeps one line too."""
+
+    def filter(self, record: Any) -> bool:
+        from engine.errors import VideoReferError
+
+        error = record.exc_info[1] if record.exc_info else None
+        engine_flows = sys.modules.get("flows.engine_flows")
+        failed = engine_flows is not None and isinstance(error, engine_flows.StageFailedError)
+        if isinstance(error, VideoReferError) or failed or (error is not None and _storage_fault(error) is not None):
+            record.exc_info = None
+            record.exc_text = None
+        return True
+
+
+def _typed_errors_without_traceback() -> None:
+    import logging
+
+    for name in ("prefect.task_runs", "prefect.flow_runs"):
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _NoTracebackForTypedErrors) for f in logger.filters):
+            logger.addFilter(_NoTracebackForTypedErrors())
 
 
 def _config_allowing(root: Path, config: str | None, folder: Path) -> str:
@@ -251,6 +290,7 @@ def _run_build(root: str, *, manifest: str | None, config: str | None, runner: s
 def _engine_errors() -> Iterator[None]:
     """Engine errors (config, backend down, too many rejects, failed stages) -> one line and exit code 1."""
     from engine.errors import VideoReferError
+    from engine.parsing import bounded
 
     try:
         yield
@@ -258,10 +298,75 @@ def _engine_errors() -> Iterator[None]:
         # StageFailedError only exists once the flows are imported (importing them loads prefect: not for this).
         engine_flows = sys.modules.get("flows.engine_flows")
         failed = engine_flows is not None and isinstance(exc, engine_flows.StageFailedError)
+        storage = None if isinstance(exc, VideoReferError) else _storage_fault(exc) or _api_fault(exc)
+        if storage is not None:
+            typer.secho(f"error: {bounded(storage)}", fg=typer.colors.RED, err=True)
+            raise typer.Exit(1) from exc
         if not (isinstance(exc, VideoReferError) or failed):
             raise
-        typer.secho(f"error: {type(exc).__name__}: {exc}", fg=typer.colors.RED, err=True)
+        typer.secho(f"error: {type(exc).__name__}: {bounded(exc)}", fg=typer.colors.RED, err=True)
         raise typer.Exit(1) from exc
+
+
+# File system faults that no retry fixes: the message names the path and what to do.
+_STORAGE_HINTS = {
+    errno.ENOSPC: "the disk is full: free space there (or choose a root on another disk) and run again",
+    errno.EDQUOT: "the disk quota is used up: free space there and run again",
+    errno.EFBIG: "the file grew past the size this process may write (ulimit -f) or the file system allows",
+    errno.EROFS: "the file system is read-only: choose a writable root (or PREFECT_HOME)",
+    errno.EACCES: "permission denied: make it writable for this user or choose another folder",
+    errno.EPERM: "operation not permitted: make it writable for this user or choose another folder",
+    errno.ENOTDIR: "a part of the path is a file, not a folder: choose another root",
+    errno.EEXIST: "a file is in the way of a folder there: choose another root",
+}
+
+
+def _storage_fault(exc: BaseException) -> str | None:
+    """One line for a file system fault (disk full, read-only, permission denied) anywhere in `exc`'s chain."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, OSError) and current.errno in _STORAGE_HINTS:
+            where = current.filename or "the dataset root"
+            return f"cannot write {where}: {current.strerror or current}; {_STORAGE_HINTS[current.errno]}"
+        current = current.__cause__ or (None if current.__suppress_context__ else current.__context__)
+    return None
+
+
+def _api_fault(exc: BaseException) -> str | None:
+    """One line for the Prefect API failing on the server side (a 5xx): with the local API, its SQLite database
+    lives in PREFECT_HOME, and a full or read-only disk there shows up only as such an error."""
+    import os
+
+    response = getattr(exc, "response", None)
+    status = getattr(response, "status_code", 0)
+    if type(exc).__name__ != "PrefectHTTPStatusError" or not 500 <= int(status or 0) < 600:
+        return None
+    home = os.environ.get("PREFECT_HOME") or str(Path.home() / ".prefect")
+    url = getattr(getattr(response, "request", None), "url", "")
+    return (f"the Prefect API at {url} failed ({status}): check that the disk of its database (PREFECT_HOME {home} "
+            "for the local API) has space and is writable, then run again")
+
+
+def _check_prefect_home() -> None:
+    """Without PREFECT_API_URL the local API keeps its SQLite database in PREFECT_HOME: it must be writable, or the
+    command stops at once with one line (instead of waiting for a server that cannot start)."""
+    import os
+    import tempfile
+
+    from engine.errors import ConfigError
+
+    if os.environ.get("PREFECT_API_URL"):
+        return
+    home = Path(os.environ.get("PREFECT_HOME") or Path.home() / ".prefect").expanduser()
+    try:
+        home.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=home):
+            pass
+    except OSError as exc:
+        raise ConfigError(f"PREFECT_HOME {home} is not writable ({exc.strerror or exc}): set PREFECT_HOME to a "
+                          "writable folder, or PREFECT_API_URL to a running Prefect server") from None
 
 
 @contextlib.contextmanager
@@ -276,6 +381,7 @@ def _writer_lock(root: str | Path) -> Iterator[None]:
         from flows.pipeline import layout
 
         layout.open_root(str(root))  # the empty-root ConfigError, with its hint
+    _check_prefect_home()
     with DatasetRoot(str(root)).lock("videorefer " + " ".join(sys.argv[1:])):
         start_local_api()
         yield

@@ -19,7 +19,14 @@ import typer
 
 def load_masks_file(path: Path) -> list[dict[int, Any]]:
     """Objects' masks from a JSON file, as a list of `{frame_index: mask}` (mask = RLE or {"segmentation": RLE})."""
-    data = json.loads(path.read_text())
+    from engine.parsing import ParseError, loads_json, structure_problem
+
+    try:
+        data = loads_json(path.read_bytes(), f"masks file {path}")
+    except (ParseError, OSError) as exc:
+        raise typer.BadParameter(str(exc)) from None
+    if (problem := structure_problem(data)) is not None:
+        raise typer.BadParameter(f"masks file {path} {problem}")
     if isinstance(data, dict) and "annotation" in data:
         data = data["annotation"]
     objects = data if isinstance(data, list) else [data]

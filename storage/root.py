@@ -11,7 +11,8 @@ One writer per root: `DatasetRoot.lock(command)` creates `.videorefer.lock` excl
 (host, pid, the process's start time, the command). A second writer fails at once with a `RootLockedError` naming
 the holder; a lock whose process is gone (killed with -9 on this host, or its pid reused by another process) is
 stale and taken over. The lock is re-entrant within one process (the CLI takes it, then the flow it runs), and
-temporary names are unique per write, so two processes can never write into the same temporary file. On object
+temporary names are unique per write, so two processes can never write into the same temporary file. The writer
+that takes the lock removes the temp files interrupted writers left (`is_temp_name`). On object
 stores (`s3://bucket/prefix` through s3fs, with the standard AWS variables such as `AWS_ENDPOINT_URL`) the lock is
 created by the store's atomic create-if-absent (`PutObject` with `If-None-Match: *`, which S3 and SeaweedFS refuse
 on an existing key), with the same holder and stale-lock rules; no reader ever sees half an object, since an
@@ -115,6 +116,13 @@ def holder_is_alive(holder: LockHolder) -> bool:
         pass  # a live process of another user
     now = process_start_time(holder.pid) if holder.process_start else ""
     return not now or now == holder.process_start
+
+
+def is_temp_name(name: str) -> bool:
+    """A file name our writers give unfinished data: `.<name>.tmp-<id>` and `<temp_name>-<id>` (`open_atomic`, e.g.
+    `train-000000.tar.tmp-<id>`), `<name>.tmp` / `.<name>.<pid>.tmp` (synthetic videos, the demo manifest,
+    staging files) and `.videorefer.lock.stale-<id>` (a lock being taken over)."""
+    return ".tmp-" in name or name.endswith(".tmp") or name.startswith(f"{LOCK_NAME}.stale-")
 
 
 # Locks this process holds: lock URL -> (holder, depth); the CLI takes the lock and the flow it runs takes it again.
@@ -251,9 +259,11 @@ class DatasetRoot:
             yield handle
             handle.close()
         except BaseException:
-            handle.close()
-            if self.fs.exists(temp):
-                self.fs.rm(temp)
+            with suppress(OSError):  # closing flushes, which fails again on a full disk: remove the temp anyway
+                handle.close()
+            with suppress(OSError):
+                if self.fs.exists(temp):
+                    self.fs.rm(temp)
             raise
         self.fs.mv(temp, final)
 
@@ -332,6 +342,7 @@ class DatasetRoot:
         self.fs.makedirs(self._base, exist_ok=True)
         for _ in range(20):
             if self._create_lock(me):
+                self.remove_temp_files()
                 return me
             holder = self.lock_holder()
             if holder is None:
@@ -407,6 +418,21 @@ class DatasetRoot:
         current = self.lock_holder()
         if stale is None or (current is not None and current.token == stale.token):
             self.delete(LOCK_NAME)
+
+    def remove_temp_files(self) -> list[str]:
+        """Remove what interrupted writes left in a local root (`is_temp_name`); called by the next writer once it
+        holds the lock, so no other writer of the root can be at work. The removed paths, relative to the root."""
+        if not self.is_local:
+            return []  # object stores: uploads become visible only when committed, so there are no temp names
+        base = Path(self.full_path(""))
+        removed = []
+        for folder, _dirs, files in os.walk(base):
+            for name in files:
+                if is_temp_name(name):
+                    with suppress(FileNotFoundError):
+                        os.remove(os.path.join(folder, name))
+                        removed.append(str((Path(folder) / name).relative_to(base)))
+        return removed
 
     @staticmethod
     def _read_local(path: str) -> dict[str, Any] | None:

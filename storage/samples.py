@@ -26,6 +26,7 @@ import numpy as np
 from engine.errors import InvalidSampleError, RejectReason
 from engine.ids import sample_key, stable_hash
 from engine.masks import decode_rle, resize_to_grid
+from engine.parsing import current_text_limit, text_problem
 from engine.types import (
     REGION_TOKEN,
     VIDEO_TOKEN,
@@ -163,7 +164,9 @@ def region_count(conversations: Sequence[Turn]) -> int:
 
 
 def conversation_problems(conversations: Sequence[Turn]) -> list[Problem]:
-    """Malformed turns: empty, not alternating human/gpt, not opening with `<video>\\n`, not ending on gpt."""
+    """Malformed turns: empty, not alternating human/gpt, not opening with `<video>\\n`, not ending on gpt; a text
+    above the process's text limit (`engine.parsing.text_limit`: `limits.max_text_chars` of the run) or holding
+    control characters."""
     bad = RejectReason.MALFORMED_SAMPLE
     if not conversations:
         return [(bad, "no conversation turns")]
@@ -174,6 +177,11 @@ def conversation_problems(conversations: Sequence[Turn]) -> list[Problem]:
             problems.append((bad, f"turn {index} is from {turn.role!r}, expected {expected!r}"))
         if not isinstance(turn.value, str) or not turn.value.strip():
             problems.append((bad, f"turn {index} is empty"))
+    limit = current_text_limit()
+    for index, turn in enumerate(conversations):
+        if isinstance(turn.value, str) and (problem := text_problem(turn.value, limit)) is not None:
+            reason = RejectReason.TEXT_TOO_LONG if len(turn.value) > limit else RejectReason.CONTROL_CHARACTERS
+            problems.append((reason, f"turn {index} {problem}"))
     first = conversations[0].value if isinstance(conversations[0].value, str) else ""
     if not first.startswith(VIDEO_PREFIX):
         problems.append((bad, "the first human turn does not start with '<video>\\n'"))

@@ -36,6 +36,7 @@ import numpy as np
 
 from engine.errors import ConfigError
 from engine.masks import encode_rle, to_rle_mask
+from engine.parsing import bounded, loads_json, structure_problem
 from engine.types import RleMask
 
 __all__ = [
@@ -256,9 +257,11 @@ def read_rle_json(path: str | os.PathLike[str]) -> TruthSet:
     videos: list[TruthVideo] = []
     for file in files:
         try:
-            data = json.loads(file.read_text(encoding="utf-8"))
+            data = loads_json(file.read_bytes(), str(file))
         except (OSError, ValueError) as exc:
-            raise ConfigError(f"{file}: not readable JSON ({exc})") from exc
+            raise ConfigError(f"{file}: not readable JSON ({bounded(exc, 300)})") from None
+        if (problem := structure_problem(data)) is not None:
+            raise ConfigError(f"{file}: {problem}")
         videos.extend(_rle_videos(data, file))
     return _truth_set("rle-json", location, videos)
 

@@ -2,12 +2,16 @@
 
 `build_chat_backend`, `build_grounder` and `build_segmenter` accept the pydantic configs of `engine.config`
 (or the same thing as a plain mapping, validated here). Each branch imports its module only when chosen, so
-building a fake never loads torch, transformers or openai. An unknown kind or an invalid mapping is a
-`ConfigError`, raised before any model work.
+building a fake never loads torch, transformers, sam2 or openai. An unknown kind or an invalid mapping is a
+`ConfigError`, raised before any model work. A backend that cannot load (a model kind whose packages are missing
+or fail to import, weights named in the config that are not there) is a `BackendLoadError`, also raised here at
+build time: the run stops at once with one line instead of rejecting every item.
 """
 
 from __future__ import annotations
 
+import importlib
+import os
 from collections.abc import Mapping
 from typing import Any
 
@@ -15,7 +19,7 @@ from pydantic import TypeAdapter, ValidationError
 
 from agents.backends.base import ChatBackend, Grounder, Segmenter
 from engine.config import ChatBackendConfig, GrounderConfig, SegmenterConfig
-from engine.errors import ConfigError
+from engine.errors import BackendLoadError, ConfigError
 
 
 def build_chat_backend(config: ChatBackendConfig | Mapping[str, Any]) -> ChatBackend:
@@ -37,6 +41,8 @@ def build_chat_backend(config: ChatBackendConfig | Mapping[str, Any]) -> ChatBac
 
             return OpenAIChatBackend(config)
         case "local":
+            _require("local chat backend", "torch", "transformers")
+            _weights("local chat backend", "model", config.model)
             from agents.backends.local_chat import LocalChatBackend
 
             return LocalChatBackend(config)
@@ -53,6 +59,8 @@ def build_grounder(config: GrounderConfig | Mapping[str, Any]) -> Grounder:
 
             return FakeGrounder(config)
         case "grounding_dino":
+            _require("grounding_dino", "torch", "transformers")
+            _weights("grounding_dino", "model", config.model)
             from agents.backends.grounding_dino import GroundingDinoGrounder
 
             return GroundingDinoGrounder(config)
@@ -69,6 +77,8 @@ def build_segmenter(config: SegmenterConfig | Mapping[str, Any]) -> Segmenter:
 
             return FakeSegmenter(config)
         case "sam2":
+            _require("sam2", "torch", "sam2.build_sam")
+            _weights("sam2", "checkpoint", config.checkpoint)
             from agents.backends.sam2_segmenter import Sam2Segmenter
 
             return Sam2Segmenter(config)
@@ -89,3 +99,25 @@ def _validated(annotation: Any, config: Any, what: str) -> Any:
         return TypeAdapter(annotation).validate_python(dict(config))
     except ValidationError as exc:
         raise ConfigError(f"invalid {what} config: {exc}") from exc
+
+
+def _require(backend: str, *modules: str) -> None:
+    """Import what a model backend needs now, at build time: missing or broken, it is a `BackendLoadError`."""
+    for module in modules:
+        try:
+            importlib.import_module(module)
+        except Exception as exc:  # noqa: BLE001 - ImportError, or whatever a broken package raises while importing
+            raise BackendLoadError(
+                f"{backend} cannot load: importing {module} failed ({type(exc).__name__}: {str(exc)[:300]}); install "
+                "it (scripts/setup.sh) or choose another backend kind in the config"
+            ) from exc
+
+
+def _weights(backend: str, key: str, value: str | None) -> None:
+    """Weights named as a local path must be there (a hub id such as `org/name` is left to the loader)."""
+    if not value or "://" in value:
+        return
+    local = value.startswith(("/", "./", "../", "~")) or value.endswith((".pt", ".pth", ".safetensors", ".bin"))
+    if local and not os.path.exists(os.path.expanduser(value)):
+        raise BackendLoadError(f"{backend}: `{key}: {value[:300]}` does not exist; download the weights there or "
+                               "correct the path in the config")

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from engine.errors import ConfigError, RejectReason
+from engine.parsing import ParseError, bounded, loads_json, preview, structure_problem
 from engine.types import REGION_TOKEN, Reject, RleMask
 from engine.video import list_frame_files
 
@@ -149,9 +150,9 @@ def _read(path: str | Path, data_root: str | Path | None, *, kind: Literal["d", 
     if not root.is_dir():
         raise ConfigError(f"--data-root is not a directory: {root}")
     try:
-        entries = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"benchmark file {path} is not valid JSON: {exc}") from exc
+        entries = loads_json(path.read_bytes(), f"benchmark file {path}")
+    except (ParseError, OSError) as exc:
+        raise ConfigError(str(exc)) from None
     if not isinstance(entries, list):
         raise ConfigError(f"benchmark file {path} must hold a JSON list of entries, got {type(entries).__name__}")
     items: list[BenchItem] = []
@@ -166,11 +167,13 @@ def _read(path: str | Path, data_root: str | Path | None, *, kind: Literal["d", 
         video = str(entry.get("video", "")) if isinstance(entry, dict) else ""
         try:
             if item_id != given:
-                raise _Malformed(f"duplicate id {given!r}")
+                raise _Malformed(f"duplicate id {preview(given, 80)}")
+            if (hostile := structure_problem(entry)) is not None:
+                raise _Malformed(f"the entry {hostile}", RejectReason.HOSTILE_STRUCTURE)
             item = _parse_d(entry, item_id, root) if kind == "d" else _parse_q(entry, item_id, root)
         except _Malformed as exc:
-            rejects.append(Reject(stage=f"bench_{kind}_read", item_id=item_id, clip_id=video, reason=exc.reason,
-                                  message=f"entry {position}: {exc}"))
+            rejects.append(Reject(stage=f"bench_{kind}_read", item_id=item_id, clip_id=video[:1000],
+                                  reason=exc.reason, message=f"entry {position}: {bounded(exc, 1000)}"))
             raw_type = entry.get("type") if isinstance(entry, dict) else None
             reject_types[item_id] = raw_type if isinstance(raw_type, str) else ""
             continue

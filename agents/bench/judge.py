@@ -15,6 +15,7 @@ audit, and that file makes judging resumable.
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -25,6 +26,7 @@ from agents.bench.bounded import run_bounded
 from agents.bench.files import PredictionStore
 from agents.bench.protocol import JudgePrompt
 from engine.errors import BackendUnavailableError, ConfigError, InvalidReplyError, VideoReferError
+from engine.parsing import clean_text, current_text_limit
 
 DIMENSIONS: tuple[str, ...] = (
     "subject_correspondence",
@@ -114,7 +116,12 @@ async def judge_description(
     problem = ""
     for _ in range(1 + settings.max_reasks):
         reply = await backend.complete(request)
-        replies.append(reply)
+        limit = current_text_limit()
+        # A judge reply is stored for audit: cleaned of control characters, and never longer than the text limit.
+        replies.append(dataclasses.replace(reply, text=clean_text(reply.text[:limit])))
+        if len(reply.text) > limit:
+            problem = f"a reply of {len(reply.text)} characters, above limits.max_text_chars ({limit})"
+            continue
         try:
             return JudgeOutcome(scores=parse_judge_scores(reply.text), replies=tuple(replies))
         except InvalidReplyError as exc:

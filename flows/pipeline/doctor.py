@@ -3,7 +3,8 @@
 A root written by an older version, edited by hand or hit by a crash may hold what today's ingest, import and
 export would refuse. `diagnose` re-checks it and returns `Finding`s (severity `error`, `warning` or `info`, a
 kind, where, and a message): the root's lock (a live writer; a stale lock of a dead process), temp files left by
-interrupted writes, every ingested clip (its video still a regular file or frame folder within the size limit,
+interrupted writes, every ingested clip (its video still a regular file or frame folder within the size limit and
+still what ingest checked, no symlink swapped in (`source_changed`),
 its caption within `limits.max_text_chars`, given masks whose RLE counts cover their size, of the video's frame
 size, on frames of the video), every stage record (the same mask checks for masklets; names, expressions,
 captions and QA texts within the limit), the stored per-stage counts (`items_in = items_out + rejected`), every
@@ -24,11 +25,13 @@ from typing import Literal
 
 from engine.config import EngineConfig
 from engine.errors import InvalidMaskError
+from engine.parsing import bounded, loads_json, text_limit, text_problem
 from engine.types import Clip, ClipQA, Masklet, ObjectRecord
 from flows.pipeline import layout
 from flows.pipeline.checks import stored_stage_reports, validate_tar
+from flows.pipeline.ingest import read_fingerprints, verify_source
 from flows.pipeline.stages import ANALYZE, INGEST, SHARD_STAGES
-from storage.root import DatasetRoot, holder_is_alive
+from storage.root import DatasetRoot, holder_is_alive, is_temp_name
 
 Severity = Literal["error", "warning", "info"]
 
@@ -51,16 +54,24 @@ def diagnose(root: layout.RootLike, config_path: str | Path | None = None) -> li
     live_writer = any(f.kind == "lock" and f.severity == "info" for f in findings)
     findings += temp_file_findings(droot, live_writer=live_writer)
     for shard in layout.shards(droot):
+        fingerprints = read_fingerprints(droot, shard)
         for clip in layout.shard_clips(droot, shard):
             findings += clip_findings(clip, config)
+            findings += source_findings(clip, fingerprints)
         for stage in SHARD_STAGES:
             if droot.exists(droot.stage_path(stage, shard)):
                 for item in layout.read_stage(droot, stage, shard):
                     findings += item_findings(item, config, where=f"{stage}/{shard}")
     findings += count_findings(droot)
-    findings += shard_findings(droot)
-    findings += json_findings(droot)
+    findings += export_findings(droot, config)
     return findings
+
+
+def export_findings(droot: DatasetRoot, config: EngineConfig) -> list[Finding]:
+    """The checks of exported data, shared with `videorefer validate` (so the two always agree): every tar
+    re-validated with the run's text limit, and the 700K JSON's video paths."""
+    with text_limit(config.limits.max_text_chars):
+        return [*shard_findings(droot), *json_findings(droot)]
 
 
 def lock_findings(droot: DatasetRoot) -> list[Finding]:
@@ -86,11 +97,11 @@ def temp_file_findings(droot: DatasetRoot, *, live_writer: bool) -> list[Finding
     found = []
     for folder, _dirs, files in os.walk(base):
         for name in files:
-            if ".tmp-" in name or name.endswith(".tmp"):
+            if is_temp_name(name):
                 relative = str((Path(folder) / name).relative_to(base))
                 found.append(Finding(severity=severity, kind="temp_file", where=relative,
-                                     message="temp file of an interrupted write (safe to delete when no writer "
-                                             "is at work)"))
+                                     message="temp file of an interrupted write (the next writer of the root "
+                                             "removes it)"))
     return found
 
 
@@ -103,6 +114,22 @@ def clip_findings(clip: Clip, config: EngineConfig) -> list[Finding]:
         findings += text_findings({"name": obj.name, "expression": obj.expression}, config, where=where)
         findings += masklet_findings(obj.masklet, clip, where=f"{where} object {obj.name!r}")
     return findings
+
+
+def source_findings(clip: Clip, fingerprints: dict | None) -> list[Finding]:
+    """A clip whose video is no longer what ingest checked (replaced, or a symlink swapped in on its path): every
+    stage would reject it as `source_changed`, and what was exported from it before may show another video."""
+    from engine.errors import SourceChangedError, VideoReferError
+
+    if not os.path.exists(clip.video_uri.removeprefix("file://")) and "://" not in clip.video_uri:
+        return []  # a missing video is `video_findings`' error
+    try:
+        verify_source(clip, fingerprints)
+    except SourceChangedError as exc:
+        return [Finding(severity="error", kind="video", where=f"clip {clip.clip_id}", message=str(exc))]
+    except VideoReferError:
+        return []
+    return []
 
 
 def video_findings(video_uri: str, config: EngineConfig, *, where: str) -> list[Finding]:
@@ -150,11 +177,12 @@ def item_findings(item: ObjectRecord | ClipQA, config: EngineConfig, *, where: s
 
 
 def text_findings(texts: dict[str, str | None], config: EngineConfig, *, where: str) -> list[Finding]:
-    """Each text above `limits.max_text_chars` (a training target that long is a data bug)."""
+    """Each text above `limits.max_text_chars` (a training target that long is a data bug) or holding control
+    characters (writers store texts clean)."""
     limit = config.limits.max_text_chars
-    return [Finding(severity="error", kind="text", where=where,
-                    message=f"{name} is {len(text)} characters, above limits.max_text_chars ({limit})")
-            for name, text in texts.items() if text is not None and len(text) > limit]
+    return [Finding(severity="error", kind="text", where=where, message=f"{name}: {problem}")
+            for name, text in texts.items()
+            if isinstance(text, str) and (problem := text_problem(text, limit)) is not None]
 
 
 def masklet_findings(masklet: Masklet, clip: Clip, *, where: str) -> list[Finding]:
@@ -214,8 +242,6 @@ def shard_findings(droot: DatasetRoot) -> list[Finding]:
 def json_findings(droot: DatasetRoot) -> list[Finding]:
     """The 700K JSON's `video` paths: relative to the stated video root, never leaving it, naming files that
     exist (local roots)."""
-    import json
-
     from storage.videorefer_json import EXPORT_JSON_DIR, EXPORT_META, export_video_root
 
     if not droot.exists(EXPORT_META):
@@ -224,14 +250,15 @@ def json_findings(droot: DatasetRoot) -> list[Finding]:
         meta = droot.read_json(EXPORT_META)
         video_root = export_video_root(droot)
     except (OSError, ValueError, KeyError, TypeError) as exc:
-        return [Finding(severity="error", kind="json", where=EXPORT_META, message=f"unreadable: {exc}")]
+        return [Finding(severity="error", kind="json", where=EXPORT_META, message=f"unreadable: {bounded(exc, 300)}")]
     findings = []
     for name in meta.get("files", []):
         relative = f"{EXPORT_JSON_DIR}/{name}"
         try:
-            items = json.loads(droot.read_bytes(relative))
+            items = loads_json(droot.read_bytes(relative), relative)
         except (OSError, ValueError) as exc:
-            findings.append(Finding(severity="error", kind="json", where=relative, message=f"unreadable: {exc}"))
+            findings.append(Finding(severity="error", kind="json", where=relative,
+                                    message=f"unreadable: {bounded(exc, 300)}"))
             continue
         findings += list(_video_path_findings(items, video_root, where=relative))
     return findings

@@ -153,10 +153,14 @@ def export_shard(
     for sample in samples:
         by_clip[sample.clip_id].append(sample)
     clips = {clip.clip_id: clip for clip in layout.shard_clips(droot, shard_id)}
+    from flows.pipeline.ingest import read_fingerprints, verify_source  # the frames must be the ingested clip's
+
+    fingerprints = read_fingerprints(droot, shard_id)
 
     def decode(clip_id: str) -> tuple[list[Sample], dict[int, np.ndarray] | VideoReferError]:
         group = sorted(by_clip[clip_id], key=lambda s: s.key)
         try:
+            verify_source(clips[clip_id], fingerprints)
             return group, _clip_frames(clips[clip_id].video_uri, group, config.sampling.image_size)
         except VideoReferError as exc:
             return group, exc

@@ -10,13 +10,14 @@ outside the video (`frame_out_of_range`), masks of another size than the video's
 a video outside the `--videos` folder and `paths.allowed_roots` (`path_not_allowed`), a file that is not a
 regular file or above `limits.max_video_bytes`, or one needing more than 100 frames, is a reject. Frames are
 decoded in batches within `limits.max_decoded_pixels`. Per chunk the work is skipped when its done marker
-carries the same config hash.
+carries the same config hash. The JSON is read by `engine.parsing` (a file that is not UTF-8 JSON is a config
+error; an item with duplicate keys, runaway nesting or lone surrogates is a `hostile_structure` reject); the
+`--videos` folder is resolved first, so the same inputs give the same ids and tars however it is spelled.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import time
 from collections import defaultdict
 from pathlib import Path
@@ -26,6 +27,7 @@ import numpy as np
 from engine.config import EngineConfig
 from engine.errors import DATA_ERRORS, ConfigError, RejectReason, VideoReferError
 from engine.ids import stable_hash
+from engine.parsing import ParseError, bounded, clean_text, loads_json, structure_problem, text_limit
 from engine.types import Reject, Sample
 from flows.pipeline import layout
 from flows.pipeline.reports import StageReport, count_reasons
@@ -37,6 +39,7 @@ MAX_FRAMES = MAX_SAMPLE_FRAMES  # ShardWriter names frames with two digits
 # Part of the config hash: chunks imported with the older frame layout (sampled and mask frames mixed into
 # `frame_indices`, truncated to 100) are imported again.
 FRAME_LAYOUT = "sampled+extra-v2"
+HOSTILE = "\x00hostile_structure"  # a chunk's stand-in for an item with hostile structure: {HOSTILE: problem}
 
 
 def _source(json_path: str | Path) -> tuple[str, str, int]:
@@ -74,14 +77,17 @@ def plan_import(root: layout.RootLike, json_path: str | Path, config: EngineConf
         return list(droot.read_json(plan)["chunks"])
     try:
         if isinstance(path, Path):
-            items = json.loads(path.read_text(encoding="utf-8"))
+            raw = path.read_bytes()
         else:
             with open_remote(path) as handle:
-                items = json.load(handle)
-    except json.JSONDecodeError as exc:
-        raise ConfigError(f"{path} is not valid JSON: {exc}") from exc
+                raw = handle.read()
+        items = loads_json(raw, str(path))
+    except ParseError as exc:
+        raise ConfigError(str(exc)) from None
     if not isinstance(items, list):
         raise ConfigError(f"{path} must hold a JSON list of samples")
+    # An item with hostile structure is kept in its place as its problem (lone surrogates cannot even be written).
+    items = [{HOSTILE: problem} if (problem := structure_problem(item)) else item for item in items]
     chunks = []
     for offset in range(0, len(items), config.shard_size):
         chunk = f"{Path(directory).name}-{offset // config.shard_size:06d}"
@@ -101,6 +107,7 @@ def import_700k_shard(
 
     started = time.perf_counter()
     droot = layout.open_root(root)
+    video_root = canonical_video_root(video_root)
     config_hash = stable_hash(STAGE, STAGE_BY_NAME[EXPORT].own_hash(config), str(video_root), FRAME_LAYOUT)
     marker = droot.read_done(STAGE, chunk)
     if marker and marker.get("config_hash") == config_hash:
@@ -108,11 +115,24 @@ def import_700k_shard(
         return dataclasses.replace(stored, skipped=True, seconds=0.0)
     data = droot.read_json(f"{_chunk_dir(json_path)}/{chunk}.json")
     grid = vision_grid(config.sampling.image_size, config.sampling.patch_size)
-    samples, rejects = import_700k(
-        data["items"], video_root=str(video_root), grid=grid, allowed_roots=list(config.paths.allowed_roots),
-        allow_outside=config.paths.allow_outside, max_text_chars=config.limits.max_text_chars,
-    )
-    rejects = [dataclasses.replace(r, item_id=_renumber(r.item_id, data["offset"])) for r in rejects]
+    items = list(data["items"])
+    # Hostile structure (duplicate keys, runaway nesting, lone surrogates) is this item's reject; the item's place
+    # is kept (an empty item, never a sample) so the others keep their numbers.
+    hostile = {position: item[HOSTILE] if isinstance(item, dict) and HOSTILE in item else problem
+               for position, item in enumerate(items)
+               if (isinstance(item, dict) and HOSTILE in item) or (problem := structure_problem(item)) is not None}
+    with text_limit(config.limits.max_text_chars):
+        samples, rejects = import_700k(
+            [{} if position in hostile else clean_item(item) for position, item in enumerate(items)],
+            video_root=str(video_root), grid=grid, allowed_roots=list(config.paths.allowed_roots),
+            allow_outside=config.paths.allow_outside, max_text_chars=config.limits.max_text_chars,
+        )
+    rejects = [r for r in rejects if not (r.item_id.startswith("item") and r.item_id[4:].isdigit()
+                                          and int(r.item_id[4:]) in hostile)]
+    rejects += [Reject(stage=STAGE, item_id=f"item{position}", clip_id="", reason=RejectReason.HOSTILE_STRUCTURE,
+                       message=f"item {position} {problem}") for position, problem in sorted(hostile.items())]
+    rejects = [dataclasses.replace(r, item_id=_renumber(r.item_id, data["offset"]), message=bounded(r.message))
+               for r in rejects]
 
     split = f"import-{chunk}"
     for name in droot.listdir("export/wds"):
@@ -165,6 +185,24 @@ def import_700k_shard(
     droot.write_json(layout.stage_report_path(STAGE, chunk), report.to_json())
     droot.mark_done(STAGE, chunk, config_hash, samples=written)
     return report
+
+
+def canonical_video_root(video_root: str | Path) -> str:
+    """The `--videos` folder as one spelling (absolute, `..` and symlinks resolved), so clip ids, sample keys and
+    tars do not depend on how the folder was named on the command line."""
+    text = str(video_root)
+    if "://" in text and not text.startswith("file://"):
+        return text.rstrip("/")
+    return str(Path(text.removeprefix("file://")).expanduser().resolve())
+
+
+def clean_item(item: object) -> object:
+    """A 700K item with its conversation texts cleaned of control characters (`engine.parsing.clean_text`)."""
+    if not isinstance(item, dict) or not isinstance(item.get("conversations"), list):
+        return item
+    turns = [{**turn, "value": clean_text(turn["value"])} if isinstance(turn, dict) and isinstance(
+        turn.get("value"), str) else turn for turn in item["conversations"]]
+    return {**item, "conversations": turns}
 
 
 def _renumber(item_id: str, offset: int) -> str:

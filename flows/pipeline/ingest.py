@@ -21,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import os
 import stat
+import threading
 import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -31,6 +32,7 @@ from typing import Any
 from engine import ids
 from engine.config import EngineConfig
 from engine.errors import NotARegularFileError, RejectReason, VideoReferError, VideoTooLargeError
+from engine.parsing import bounded, preview
 from engine.types import Clip, Reject
 from flows.pipeline import layout
 from flows.pipeline.manifest import ManifestPolicy, ManifestRow, is_url, read_manifest
@@ -164,6 +166,8 @@ def ingest(root: layout.RootLike, manifest: str | Path, config: EngineConfig, *,
         if missing:
             # Only possible when the manifest lost rows between runs; their clips cannot be rebuilt.
             raise VideoReferError(f"shard {shard} pins {len(missing)} clips that the manifest no longer lists")
+        # What ingest checked, before the sources table (the shard's "ingested" mark) is written.
+        droot.write_json(fingerprint_path(shard), {cid: _fingerprint(clips[cid].video_uri) for cid in members})
         layout.write_sources(droot, shard, [clips[cid] for cid in members])
         new_shards.append(shard)
     if rejects:
@@ -190,7 +194,7 @@ def _identify(
             cid = ids.clip_id(f"row:{row.video_uri}:{row.row}", row.start_s, row.end_s)
             return cid, row, _reject(cid, row.problem_reason, f"manifest row {row.row}: {row.problem}")
         try:
-            source = f"id:{row.source_id}" if row.source_id else source_id(row.video_uri, max_bytes=max_bytes)
+            source = f"id:{row.source_id}" if row.source_id else _digest(row.video_uri, max_bytes)
         except VideoReferError as exc:
             cid = ids.clip_id(row.video_uri, row.start_s, row.end_s)
             return cid, row, _reject(cid, exc.reason, f"{row.video_uri}: {exc}")
@@ -283,4 +287,97 @@ def _given_problem(row: ManifestRow, info: Any) -> tuple[RejectReason, str] | No
 
 
 def _reject(cid: str, reason: RejectReason, message: str) -> Reject:
-    return Reject(stage=INGEST, item_id=cid, clip_id=cid, reason=reason, message=message)
+    return Reject(stage=INGEST, item_id=cid, clip_id=cid, reason=reason, message=bounded(message))
+
+
+# ------------------------------------------------------------------------------------------ files that change
+
+
+def fingerprint_path(shard: str) -> str:
+    """The per-shard record of what ingest checked: clip id -> the video's content digest and size."""
+    return f"sources/{shard}.fingerprints.json"
+
+
+_DIGESTS: dict[tuple[str, int, int, int, int], str] = {}  # (path, dev, inode, size, mtime_ns) -> digest, per process
+_DIGESTS_LOCK = threading.Lock()
+
+
+def _digest(path: str, max_bytes: int | None = None) -> str:
+    """The content digest of a local video (`source_id`), computed once per process for an unchanged file (a
+    frame folder, whose own times do not follow its files', every time)."""
+    info = os.stat(path)
+    if stat.S_ISDIR(info.st_mode):
+        return source_id(path, max_bytes=max_bytes)
+    key = (path, info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns)
+    with _DIGESTS_LOCK:
+        known = _DIGESTS.get(key)
+    if known is None:
+        known = source_id(path, max_bytes=max_bytes)
+        with _DIGESTS_LOCK:
+            _DIGESTS[key] = known
+    return known
+
+
+def _fingerprint(uri: str) -> dict[str, str]:
+    if is_url(uri):
+        return {}
+    return {"digest": _digest(uri)}
+
+
+def verify_source(clip: Clip, fingerprints: dict[str, Any] | None) -> None:
+    """`SourceChangedError` unless the clip's video is still what ingest checked: the same resolved path (no
+    symlink swapped in on the way), and the same content digest when ingest recorded one (`fingerprints`, the
+    shard's; None for a root ingested before they were kept, where the path check alone applies)."""
+    from engine.errors import SourceChangedError
+
+    uri = clip.video_uri
+    if not uri or is_url(uri):
+        return
+    path = uri.removeprefix("file://")
+    real = os.path.realpath(path)
+    if real != os.path.normpath(path):
+        raise SourceChangedError(f"{preview(uri, 300)} now leads to {preview(real, 300)} (a symlink was swapped in "
+                                 "after ingest); re-ingest it to use the new video")
+    expected = (fingerprints or {}).get(clip.clip_id, {}).get("digest")
+    if expected is None:
+        return
+    try:
+        actual = _digest(path)
+    except OSError as exc:
+        raise SourceChangedError(f"{preview(uri, 300)}: {exc.strerror or exc} (it was there at ingest)") from None
+    except VideoReferError as exc:
+        raise SourceChangedError(f"{preview(uri, 300)} is no longer what ingest checked: {exc}") from None
+    if actual != expected:
+        raise SourceChangedError(f"{preview(uri, 300)} was replaced after ingest (its bytes differ from the clip's); "
+                                 "re-ingest it to use the new video")
+
+
+def read_fingerprints(droot: layout.DatasetRoot, shard: str) -> dict[str, Any] | None:
+    path = fingerprint_path(shard)
+    return droot.read_json(path) if droot.exists(path) else None
+
+
+def source_changed_rejects(
+    droot: layout.DatasetRoot, shard: str, stage: str, items: Sequence[Any], item_id: Any
+) -> tuple[list[Any], list[Reject]]:
+    """Split a stage task's items into those whose clip's video is still what ingest checked and rejects
+    (`source_changed`) of the others; each clip is checked once. `item_id(item)` names an item's reject."""
+    fingerprints = read_fingerprints(droot, shard)
+    problems: dict[str, str | None] = {}
+    kept: list[Any] = []
+    rejects: list[Reject] = []
+    for item in items:
+        clip = item if isinstance(item, Clip) else item.clip
+        if clip.clip_id not in problems:
+            try:
+                verify_source(clip, fingerprints)
+                problems[clip.clip_id] = None
+            except VideoReferError as exc:
+                problems[clip.clip_id] = str(exc)
+        problem = problems[clip.clip_id]
+        if problem is None:
+            kept.append(item)
+        else:
+            rejects.append(Reject(stage=stage, item_id=item_id(item), clip_id=clip.clip_id,
+                                  reason=RejectReason.SOURCE_CHANGED, message=problem))
+    return kept, rejects

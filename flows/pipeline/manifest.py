@@ -5,11 +5,15 @@ optional time span (`start`/`end` or `start_s`/`end_s`, seconds) and an optional
 the source video, e.g. a Panda-70M id; without it a local video is identified by its bytes, a URL by itself).
 Rows for the QA path also carry `objects`: a list of `{name, expression, category?, masks: {frame: COCO RLE}}`
 (a JSON string in CSV/Parquet).
-A manifest without a video column is a config error (fail fast); a row that lacks a video or whose objects
-are malformed is kept with its `problem` (and `problem_reason`) set, so ingest turns it into a reject and carries
-on. Rows are checked here for what needs no video (`ManifestPolicy`): a local path must resolve inside the
-allowed roots (`path_not_allowed`, never opened), a span must be finite and ordered (`bad_span`), texts no longer
-than `max_text_chars` (`text_too_long`), and every given mask a faithful RLE or polygon (`invalid_mask`, frames
+A manifest without a video column, or a JSON list or Parquet file that cannot be parsed as a whole, is a config
+error (fail fast, one line); a row that lacks a video or whose objects are malformed is kept with its `problem`
+(and `problem_reason`) set, so ingest turns it into a reject and carries on. Files are parsed by `engine.parsing`:
+a byte-order mark is dropped, a JSONL or CSV line that is not UTF-8 or not parsable, and a row with duplicate keys,
+runaway nesting or lone surrogates, is a `hostile_structure` reject of that row alone; huge numbers never reach
+Python's int parser. Texts are cleaned of control characters (`engine.parsing.clean_text`).
+Rows are checked here for what needs no video (`ManifestPolicy`): a local path must resolve inside the allowed
+roots (`path_not_allowed`, never opened), a span must be finite and ordered (`bad_span`), texts no longer than
+`max_text_chars` (`text_too_long`), and every given mask a faithful RLE or polygon (`invalid_mask`, frames
 below 0: `frame_out_of_range`); ingest checks the rest against the probed video.
 """
 
@@ -17,7 +21,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
-import json
+import io
 import math
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -25,6 +29,15 @@ from pathlib import Path
 from typing import Any
 
 from engine.errors import ConfigError, InvalidMaskError, PathNotAllowedError, RejectReason
+from engine.parsing import (
+    ParseError,
+    bounded,
+    clean_text,
+    is_clean,
+    loads_json,
+    preview,
+    structure_problem,
+)
 from engine.types import GivenObject, Masklet, RleMask
 
 _VIDEO_KEYS = ("video", "video_uri", "video_path", "path", "url")
@@ -79,9 +92,10 @@ def read_manifest(path: str | Path, policy: ManifestPolicy | None = None) -> lis
         return _read_remote_manifest(str(path), policy or ManifestPolicy())
     path = Path(path)
     if not path.is_file():
-        raise ConfigError(f"manifest not found: {path}")
+        raise ConfigError(f"manifest not found: {preview(str(path), 300)}")
     raw = list(_raw_rows(path))
-    if raw and not any(isinstance(item, Mapping) and key in item for item in raw[:1] for key in _VIDEO_KEYS):
+    first = next((item for item in raw if not isinstance(item, _Unreadable)), None)
+    if raw and not (isinstance(first, Mapping) and any(key in first for key in _VIDEO_KEYS)):
         raise ConfigError(f"manifest {path} has no video column (one of {', '.join(_VIDEO_KEYS)})")
     base = path.resolve().parent
     policy = policy or ManifestPolicy()
@@ -105,7 +119,8 @@ def _read_remote_manifest(url: str, policy: ManifestPolicy) -> list[ManifestRow]
         with open_remote(url) as remote, local.open("wb") as out:
             shutil.copyfileobj(remote, out, 1 << 20)
         raw = list(_raw_rows(local))
-    if raw and not any(isinstance(item, Mapping) and key in item for item in raw[:1] for key in _VIDEO_KEYS):
+    first = next((item for item in raw if not isinstance(item, _Unreadable)), None)
+    if first is not None and not (isinstance(first, Mapping) and any(key in first for key in _VIDEO_KEYS)):
         raise ConfigError(f"manifest {url} has no video column (one of {', '.join(_VIDEO_KEYS)})")
     rows = []
     for index, item in enumerate(raw):
@@ -123,30 +138,82 @@ def _read_remote_manifest(url: str, policy: ManifestPolicy) -> list[ManifestRow]
     return rows
 
 
-def _raw_rows(path: Path) -> Iterator[Mapping[str, Any]]:
+@dataclass(frozen=True, slots=True)
+class _Unreadable:
+    """A row that could not be parsed on its own (bad UTF-8, invalid JSON, a CSV field over the limit): a reject."""
+
+    problem: str
+
+
+def _raw_rows(path: Path) -> Iterator[Any]:
+    """The file's rows: JSONL and CSV line by line (a row that cannot be read is an `_Unreadable` row, the rest go
+    on); a JSON list or a Parquet file that cannot be read as a whole is a `ConfigError`."""
     suffix = path.suffix.lower()
     try:
         if suffix == ".csv":
-            with path.open(newline="", encoding="utf-8") as handle:
-                yield from csv.DictReader(handle)
+            yield from _csv_rows(path)
         elif suffix == ".parquet":
+            import pyarrow as pa
             import pyarrow.parquet as pq
 
-            yield from pq.read_table(path).to_pylist()
+            try:
+                yield from pq.read_table(path).to_pylist()
+            except (pa.ArrowException, OSError, ValueError) as exc:
+                raise ConfigError(f"manifest {path} is not a readable Parquet file: {bounded(exc, 300)}") from None
         elif suffix in (".jsonl", ".ndjson"):
-            with path.open(encoding="utf-8") as handle:
-                for line in handle:
-                    if line.strip():
-                        yield json.loads(line)
+            with path.open("rb") as handle:
+                for number, line in enumerate(handle):
+                    if number == 0 and line.startswith(b"\xef\xbb\xbf"):
+                        line = line[3:]
+                    if not line.strip():
+                        continue
+                    try:
+                        yield loads_json(line, f"line {number + 1}")
+                    except ParseError as exc:
+                        yield _Unreadable(str(exc))
         elif suffix == ".json":
-            data = json.loads(path.read_text(encoding="utf-8"))
+            try:
+                data = loads_json(path.read_bytes(), f"manifest {path}")
+            except ParseError as exc:
+                raise ConfigError(str(exc)) from None
             if not isinstance(data, list):
                 raise ConfigError(f"manifest {path} must hold a JSON list of rows")
             yield from data
         else:
             raise ConfigError(f"manifest {path}: unsupported format {suffix!r} (csv, parquet, jsonl, json)")
-    except (json.JSONDecodeError, csv.Error, UnicodeDecodeError) as exc:
-        raise ConfigError(f"manifest {path} cannot be parsed: {exc}") from exc
+    except OSError as exc:
+        raise ConfigError(f"manifest {path} cannot be read: {exc.strerror or exc}") from None
+
+
+def _csv_rows(path: Path) -> Iterator[Any]:
+    """CSV rows as mappings; a line that is not UTF-8 or a field above the csv module's limit is one bad row."""
+    with path.open("rb") as handle:
+        raw = handle.read()
+    if raw.startswith(b"\xef\xbb\xbf"):
+        raw = raw[3:]
+    # Undecodable bytes become lone surrogates here, so only their own row is rejected (`structure_problem`).
+    text = raw.decode("utf-8", errors="surrogateescape")
+    reader = csv.reader(io.StringIO(text, newline=""))
+    header: list[str] | None = None
+    while True:
+        try:
+            cells = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as exc:
+            if header is None:
+                raise ConfigError(f"manifest {path}: its header cannot be read: {bounded(exc, 200)}") from None
+            yield _Unreadable(f"CSV line {reader.line_num}: {bounded(exc, 200)}")
+            continue
+        if header is None:
+            header = cells
+            continue
+        if not any(cell.strip() for cell in cells):
+            continue
+        if len(cells) > len(header):
+            yield _Unreadable(f"CSV line {reader.line_num} has {len(cells)} fields, the header {len(header)}")
+            continue
+        yield dict(zip(header, cells + [""] * (len(header) - len(cells)), strict=True))
 
 
 def _first(item: Mapping[str, Any], keys: tuple[str, ...]) -> Any:
@@ -160,13 +227,34 @@ def _first(item: Mapping[str, Any], keys: tuple[str, ...]) -> Any:
 def _normalise(
     index: int, item: Any, base: Path, roots: Sequence[Path], policy: ManifestPolicy
 ) -> ManifestRow:
+    """The row normalised; whatever its data raises (a list where text belongs, ...) makes it a malformed row."""
+    try:
+        return _normalise_row(index, item, base, roots, policy)
+    except (ValueError, TypeError, KeyError, AttributeError, OverflowError, RecursionError) as exc:
+        return ManifestRow(row=index, video_uri="", caption="", problem=f"malformed row: {bounded(exc, 300)}")
+
+
+def _normalise_row(
+    index: int, item: Any, base: Path, roots: Sequence[Path], policy: ManifestPolicy
+) -> ManifestRow:
+    if isinstance(item, _Unreadable):
+        return ManifestRow(row=index, video_uri="", caption="", problem=f"unreadable row: {item.problem}",
+                           problem_reason=RejectReason.HOSTILE_STRUCTURE)
     if not isinstance(item, Mapping):
         return ManifestRow(row=index, video_uri="", caption="", problem="row is not a mapping of columns")
-    video = str(_first(item, _VIDEO_KEYS) or "").strip()
-    caption = str(_first(item, _CAPTION_KEYS) or "").strip()
-    source = str(item.get("source") or "")
-    source_id = str(item.get("source_id") or "").strip()
+    hostile = structure_problem(item)
+    if hostile is not None:
+        return ManifestRow(row=index, video_uri="", caption="", problem=f"the row {hostile}",
+                           problem_reason=RejectReason.HOSTILE_STRUCTURE)
+    video = _text(_first(item, _VIDEO_KEYS)).strip()
+    caption = clean_text(_text(_first(item, _CAPTION_KEYS))).strip()
+    source = clean_text(_text(item.get("source")))[:1000]
+    source_id = clean_text(_text(item.get("source_id"))).strip()[:1000]
     problems: list[tuple[str, RejectReason]] = [] if video else [("row has no video", RejectReason.MALFORMED_SAMPLE)]
+    if video and (not is_clean(video) or len(video) > 4096):
+        problems.append((f"video {preview(video)} is not a usable path (control characters, or above 4096 "
+                         "characters)", RejectReason.MALFORMED_SAMPLE))
+        video = ""
     if video and not is_url(video):
         from engine.paths import resolve_allowed
 
@@ -175,7 +263,10 @@ def _normalise(
             video = str(resolve_allowed(local, roots, base=base, allow_outside=policy.allow_outside))
         except PathNotAllowedError as exc:
             video = str(Path(local) if Path(local).is_absolute() else base / local)
-            problems.append((str(exc), exc.reason))
+            problems.append((bounded(exc), exc.reason))
+        except (OSError, ValueError) as exc:  # a name too long for the file system, an embedded NUL
+            problems.append((f"video path {preview(local)} cannot be resolved: {bounded(exc, 200)}",
+                             RejectReason.MALFORMED_SAMPLE))
     start_s = end_s = None
     try:
         start_s = _seconds(_first(item, _START_KEYS))
@@ -184,7 +275,7 @@ def _normalise(
             raise ValueError(f"end {end_s:g} s is not after start {start_s:g} s")
     except ValueError as exc:
         start_s = end_s = None
-        problems.append((f"bad span: {exc}", RejectReason.BAD_SPAN))
+        problems.append((f"bad span: {bounded(exc, 300)}", RejectReason.BAD_SPAN))
     limit = policy.max_text_chars
     if limit is not None and len(caption) > limit:
         problems.append((f"caption of {len(caption)} characters, above {limit}", RejectReason.TEXT_TOO_LONG))
@@ -194,11 +285,13 @@ def _normalise(
         try:
             given = _given_objects(objects, limit)
         except _RowProblem as exc:
-            problems.append((f"malformed objects: {exc}", exc.reason))
+            problems.append((f"malformed objects: {bounded(exc, 500)}", exc.reason))
         except InvalidMaskError as exc:
-            problems.append((f"malformed objects: {exc}", exc.reason))
-        except (ValueError, TypeError, KeyError, AttributeError) as exc:
-            problems.append((f"malformed objects: {exc}", RejectReason.MALFORMED_SAMPLE))
+            problems.append((f"malformed objects: {bounded(exc, 500)}", exc.reason))
+        except ParseError as exc:
+            problems.append((f"malformed objects: {exc}", RejectReason.HOSTILE_STRUCTURE))
+        except (ValueError, TypeError, KeyError, AttributeError, OverflowError, RecursionError) as exc:
+            problems.append((f"malformed objects: {bounded(exc, 500)}", RejectReason.MALFORMED_SAMPLE))
     if not caption and not given and not problems:
         problems.append(("row has neither a caption nor objects", RejectReason.MALFORMED_SAMPLE))
     problem, reason = problems[0] if problems else ("", RejectReason.MALFORMED_SAMPLE)
@@ -208,17 +301,28 @@ def _normalise(
     )
 
 
+def _text(value: Any) -> str:
+    """A cell as text: None and "" are ""; numbers as written; anything else (a list, a mapping) is no text."""
+    if value is None:
+        return ""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, bool | int | float):
+        return str(value)
+    raise ValueError(f"expected text, got {preview(value)}")
+
+
 def _seconds(value: Any) -> float | None:
     if value is None:
         return None
-    if isinstance(value, bool):
-        raise ValueError(f"time {value!r} is not a number of seconds")
+    if isinstance(value, bool) or (isinstance(value, str) and len(value) > 64):
+        raise ValueError(f"time {preview(value, 40)} is not a number of seconds")
     try:
         seconds = float(value)
-    except (TypeError, ValueError) as exc:
-        raise ValueError(f"time {value!r} is not a number of seconds") from exc
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise ValueError(f"time {preview(value, 40)} is not a number of seconds") from exc
     if not math.isfinite(seconds):
-        raise ValueError(f"time {value!r} is not finite")
+        raise ValueError(f"time {preview(value, 40)} is not finite")
     if seconds < 0:
         raise ValueError(f"negative time {seconds}")
     return seconds
@@ -226,7 +330,10 @@ def _seconds(value: Any) -> float | None:
 
 def _given_objects(objects: Any, max_chars: int | None) -> tuple[GivenObject, ...]:
     if isinstance(objects, str):
-        objects = json.loads(objects)
+        objects = loads_json(objects, "the objects column")
+        hostile = structure_problem(objects)
+        if hostile is not None:
+            raise ParseError(f"the objects column {hostile}")
     if not isinstance(objects, list):
         raise ValueError("objects must be a list")
     given = []
@@ -241,15 +348,16 @@ def _given_objects(objects: Any, max_chars: int | None) -> tuple[GivenObject, ..
             raise _RowProblem(
                 f"object {obj.get('name')!r} has masks of sizes {sorted(sizes)}", RejectReason.MASK_SIZE_MISMATCH
             )
-        name = str(obj["name"]).strip()
+        name = clean_text(_text(obj.get("name"))).strip()
         if not name:
             raise ValueError("object without a name")
-        expression = str(obj.get("expression") or name)
-        category = str(obj.get("category") or name)
+        expression = clean_text(_text(obj.get("expression") or name))
+        category = clean_text(_text(obj.get("category") or name))
         longest = max(len(name), len(expression), len(category))
         if max_chars is not None and longest > max_chars:
             raise _RowProblem(
-                f"object {name[:40]!r}: a text of {longest} characters, above {max_chars}", RejectReason.TEXT_TOO_LONG
+                f"object {preview(name, 40)}: a text of {longest} characters, above {max_chars}",
+                RejectReason.TEXT_TOO_LONG,
             )
         given.append(
             GivenObject(
@@ -267,10 +375,11 @@ def _frame(value: Any) -> int:
         if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
             raise ValueError
         frame = int(value)
-    except (TypeError, ValueError) as exc:
-        raise ValueError(f"frame {value!r} is not an integer") from exc
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise ValueError(f"frame {preview(value, 40)} is not an integer") from exc
     if frame < 0:
-        raise _RowProblem(f"mask on frame {value!r}: frames are 0, 1, 2, ...", RejectReason.FRAME_OUT_OF_RANGE)
+        raise _RowProblem(f"mask on frame {preview(value, 40)}: frames are 0, 1, 2, ...",
+                          RejectReason.FRAME_OUT_OF_RANGE)
     return frame
 
 

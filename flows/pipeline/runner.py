@@ -30,6 +30,7 @@ from agents.frames import frame_cache
 from agents.stage import RUN_FATAL_ERRORS, StageResult, reject_for
 from engine.config import EngineConfig
 from engine.errors import BackendUnavailableError, ConfigError, RejectReason, TransientBackendError
+from engine.parsing import text_limit
 from engine.types import Clip, ClipQA, ObjectRecord, Reject
 from flows.pipeline import layout
 from flows.pipeline.backends import BackendPool, TaskBackends, worker_pool
@@ -57,14 +58,19 @@ def run_stage(
     check_parents_done(droot, definition, shard_id, config)
     if definition.run is not None:
         inputs = {parent: _read_parent(droot, parent, shard_id) for parent in definition.parents}
-        return definition.run(droot, shard_id, config, config_hash=config_hash, inputs=inputs)
+        with text_limit(config.limits.max_text_chars):
+            return definition.run(droot, shard_id, config, config_hash=config_hash, inputs=inputs)
 
     started = time.perf_counter()
     items = stage_inputs(droot, definition, shard_id)
     previous = PartialOutput() if force else read_partial(droot, definition, shard_id, config_hash)
     todo = [item for item in items if input_id(definition, item) not in previous.finished]
-    with frame_cache() as cache:
+    from flows.pipeline.ingest import source_changed_rejects  # a clip whose video changed since ingest: rejected
+
+    todo, changed = source_changed_rejects(droot, shard_id, stage, todo, lambda item: input_id(definition, item))
+    with frame_cache() as cache, text_limit(config.limits.max_text_chars):
         records, rejects, stopped = asyncio.run(_run_agent(definition, todo, config, pool or worker_pool()))
+    rejects = [*changed, *rejects]
     transient = [reject for reject in rejects if reject.reason == RejectReason.BACKEND_TRANSIENT]
     records = [*previous.records, *records]
     final_rejects = [*previous.rejects, *(r for r in rejects if r.reason != RejectReason.BACKEND_TRANSIENT)]
