@@ -146,7 +146,8 @@ def register(app: typer.Typer) -> None:
             from flows.runtime import run_flow
 
             # One spelling before any worker sees it (a worker's working folder may differ from this one's).
-            report = run_flow(engine_flows.import_700k, root=root, json_path=str(json_file.resolve()),
+            # (URLs stay as given; local paths absolute, `..` and symlinks resolved)
+            report = run_flow(engine_flows.import_700k, root=root, json_path=canonical_video_root(json_file),
                               video_root=canonical_video_root(videos), config_path=_opt(config))
             _print_report(report)
 

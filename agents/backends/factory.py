@@ -77,12 +77,14 @@ def build_segmenter(config: SegmenterConfig | Mapping[str, Any]) -> Segmenter:
 
             return FakeSegmenter(config)
         case "sam2":
-            _require("sam2", "torch", "sam2.build_sam")
-            _weights("sam2", "checkpoint", config.checkpoint)
+            _require("sam2", "torch", "transformers.models.sam2_video")
+            _weights("sam2", "model", config.model)
             from agents.backends.sam2_segmenter import Sam2Segmenter
 
             return Sam2Segmenter(config)
         case "sam3":
+            _require("sam3", "torch", "transformers.models.sam3_video")
+            _weights("sam3", "model", config.model)
             from agents.backends.sam3_segmenter import Sam3Segmenter
 
             return Sam3Segmenter(config)
@@ -114,7 +116,8 @@ def _require(backend: str, *modules: str) -> None:
 
 
 def _weights(backend: str, key: str, value: str | None) -> None:
-    """Weights named as a local path must be there (a hub id such as `org/name` is left to the loader)."""
+    """Weights named as a local path must be there (a hub id such as `org/name` is left to the loader; our configs
+    name local folders such as `models/sam2.1-hiera-large`, which must exist)."""
     if not value or "://" in value:
         return
     local = value.startswith(("/", "./", "../", "~")) or value.endswith((".pt", ".pth", ".safetensors", ".bin"))

@@ -746,20 +746,23 @@ def class_backends(work: Path) -> Figures:
     manifest = work / "manifest.jsonl"
     manifest.write_text("".join(json.dumps({"video": f"videos/{n}.mp4", "caption": "a red ball rolls"}) + "\n"
                                 for n in "ab"))
-    missing = work / "missing"  # a `sam2` that is not installed: a finder that refuses it
-    (missing).mkdir()
-    (missing / "sitecustomize.py").write_text(
-        "import sys\nclass _No:\n    def find_spec(self, name, path=None, target=None):\n"
-        "        if name == 'sam2' or name.startswith('sam2.'):\n            raise ModuleNotFoundError(\n"
-        "                \"No module named 'sam2'\", name='sam2')\n        return None\n"
-        "sys.meta_path.insert(0, _No())\n")
-    broken = work / "broken" / "sam2"  # a `sam2` whose import fails inside it
-    broken.mkdir(parents=True)
-    (broken / "__init__.py").write_text("from . import _C  # noqa\n")
+    blocked = "transformers.models.sam2_video"  # what the sam2 segmenter imports to load its model
+
+    def refusing(folder: Path, error: str) -> str:
+        """A folder whose sitecustomize makes importing the SAM 2 model raise `error` (missing, or broken inside)."""
+        folder.mkdir(parents=True)
+        (folder / "sitecustomize.py").write_text(
+            "import sys\nclass _No:\n    def find_spec(self, name, path=None, target=None):\n"
+            f"        if name == {blocked!r}:\n            raise {error}\n        return None\n"
+            "sys.meta_path.insert(0, _No())\n")
+        return str(folder)
+
+    missing = refusing(work / "missing", f"ModuleNotFoundError(\"No module named {blocked!r}\", name={blocked!r})")
+    broken = refusing(work / "broken", "ImportError(\"cannot import name '_C' from partially initialized module\")")
     cases = {
-        "package missing": ({"kind": "sam2", "random_weights": True}, {"PYTHONPATH": str(missing)}),
-        "import error inside": ({"kind": "sam2", "random_weights": True}, {"PYTHONPATH": str(work / "broken")}),
-        "weights missing": ({"kind": "sam2", "checkpoint": str(work / "nowhere" / "sam2.1_hiera_tiny.pt")}, {}),
+        "package missing": ({"kind": "sam2", "random_weights": True}, {"PYTHONPATH": missing}),
+        "import error inside": ({"kind": "sam2", "random_weights": True}, {"PYTHONPATH": broken}),
+        "weights missing": ({"kind": "sam2", "model": str(work / "nowhere" / "sam2.1-hiera-tiny")}, {}),
         "grounder weights missing": (None, {}),
     }
     for name, (segmenter, env) in cases.items():

@@ -278,11 +278,13 @@ def test_backends_that_cannot_load_are_config_errors(tmp_path: Path, monkeypatch
     from agents.stage import reject_for
 
     with pytest.raises(BackendLoadError, match="does not exist"):
-        build_segmenter({"kind": "sam2", "checkpoint": str(tmp_path / "sam2.1_hiera_tiny.pt")})
+        build_segmenter({"kind": "sam2", "model": str(tmp_path / "sam2.1-hiera-tiny")})
+    with pytest.raises(BackendLoadError, match="does not exist"):
+        build_segmenter({"kind": "sam3", "model": str(tmp_path / "sam3")})
     with pytest.raises(BackendLoadError, match="does not exist"):
         build_grounder({"kind": "grounding_dino", "model": str(tmp_path / "gdino")})
-    monkeypatch.setitem(sys.modules, "sam2.build_sam", None)  # an import that fails
-    with pytest.raises(BackendLoadError, match="importing sam2.build_sam failed"):
+    monkeypatch.setitem(sys.modules, "transformers.models.sam2_video", None)  # an import that fails
+    with pytest.raises(BackendLoadError, match="importing transformers.models.sam2_video failed"):
         build_segmenter({"kind": "sam2", "random_weights": True})
     with pytest.raises(ConfigError):  # an ImportError met while an item runs stops the run too
         reject_for(ModuleNotFoundError("No module named 'sam2'"), stage="segment", item_id="i", clip_id="c")
