@@ -347,7 +347,7 @@ def _looks_like_cut_mp4(path: Path | str) -> bool:
     return head[4:8] == b"ftyp"
 
 
-def _probe_container(container: Any, path: Path) -> VideoInfo:
+def _probe_container(container: Any, path: Path | str) -> VideoInfo:
     if not container.streams.video:
         raise BadVideoError(f"file has no video stream: {path}")
     stream = container.streams.video[0]
@@ -388,14 +388,14 @@ def _probe_container(container: Any, path: Path) -> VideoInfo:
     )
 
 
-def _check_header_is_plausible(path: Path, fps: float, num_frames: int) -> None:
+def _check_header_is_plausible(path: Path | str, fps: float, num_frames: int) -> None:
     """`BadVideoError` for a header that lies: a frame rate that is not finite or outside [MIN_FPS, MAX_FPS] (a
     time scale of 0 reads as 1/1024 fps, a frame duration of 1 tick as thousands), or more frames than the file
     has bytes (every coded frame takes at least one)."""
     if not math.isfinite(fps) or not MIN_FPS <= fps <= MAX_FPS:
         raise BadVideoError(f"{path}: its header gives {fps:g} frames per second, outside {MIN_FPS:g}..{MAX_FPS:g} "
                             "(a time scale of 0 or an absurd frame duration)")
-    size = path.stat().st_size
+    size = _remote_size(path) if isinstance(path, str) else path.stat().st_size
     if num_frames > size:
         raise BadVideoError(f"{path}: its header claims {num_frames} frames in a file of {size} bytes")
 

@@ -304,7 +304,9 @@ _DIGESTS_LOCK = threading.Lock()
 
 def _digest(path: str, max_bytes: int | None = None) -> str:
     """The content digest of a local video (`source_id`), computed once per process for an unchanged file (a
-    frame folder, whose own times do not follow its files', every time)."""
+    frame folder, whose own times do not follow its files', every time); a URL is its own id, as `source_id` says."""
+    if is_url(path):
+        return source_id(path, max_bytes=max_bytes)
     info = os.stat(path)
     if stat.S_ISDIR(info.st_mode):
         return source_id(path, max_bytes=max_bytes)

@@ -61,8 +61,11 @@ def test_boxes_and_points_go_through_the_sam3_tracker(clip, frames, sam3, one_to
 
 
 def test_a_sam3_folder_without_a_model_is_a_config_error(clip, tmp_path) -> None:
-    segmenter = build_segmenter({"kind": "sam3", "model": str(tmp_path / "nothing")})
-    with pytest.raises(ConfigError, match="sam3 cannot load"):
+    with pytest.raises(ConfigError, match="does not exist"):  # a missing folder: at build time
+        build_segmenter({"kind": "sam3", "model": str(tmp_path / "nothing")})
+    (tmp_path / "empty").mkdir()
+    segmenter = build_segmenter({"kind": "sam3", "model": str(tmp_path / "empty")})
+    with pytest.raises(ConfigError, match="sam3 cannot load"):  # a folder that holds no model: when it loads
         segmenter.segment_phrases(video_uri=str(clip.path), frame_indices=[0], phrases=["ball"])
     with pytest.raises(ConfigError, match="facebook/sam3"):
         build_segmenter({"kind": "sam3"})
