@@ -205,7 +205,7 @@ def register(app: typer.Typer) -> None:
 
     @app.command()
     def doctor(root: str = _ROOT, config: Path | None = _CONFIG,
-               as_json: bool = typer.Option(False, "--json", help="one JSON object per finding")) -> None:
+               as_json: bool = typer.Option(False, "--json", help="JSON: each finding, then a summary")) -> None:
         """Deep re-check of a root: lock, temp files, videos, texts, masks, counts, shards and 700K JSON paths."""
         import dataclasses
         import json
@@ -219,9 +219,12 @@ def register(app: typer.Typer) -> None:
                 typer.echo(json.dumps(dataclasses.asdict(finding)))
             else:
                 typer.echo(f"{finding.severity:7} {finding.kind:9} {finding.where}: {finding.message}")
-        errors = sum(f.severity == "error" for f in findings)
-        warnings = sum(f.severity == "warning" for f in findings)
-        if not as_json:
+        counts = {severity: sum(f.severity == severity for f in findings) for severity in ("error", "warning", "info")}
+        errors, warnings = counts["error"], counts["warning"]
+        if as_json:  # always last, also on a clean root: a script tells "clean" from "did not run"
+            typer.echo(json.dumps({"summary": {"root": str(root), "errors": errors, "warnings": warnings,
+                                               "infos": counts["info"], "clean": errors == 0}}))
+        else:
             typer.echo(f"doctor {root}: {errors} errors, {warnings} warnings")
         if errors:
             raise typer.Exit(1)

@@ -59,10 +59,15 @@ def test_demo_is_deterministic_and_its_shards_read_with_plain_webdataset(prefect
     assert "export" in status.output and "generate_qa" in status.output
 
     assert "0 errors" in _invoke("doctor", "--root", str(first)).output
+    clean = [json.loads(line) for line in _invoke("doctor", "--root", str(first), "--json").output.splitlines()]
+    assert clean[-1]["summary"] == {"root": str(first), "errors": 0, "warnings": 0, "infos": len(clean) - 1,
+                                    "clean": True}  # a clean root still prints an object: "clean", not "silent"
     (first / "export" / "json" / "train.json").write_text(json.dumps([{"video": "../../../etc/passwd"}]))
     damaged = runner.invoke(app, ["doctor", "--root", str(first), "--json"])
     assert damaged.exit_code == 1
-    assert any(json.loads(line)["kind"] == "json" for line in damaged.output.splitlines())
+    lines = [json.loads(line) for line in damaged.output.splitlines()]
+    assert any(line.get("kind") == "json" for line in lines)
+    assert lines[-1]["summary"]["clean"] is False and lines[-1]["summary"]["errors"] >= 1
 
 
 def test_ingest_stage_export_and_import_commands(prefect_server, tmp_path: Path) -> None:
