@@ -95,10 +95,15 @@ def masklets_from_boxes(
 
     from agents.backends.factory import build_segmenter
     from engine.config import load_config
+    from engine.errors import ConfigError
     from engine.video import span_frame_range, uniform_indices
     from flows.interactive import AppLimits, add_object, open_video, segment
 
-    config = load_config(segmenter_config)
+    try:
+        config = load_config(segmenter_config)
+        segmenter = build_segmenter(config.agents.segmenter)  # a bad segmenter config fails before any decoding
+    except ConfigError as exc:
+        raise ConfigError(f"--segmenter-config {segmenter_config}: {exc}") from exc
     limits = AppLimits(max_video_bytes=config.limits.max_video_bytes,
                        max_decoded_pixels=config.limits.max_decoded_pixels, max_seconds=0)
     opened = open_video(video, limits, model_frames=num_frames)
@@ -110,7 +115,6 @@ def masklets_from_boxes(
     outside = [p.key_frame for p in prompts if p.key_frame >= opened.info.num_frames]
     if outside:
         raise typer.BadParameter(f"--frame {outside[0]} is past the video's {opened.info.num_frames} frames")
-    segmenter = build_segmenter(config.agents.segmenter)
     objects: tuple[Any, ...] = ()
     for prompt in prompts:
         objects = add_object(objects, prompt, segment(segmenter, opened, prompt))
@@ -227,18 +231,21 @@ def register(app: typer.Typer) -> None:
             raise typer.BadParameter("--masks and --box need --video")
         prompts = _box_prompts(box, frame) if box else []
         try:
-            from model.inference import VideoReferPipeline
+            from model.inference import check_mask_sizes, input_frame_size
+            from model.processing import saved_num_frames
 
             if protocol is not None:
                 from agents.bench.protocol import get_protocol
 
-                get_protocol(protocol)  # an unknown name fails before the model loads
-            pipeline = VideoReferPipeline.from_pretrained(model, device=device, dtype=dtype)
-            frames_to_use, why = frame_count(num_frames, protocol, pipeline.processor.num_frames)
+                get_protocol(protocol)
+            # Everything that can be wrong with the inputs is found before the model loads (seconds, not a minute).
+            frames_to_use, why = frame_count(num_frames, protocol, saved_num_frames(model))
             if video is not None:
                 typer.echo(f"frames: {frames_to_use} ({why})", err=True)
             if masks is not None:
                 objects = load_masks_file(masks)
+                if video is not None:
+                    check_mask_sizes(objects, input_frame_size(video))
             elif prompts:
                 from flows.interactive import model_masks
 
@@ -252,6 +259,10 @@ def register(app: typer.Typer) -> None:
                 objects = [model_masks(obj.masklet, sampled, mode) for obj in picked]
             else:
                 objects = []
+
+            from model.inference import VideoReferPipeline
+
+            pipeline = VideoReferPipeline.from_pretrained(model, device=device, dtype=dtype)
 
             def emit(chunk: str) -> None:
                 sys.stdout.write(chunk)

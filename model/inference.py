@@ -144,6 +144,20 @@ def check_mask_sizes(objects: Sequence[Mapping[int, Any]], frame_size: tuple[int
                 )
 
 
+def input_frame_size(video: str | Path) -> tuple[int, int]:
+    """(height, width) of a video, frame folder or image from its header, no frame decoded: what masks must match
+    before anything heavy loads (`videorefer infer` checks them first)."""
+    if is_image_file(video):
+        from PIL import Image
+
+        with Image.open(video) as image:
+            return image.height, image.width
+    from engine.video import probe
+
+    info = probe(video)
+    return info.height, info.width
+
+
 def read_image(path: str | Path) -> np.ndarray:
     """One image file as RGB uint8 `[1, h, w, 3]` (Pillow, as the release's `process_image`)."""
     from PIL import Image

@@ -99,6 +99,15 @@ def mask_grid(mask: MaskLike, grid: int) -> np.ndarray:
     return resize_to_grid(decode_mask(mask), grid) > 0  # arrays; and decode_mask's errors for anything else
 
 
+def saved_num_frames(directory: str | Path) -> int:
+    """The frame count a saved processor (`save_pretrained`) samples, read from its settings file alone: callers
+    choose frames and check inputs before the tokenizer and the model load."""
+    path = Path(directory) / PROCESSOR_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"{directory} is not a saved VideoRefer model folder (no {PROCESSOR_FILE})")
+    return int(json.loads(path.read_text())["num_frames"])
+
+
 class VideoReferProcessor:
     """Tokenizer + frame/mask preprocessing + chat layout for VideoRefer (see the module docstring)."""
 

@@ -33,6 +33,7 @@ MODULES = {
     "engine.errors": "errors_videorefer",
     "engine.types": "types_videorefer",
     "engine.masks": "masks_videorefer",
+    "engine.parsing": "parsing_videorefer",  # engine.types bounds its messages with it
 }
 AUTO_MAP = {
     "AutoConfig": "configuration_videorefer.VideoReferConfig",

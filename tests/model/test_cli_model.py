@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 from typer.testing import CliRunner
 
@@ -217,3 +218,26 @@ def test_infer_prints_the_frame_count_it_uses_and_why(tiny_model_dir, clip, tmp_
     assert "frames: 4 (--num-frames)" in release.output
     unknown = runner.invoke(app, [*base, "--protocol", "nope"])
     assert unknown.exit_code == 1 and "unknown protocol 'nope'" in unknown.output
+
+
+def test_infer_checks_its_inputs_before_the_model_loads(tiny_model_dir, clip, tmp_path, monkeypatch) -> None:
+    from engine.masks import encode_rle
+    from model.inference import VideoReferPipeline
+
+    def no_loading(*args, **kwargs):
+        raise AssertionError("the model was loaded before the inputs were checked")
+
+    monkeypatch.setattr(VideoReferPipeline, "from_pretrained", classmethod(no_loading))
+    base = ["infer", "--model", str(tiny_model_dir), "--video", str(clip.path), "--question", "<region>?"]
+    wrong_size = tmp_path / "wrong.json"
+    wrong_size.write_text(json.dumps({"3": encode_rle(np.ones((20, 20), dtype=bool))}))  # the clip is 48 x 64
+    result = runner.invoke(app, [*base, "--masks", str(wrong_size)])
+    assert result.exit_code == 1 and "error:" in result.output and "mask is 20x20" in result.output
+    assert "was loaded" not in str(result.exception or "")
+    no_model = tmp_path / "sam2.yaml"
+    no_model.write_text("agents:\n  segmenter: {kind: sam2}\n")  # neither a model folder nor random weights
+    result = runner.invoke(app, [*base, "--box", "1,2,30,40", "--frame", "0", "--segmenter-config", str(no_model)])
+    assert result.exit_code == 1 and f"--segmenter-config {no_model}" in result.output
+    assert "was loaded" not in str(result.exception or "")
+    missing_model = runner.invoke(app, ["infer", "--model", str(tmp_path / "nope"), "--question", "hi"])
+    assert missing_model.exit_code == 1 and "not a saved VideoRefer model folder" in missing_model.output
