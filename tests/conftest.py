@@ -17,6 +17,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.pop("PREFECT_API_URL", None)
+# Flow tests run stage tasks on threads (a process pool spawns interpreters per flow: ~2.5x the time of the flow
+# tests); the default process runner, Ray and task workers have tests of their own that name their runner.
+os.environ.setdefault("VIDEOREFER_RUNNER", "thread")
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 MEDIA_DIR = REPO_ROOT.parent / "shared" / "media"
