@@ -10,8 +10,10 @@ is picked up by a `videorefer worker` serving that stage, on any host that reach
 Placement on Ray: a GPU stage (one of its backends runs on CUDA, or it is named in `VIDEOREFER_GPU_STAGES`) asks Ray
 for one unit of the GPU resource (`GPU` by default; `VIDEOREFER_RAY_GPU_RESOURCE` names a custom resource, e.g.
 one a test node declares), so it lands only on nodes that have it; CPU stages ask for one CPU with Ray's `SPREAD`
-strategy, so they spread over every node. Settings come from the environment (`RunnerSettings.from_env`); the CLI
-sets it from its options, so worker processes and deployments read the same values.
+strategy, so they spread over every node. A driver on a machine with several node addresses (e.g. nodes on
+loopback addresses) names its own with `VIDEOREFER_RAY_NODE_IP`. Settings come from the environment
+(`RunnerSettings.from_env`); the CLI sets it from its options, so worker processes and deployments read the same
+values.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ WORKERS_ENV = "VIDEOREFER_TASK_WORKERS"
 RAY_ADDRESS_ENV = "RAY_ADDRESS"  # Ray's own convention
 GPU_RESOURCE_ENV = "VIDEOREFER_RAY_GPU_RESOURCE"
 GPU_STAGES_ENV = "VIDEOREFER_GPU_STAGES"
+RAY_NODE_IP_ENV = "VIDEOREFER_RAY_NODE_IP"  # this machine's Ray node address, where Ray's own guess is wrong
 
 
 def default_workers() -> int:
@@ -48,6 +51,7 @@ class RunnerSettings:
     ray_address: str | None = None
     gpu_resource: str = "GPU"
     gpu_stages: frozenset[str] = frozenset()
+    ray_node_ip: str | None = None
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> RunnerSettings:
@@ -62,7 +66,8 @@ class RunnerSettings:
             raise ConfigError(f"{WORKERS_ENV} must be 0 (one per core) or more, not {workers}")
         stages = frozenset(part.strip() for part in (env.get(GPU_STAGES_ENV) or "").split(",") if part.strip())
         return cls(name=name, workers=workers, ray_address=env.get(RAY_ADDRESS_ENV) or None,
-                   gpu_resource=env.get(GPU_RESOURCE_ENV) or "GPU", gpu_stages=stages)
+                   gpu_resource=env.get(GPU_RESOURCE_ENV) or "GPU", gpu_stages=stages,
+                   ray_node_ip=env.get(RAY_NODE_IP_ENV) or None)
 
     @property
     def max_workers(self) -> int:
@@ -107,8 +112,9 @@ def ray_task_runner(settings: RunnerSettings) -> Any:
                           "(scripts/setup.sh installs both)") from exc
     env_vars = {name: os.environ[name] for name in ("PREFECT_API_URL", "PREFECT_API_KEY") if os.environ.get(name)}
     init_kwargs: dict[str, Any] = {"runtime_env": {"env_vars": env_vars}} if env_vars else {}
-    if not settings.ray_address:
-        init_kwargs["_node_ip_address"] = "127.0.0.1"  # a one-node local Ray on this machine
+    node_ip = settings.ray_node_ip or (None if settings.ray_address else "127.0.0.1")  # local Ray: loopback
+    if node_ip:
+        init_kwargs["_node_ip_address"] = node_ip
     return RayTaskRunner(address=settings.ray_address, init_kwargs=init_kwargs)
 
 
