@@ -224,6 +224,8 @@ def submit_stages(
     """
     wanted = [stage for stage in SHARD_STAGES if stage in set(stages)]
     tasks = {stage: STAGE_TASKS[stage].with_options(tags=sorted(backend_tags(stage, config))) for stage in wanted}
+    if _holds_slots_while_waiting():
+        return _submit_when_ready(tasks, root, config, shard_ids, wanted, force)
     submitted: list[tuple[str, str, PrefectFuture[StageReport]]] = []
     futures: dict[tuple[str, str], PrefectFuture[StageReport]] = {}
     for stage in wanted:
@@ -234,6 +236,50 @@ def submit_stages(
             futures[(stage, shard)] = future
             submitted.append((stage, shard, future))
     return submitted
+
+
+def _holds_slots_while_waiting() -> bool:
+    """Task workers (`PrefectTaskRunner`) take a run, then wait for its upstream runs in a slot: a run waiting for
+    one that no worker has taken yet could hold every slot, so such runs are only submitted once ready."""
+    from prefect.context import FlowRunContext
+
+    context = FlowRunContext.get()
+    return context is not None and type(context.task_runner).__name__ == "PrefectTaskRunner"
+
+
+def _submit_when_ready(tasks: dict[str, Any], root: str, config: EngineConfig, shard_ids: Sequence[str],
+                       wanted: Sequence[str], force: bool) -> list[tuple[str, str, PrefectFuture[StageReport]]]:
+    """Submit each (stage, shard) once its upstream tasks finished (a failed upstream: never submitted, so it is
+    reported as blocked, as on the other runners); returns once every submitted task is final."""
+    from prefect.futures import as_completed
+
+    order = [(stage, shard) for stage in wanted for shard in shard_ids]
+    futures: dict[tuple[str, str], PrefectFuture[StageReport]] = {}
+    final: set[tuple[str, str]] = set()
+    while True:
+        for stage, shard in order:
+            parents = [(parent, shard) for parent in STAGE_PARENTS[stage] if (parent, shard) in futures
+                       or parent in wanted]
+            if (stage, shard) in futures or not all(parent in final for parent in parents):
+                continue
+            if all(futures[parent].state.is_completed() for parent in parents):
+                futures[(stage, shard)] = tasks[stage].submit(root, stage, shard, config, force)
+        running = {id(future): key for key, future in futures.items() if key not in final}
+        if not running:
+            return [(stage, shard, future) for (stage, shard), future in futures.items()]
+        done = next(as_completed([futures[key] for key in running.values()]))
+        _settle(done)
+        final.add(running[id(done)])
+
+
+def _settle(future: Any) -> None:
+    """Give a task worker's finished run its final state from the completion event Prefect's `TaskRunWaiter` saw
+    (what `PrefectDistributedFuture.wait` does; its API read of the run can come before the run's state exists)."""
+    from prefect.task_runs import TaskRunWaiter
+    from prefect.utilities.asyncutils import run_coro_as_sync
+
+    if getattr(future, "_final_state", None) is None:
+        future._final_state = run_coro_as_sync(TaskRunWaiter.wait_for_task_run(future.task_run_id))  # noqa: SLF001
 
 
 def collect(
