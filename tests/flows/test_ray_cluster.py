@@ -1,9 +1,10 @@
 """`--runner ray` on a real 2-node Ray cluster started and stopped by this module, on loopback addresses.
 
 The head (127.0.0.2, 2 CPUs) and a worker node (127.0.0.3, 1 CPU and the custom resource `accel`, standing in for a
-GPU) are `ray start --block` processes in their own process groups, on free ports, with their own `--temp-dir` and a
-token of their own (`RAY_AUTH_MODE=token`, see ENVIRONMENT.md); they are stopped by killing those groups (never
-`ray stop`, which would stop every Ray of the machine). The build joins the cluster through `RAY_ADDRESS`.
+GPU) are `ray start --block` processes in their own process groups, on free ports, with their own `--temp-dir` and the
+session's token (`RAY_AUTH_MODE=token`, see ENVIRONMENT.md, tests/conftest.py); they are stopped by killing those
+groups (never `ray stop`, which would stop every Ray of the machine). The build joins the cluster through
+`RAY_ADDRESS`.
 One build checks placement (every GPU-stage task ran on the node holding `accel`) and the export against the
 default build's; another has its worker node killed with SIGKILL as soon as a GPU-stage task started there: a
 replacement node joins, Ray re-runs the lost work there and the export is byte-identical again.
@@ -105,7 +106,9 @@ class Cluster:
 @pytest.fixture(scope="module")
 def ray_cluster() -> Iterator[Cluster]:
     temp_dir = Path(tempfile.mkdtemp(prefix="vr-ray-"))  # short: Ray's socket paths live under it
-    auth = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32), "RAY_USAGE_STATS_ENABLED": "0"}
+    # tests/conftest.py sets these before anything imports ray (it reads the auth mode once, at import)
+    auth = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": os.environ.get("RAY_AUTH_TOKEN") or secrets.token_hex(32),
+            "RAY_USAGE_STATS_ENABLED": "0"}
     cluster = Cluster(temp_dir, {**os.environ, **auth})
     saved = {name: os.environ.get(name) for name in (*auth, "RAY_ADDRESS", "VIDEOREFER_RAY_NODE_IP",
                                                      "VIDEOREFER_RAY_GPU_RESOURCE", "VIDEOREFER_GPU_STAGES")}
