@@ -8,7 +8,12 @@ average the server saw (its summed serving time / the stage's wall time; target 
 vision backends over every shard of segment + short_captions (target: one per backend per worker) and the
 decodes per clip of each stage task (target: 1). The baseline, in the same run: the same N-clip build driven
 directly (ingest, then `flows.pipeline.runner.run_stage` per stage and shard, no Prefect) in a fresh subprocess;
-`prefect_share` is the part of the flow's wall time the direct build does not need. Prints ONE JSON line: clips/s,
+`prefect_share` is the part of the flow's wall time the direct build does not need. The peer, in the same run and
+at both sizes: a plain `multiprocessing` spawn pool (one process per core, like the default runner) running the
+same `run_stage` chain per shard over the same shards; `peer_ratio` is our clips/s over the peer's (goal >= 0.9)
+and `cpu_ratio_to_direct` our whole process tree's CPU per clip (the flow process, its task worker processes and
+its local Prefect API child) over the direct build's (goal <= 1.3); `peer_ratio_before_report` leaves out the data
+report the build draws after its stages (the peer draws none). Prints ONE JSON line: clips/s,
 CPU ms per clip, Prefect task runs (= 1 ingest + stages x shards), peak RSS per size and its growth from N to 4N,
 the direct baseline, and those figures. Targets: >= 50 clips/s, task runs = stages x shards (+ ingest), RSS
 growth < 10%. Every child gets the offline Prefect settings of `flows.runtime.QUIET_ENV` (the ephemeral API's
@@ -16,6 +21,7 @@ start-up timeout among them; values already in the environment win) and `--phase
 
     python benchmarks/engine_overhead.py [--clips 2000] [--shard-size 500] [--pool 32] [--window-clips 2048]
     python benchmarks/engine_overhead.py --clips 100 --shard-size 50 --window-clips 128   # quick
+    VIDEOREFER_RUNNER=thread python benchmarks/engine_overhead.py ...                       # another runner
 """
 
 from __future__ import annotations
@@ -64,16 +70,17 @@ def run_phase(root: str, manifest: str, config: str) -> dict:
 
     with fast_prefect():
         warm_up()
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    cpu_before = usage.ru_utime + usage.ru_stime
+    cpu_before = _tree_cpu_s()
     started = time.perf_counter()
     report = run_flow(engine_flows.build, root=root, manifest=manifest, config_path=config)
     wall = time.perf_counter() - started
+    cpu = _tree_cpu_s() - cpu_before
     usage = resource.getrusage(resource.RUSAGE_SELF)
     stages = {row["stage"]: row for row in report["stages"]}
     return {
         "wall_s": wall,
-        "cpu_s": usage.ru_utime + usage.ru_stime - cpu_before,
+        "run_wall_s": report["wall_seconds"],  # the flow's own timing: ends before the data report is drawn
+        "cpu_s": cpu,
         "peak_rss_mb": usage.ru_maxrss / 1024,
         "task_runs": sum(row["shards"] for row in report["stages"]),
         "shards": stages["export"]["shards"],
@@ -83,11 +90,68 @@ def run_phase(root: str, manifest: str, config: str) -> dict:
     }
 
 
+def _tree_cpu_s() -> float:
+    """CPU seconds of this process, its finished children (task worker processes) and its live local API child."""
+    own = resource.getrusage(resource.RUSAGE_SELF)
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    total = own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+    from flows import runtime
+
+    api = runtime._LOCAL.get("api")  # noqa: SLF001 - the benchmark counts the API child's CPU too
+    if api is not None and api.process is not None:
+        with open(f"/proc/{api.process.pid}/stat") as handle:
+            fields = handle.read().rpartition(")")[2].split()
+        total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime
+    return total
+
+
+def _chain(args: tuple[str, str, str]) -> int:
+    """The peer's work item: every stage over one shard, in pipeline order (runs in a pool process)."""
+    root, shard, config_path = args
+    from engine.config import load_config
+    from flows.pipeline.runner import run_stage
+    from flows.pipeline.stages import SHARD_STAGES
+
+    config = load_config(config_path)
+    samples = 0
+    for stage in SHARD_STAGES:
+        report = run_stage(root, stage, shard, config)
+        samples += report.items_out if stage == "export" else 0
+    return samples
+
+
+def peer_phase(root: str, manifest: str, config_path: str) -> dict:
+    """The peer: ingest, then a `multiprocessing` spawn pool (one process per core) running every stage per shard,
+    then the export's JSON; CPU of the whole process tree."""
+    sys.path.insert(0, str(REPO))
+    import multiprocessing
+
+    from engine.config import load_config
+    from flows.pipeline import layout
+    from flows.pipeline.export import finalize_export
+    from flows.pipeline.ingest import ingest
+    from flows.task_runners import default_workers
+
+    started = time.perf_counter()
+    config = load_config(config_path)
+    layout.ensure_dataset(layout.open_root(root), config)
+    ingest(root, manifest, config)
+    shards = layout.shards(layout.open_root(root))
+    with multiprocessing.get_context("spawn").Pool(default_workers()) as pool:
+        samples = sum(pool.map(_chain, [(root, shard, config_path) for shard in shards], chunksize=1))
+    finalize_export(root)
+    wall = time.perf_counter() - started
+    usage, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = usage.ru_utime + usage.ru_stime + children.ru_utime + children.ru_stime
+    return {"wall_s": wall, "cpu_s": cpu, "samples": samples, "workers": default_workers()}
+
+
 def direct_phase(root: str, manifest: str, config_path: str) -> dict:
     """The baseline: the same build without Prefect (ingest, then every stage over every shard), timed."""
     sys.path.insert(0, str(REPO))
     from engine.config import load_config
     from flows.pipeline import layout
+    from flows.pipeline.export import finalize_export
     from flows.pipeline.ingest import ingest
     from flows.pipeline.runner import run_stage
     from flows.pipeline.stages import SHARD_STAGES
@@ -103,6 +167,7 @@ def direct_phase(root: str, manifest: str, config_path: str) -> dict:
         for shard in layout.shards(layout.open_root(root)):
             report = run_stage(root, stage, shard, config)
             samples += report.items_out if stage == "export" else 0
+    finalize_export(root)
     wall = time.perf_counter() - started
     usage = resource.getrusage(resource.RUSAGE_SELF)
     return {"wall_s": wall, "cpu_s": usage.ru_utime + usage.ru_stime - cpu_before,
@@ -175,12 +240,16 @@ def main() -> None:
     parser.add_argument("--phase-timeout", type=float, default=3600.0, help="seconds each build subprocess gets")
     parser.add_argument("--phase", nargs=3, metavar=("ROOT", "MANIFEST", "CONFIG"), help=argparse.SUPPRESS)
     parser.add_argument("--direct", nargs=3, metavar=("ROOT", "MANIFEST", "CONFIG"), help=argparse.SUPPRESS)
+    parser.add_argument("--peer", nargs=3, metavar=("ROOT", "MANIFEST", "CONFIG"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.phase:
         print(json.dumps(run_phase(*args.phase)))
         return
     if args.direct:
         print(json.dumps(direct_phase(*args.direct)))
+        return
+    if args.peer:
+        print(json.dumps(peer_phase(*args.peer)))
         return
 
     sys.path.insert(0, str(REPO))
@@ -209,11 +278,12 @@ def main() -> None:
             phase["cpu_ms_per_clip"] = 1000 * phase["cpu_s"] / clips
             phase["expected_task_runs"] = 1 + len(SHARD_STAGES) * phase["shards"]
             results[label] = phase
-            if label == "n":  # the baseline right after the flow it is compared with
-                command = [sys.executable, __file__, "--direct", str(work / "root-direct"), str(manifest), str(config)]
-                direct = run_child(command, env, args.phase_timeout, "direct")
+            for kind in ("direct", "peer"):  # the baselines right after the flow they are compared with
+                command = [sys.executable, __file__, f"--{kind}", str(work / f"root-{kind}-{label}"), str(manifest),
+                           str(config)]
+                results[f"{kind}-{label}"] = run_child(command, env, args.phase_timeout, f"{kind}-{label}")
         window = window_phase(work, args.window_clips, args.pool)
-    n, big = results["n"], results["4n"]
+    n, big, direct = results["n"], results["4n"], results["direct-n"]
     growth = (big["peak_rss_mb"] - n["peak_rss_mb"]) / n["peak_rss_mb"]
     summary = {
         "benchmark": "engine_overhead",
@@ -236,6 +306,20 @@ def main() -> None:
         "direct_cpu_ms_per_clip": round(1000 * direct["cpu_s"] / args.clips, 2),
         "direct_samples": direct["samples"],
         "prefect_share": round(1 - direct["wall_s"] / n["wall_s"], 3),
+        "runner": os.environ.get("VIDEOREFER_RUNNER") or "process",
+        "peer_workers": results["peer-n"]["workers"],
+        "peer_clips_per_s": round(args.clips / results["peer-n"]["wall_s"], 1),
+        "peer_clips_per_s_4n": round(4 * args.clips / results["peer-4n"]["wall_s"], 1),
+        "peer_cpu_ms_per_clip": round(1000 * results["peer-n"]["cpu_s"] / args.clips, 2),
+        "peer_samples": [results["peer-n"]["samples"], results["peer-4n"]["samples"]],
+        "peer_ratio": round(results["peer-n"]["wall_s"] / n["wall_s"], 3),
+        "peer_ratio_4n": round(results["peer-4n"]["wall_s"] / big["wall_s"], 3),
+        # the same ratio without the data report (reports/index.html) the build draws after its stages
+        "peer_ratio_before_report": [round(results["peer-n"]["wall_s"] / n["run_wall_s"], 3),
+                                     round(results["peer-4n"]["wall_s"] / big["run_wall_s"], 3)],
+        "cpu_ratio_to_direct": round(n["cpu_s"] / direct["cpu_s"], 3),
+        "cpu_ratio_to_direct_4n": round(big["cpu_s"] / results["direct-4n"]["cpu_s"], 3),
+        "load_avg": [round(value, 2) for value in os.getloadavg()],
         **window,
         "targets_met": {
             "in_flight_avg>=0.9x32": window["in_flight_avg"] >= window["in_flight_target"],
@@ -245,6 +329,10 @@ def main() -> None:
             "task_runs==1+stages*shards": n["task_runs"] == n["expected_task_runs"]
             and big["task_runs"] == big["expected_task_runs"],
             "rss_growth<0.10": growth < 0.10,
+            "peer_ratio>=0.9": min(results["peer-n"]["wall_s"] / n["wall_s"],
+                                   results["peer-4n"]["wall_s"] / big["wall_s"]) >= 0.9,
+            "cpu_ratio_to_direct<=1.3": max(n["cpu_s"] / direct["cpu_s"],
+                                            big["cpu_s"] / results["direct-4n"]["cpu_s"]) <= 1.3,
         },
     }
     print(json.dumps(summary))

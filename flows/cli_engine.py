@@ -1,4 +1,4 @@
-"""`videorefer` engine commands: demo, ingest, build, stage, export, import-700k, validate, status,
+"""`videorefer` engine commands: demo, ingest, build, stage, worker, export, import-700k, validate, status,
 doctor.
 
 Every command runs the Prefect flows of `flows.engine_flows` on Prefect's local ephemeral API unless
@@ -18,12 +18,15 @@ from typing import Any
 
 import typer
 
+from flows import cli_cluster
+
 DEFAULT_DEMO_ROOT = Path("demo_out")
 
 _ROOT = typer.Option(..., "--root", help="Dataset root (a folder or an fsspec URL).")
 _CONFIG = typer.Option(None, "--config", help="Engine config YAML (default: the root's snapshot, else offline).")
 _SHARDS = typer.Option(None, "--shard", help="Only these shards (repeatable; default: all).")
-_RUNNER = typer.Option("local", "--runner", help="Task runner: local (threads) or ray (needs the `ray` extra).")
+_RUNNER = typer.Option(None, "--runner", help="Task runner: process (default: a worker process per core), thread, "
+                       "ray (a Ray cluster, see --ray-address) or prefect (`videorefer worker` processes).")
 
 
 def register(app: typer.Typer) -> None:
@@ -34,7 +37,7 @@ def register(app: typer.Typer) -> None:
         root: Path = typer.Option(DEFAULT_DEMO_ROOT, "--root", help="Where the demo dataset goes."),
         clips: int = typer.Option(8, "--clips", min=1, help="Synthetic clips for the detailed/short paths."),
         videos: Path | None = typer.Option(None, "--videos", help="Also ingest every video of this folder."),
-        runner: str = _RUNNER,
+        runner: str | None = _RUNNER,
         config: Path | None = typer.Option(
             None, "--config", help="Engine config YAML (default configs/demo.yaml; configs/demo-sam2.yaml, "
             "demo-sam3.yaml: the SAM segmenters with random weights)."
@@ -84,8 +87,11 @@ def register(app: typer.Typer) -> None:
         root: str = _ROOT,
         manifest: str | None = typer.Option(None, "--manifest", help="Ingest this manifest's new rows first."),
         config: Path | None = _CONFIG,
-        runner: str = _RUNNER,
+        runner: str | None = _RUNNER,
         shard: list[str] | None = _SHARDS,
+        ray_address: str | None = cli_cluster.RAY_ADDRESS,
+        gpu_resource: str | None = cli_cluster.GPU_RESOURCE,
+        gpu_stages: str | None = cli_cluster.GPU_STAGES,
     ) -> None:
         """Run every stage on every shard (only what is not done for this config), then export."""
         _quiet()
@@ -101,7 +107,10 @@ def register(app: typer.Typer) -> None:
         config: Path | None = _CONFIG,
         shard: list[str] | None = _SHARDS,
         force: bool = typer.Option(False, "--force", help="Re-run even where the stage is done."),
-        runner: str = _RUNNER,
+        runner: str | None = _RUNNER,
+        ray_address: str | None = cli_cluster.RAY_ADDRESS,
+        gpu_resource: str | None = cli_cluster.GPU_RESOURCE,
+        gpu_stages: str | None = cli_cluster.GPU_STAGES,
     ) -> None:
         """Run one stage over all (or the selected) shards."""
         _quiet()
@@ -114,6 +123,16 @@ def register(app: typer.Typer) -> None:
             report = run_flow(flow_obj, runner=runner, root=root, config_path=_opt(config), shards=shard or None,
                               force=force)
             _print_report(report)
+
+    @app.command()
+    def worker(
+        stages: str = typer.Option("all", "--stages", help="Comma-separated stages this worker runs, or all."),
+        limit: int = typer.Option(1, "--limit", min=1, help="Stage tasks this worker runs at once."),
+    ) -> None:
+        """Serve stage tasks to builds run with `--runner prefect` (needs PREFECT_API_URL of a Prefect server)."""
+        _quiet()
+        with _engine_errors():
+            cli_cluster.serve_stages(stages, limit)
 
     @app.command()
     def export(
@@ -280,7 +299,7 @@ def _opt(value: Path | str | None) -> str | None:
     return None if value is None else str(value)
 
 
-def _run_build(root: str, *, manifest: str | None, config: str | None, runner: str,
+def _run_build(root: str, *, manifest: str | None, config: str | None, runner: str | None,
                shards: list[str] | None = None) -> dict[str, Any]:
     from flows import engine_flows
     from flows.runtime import run_flow

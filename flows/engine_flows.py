@@ -17,15 +17,18 @@ Concurrency per backend: every stage task carries tags naming its backends (`sam
 a limit exists on the server, e.g. `prefect concurrency-limit create sam2 1` (one SAM 2 task per GPU
 machine) or `prefect concurrency-limit create chat:openai 4`; without limits the tags are labels.
 
-Runners: the default is `ThreadPoolTaskRunner`; `task_runner("ray")` returns `prefect_ray.RayTaskRunner`
-(optional extra `ray`, imported lazily), and GPU stages then ask Ray for one GPU per task.
+Runners (`flows.task_runners`): the default is Prefect's `ProcessPoolTaskRunner` (one worker process per core);
+`thread`, `ray` (prefect-ray, joining a cluster; GPU stages ask Ray for the GPU resource, CPU stages spread) and
+`prefect` (task workers: each stage has its own task, `stage_<name>`, so `videorefer worker --stages ...` serves
+just those stages) are chosen with `--runner` / `VIDEOREFER_RUNNER`. Every task records the node and process it
+ran on, in its report and at its start (`reports/tasks/<stage>/<shard>.json`).
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
-import os
 import time
 import uuid
 from collections.abc import Iterator, Sequence
@@ -35,7 +38,6 @@ from typing import Any
 from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
 from prefect.futures import PrefectFuture, wait
-from prefect.task_runners import ThreadPoolTaskRunner
 
 from engine.config import EngineConfig
 from engine.errors import BackendUnavailableError, ConfigError, TransientBackendError
@@ -64,11 +66,7 @@ from flows.pipeline.stages import (
     stage_tags,
 )
 from flows.runtime import run_name
-
-# Stage tasks in flight at once on the default runner: a fixed bound, so memory does not grow with the number of
-# shards (each task holds one shard's records), and no more threads than cores compete for the GIL on CPU-bound
-# (fake / local) stages; raise it with VIDEOREFER_TASK_WORKERS when stages mostly wait on remote servers.
-DEFAULT_TASK_WORKERS = min(4, os.cpu_count() or 2)
+from flows.task_runners import RunnerSettings, is_gpu_stage, is_ray_runner, make_task_runner, ray_options, where
 
 # Prefect retries on top of the backend's own retries, only for errors that may pass with time.
 TASK_RETRIES = 2
@@ -78,16 +76,18 @@ TASK_RETRY_DELAYS_S = [2.0, 10.0]
 class _SubmissionOrderIsDeadlockFree(logging.Filter):
     """Drops Prefect's "N tags but only M workers: may dead-lock" warning for our stage tasks.
 
-    The warning guards against a task holding a worker thread while it waits for an upstream task that cannot get
-    one. `submit_stages` submits every upstream task before its dependents and the runner's queue is FIFO, so an
-    upstream task always has a thread (running or done) before any dependent waits on it.
+    The warning guards against a task holding a worker thread (the process pool: a resolver thread) while it
+    waits for an upstream task that cannot get one. `submit_stages` submits every upstream task before its
+    dependents and the runner's queue is FIFO, so an upstream task always has a thread (running or done) before
+    any dependent waits on it.
     """
 
     def filter(self, record: logging.LogRecord) -> bool:
         return "may lead to dead-locks" not in record.getMessage()
 
 
-logging.getLogger("prefect.task_runner.threadpool").addFilter(_SubmissionOrderIsDeadlockFree())
+for _pool in ("threadpool", "processpool"):  # the process pool resolves upstream futures in as many threads
+    logging.getLogger(f"prefect.task_runner.{_pool}").addFilter(_SubmissionOrderIsDeadlockFree())
 
 
 class StageFailedError(RuntimeError):
@@ -105,19 +105,15 @@ def is_transient(task: Any, task_run: Any, state: Any) -> bool:
     return isinstance(exc, TransientBackendError)
 
 
-@task(
-    name="stage",
-    task_run_name="{stage}-{shard_id}",
-    retries=TASK_RETRIES,
-    retry_delay_seconds=TASK_RETRY_DELAYS_S,
-    retry_condition_fn=is_transient,
-    cache_policy=NO_CACHE,
-    persist_result=False,
-)
-def stage_task(root: str, stage: str, shard_id: str, config: EngineConfig, force: bool = False) -> StageReport:
-    """One stage over one shard (skipped when already done for this config); logs the shard's figures."""
+def run_stage_task(root: str, stage: str, shard_id: str, config: EngineConfig, force: bool = False) -> StageReport:
+    """One stage over one shard (skipped when already done for this config); logs the shard's figures and
+    records where it runs (at its start under `reports/tasks/`, and in its report)."""
+    node, pid = where()
+    layout.open_root(root).write_json(task_start_path(stage, shard_id),
+                                      {"stage": stage, "shard_id": shard_id, "node": node, "pid": pid,
+                                       "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
     try:
-        report = run_stage(root, stage, shard_id, config, force=force)
+        report = dataclasses.replace(run_stage(root, stage, shard_id, config, force=force), node=node, pid=pid)
         _shard_logger().info(shard_log_line(report))
         return report
     except BackendUnavailableError as exc:
@@ -125,6 +121,41 @@ def stage_task(root: str, stage: str, shard_id: str, config: EngineConfig, force
             f"stage {stage!r} on {shard_id}: a backend is unreachable, the run stops here (nothing was marked "
             f"failed; fix the backend and re-run to resume): {exc}"
         ) from exc
+
+
+def task_start_path(stage: str, shard_id: str) -> str:
+    """Where a stage task notes, as it starts, the node and process it runs on."""
+    return f"{layout.run_reports_dir()}/tasks/{stage}/{shard_id}.json"
+
+
+_STAGE_TASK_OPTIONS: dict[str, Any] = {
+    "task_run_name": "{stage}-{shard_id}",
+    "retries": TASK_RETRIES,
+    "retry_delay_seconds": TASK_RETRY_DELAYS_S,
+    "retry_condition_fn": is_transient,
+    "cache_policy": NO_CACHE,
+    "persist_result": False,
+}
+stage_task = task(name="stage", **_STAGE_TASK_OPTIONS)(run_stage_task)
+
+
+def _stage_function(stage: str) -> Any:
+    """`run_stage_task` under the name `stage_<stage>`, a module attribute: Prefect keys a task by its function's
+    name, so each stage is a task of its own that task workers can serve one by one (`videorefer worker
+    --stages`), and process pools and Ray send it by reference."""
+
+    def run(root: str, stage: str, shard_id: str, config: EngineConfig, force: bool = False) -> StageReport:
+        return run_stage_task(root, stage, shard_id, config, force)
+
+    run.__name__ = run.__qualname__ = f"stage_{stage}"
+    globals()[run.__name__] = run
+    return run
+
+
+# One Prefect task per registry stage (task key `stage_<name>-...`).
+STAGE_TASKS: dict[str, Any] = {
+    stage: task(name=f"stage-{stage}", **_STAGE_TASK_OPTIONS)(_stage_function(stage)) for stage in SHARD_STAGES
+}
 
 
 def shard_log_line(report: StageReport) -> str:
@@ -158,38 +189,24 @@ def backend_tags(stage: str, config: EngineConfig) -> set[str]:
     return stage_tags(stage, config)
 
 
-def default_runner() -> ThreadPoolTaskRunner:
-    """Threads, at most `VIDEOREFER_TASK_WORKERS` (default: cores, at most 4) stage tasks at once."""
-    return ThreadPoolTaskRunner(max_workers=int(os.environ.get("VIDEOREFER_TASK_WORKERS", DEFAULT_TASK_WORKERS)))
-
-
-def task_runner(name: str = "local") -> Any:
-    """The task runner for `--runner`: `local` (threads) or `ray` (prefect-ray, optional extra)."""
-    if name == "local":
-        return default_runner()
-    if name == "ray":
-        try:
-            from prefect_ray import RayTaskRunner
-        except ImportError as exc:
-            raise ConfigError(
-                "--runner ray needs the optional extra: pip install 'videorefer-suite[ray]' (prefect-ray)"
-            ) from exc
-        return RayTaskRunner()
-    raise ConfigError(f"unknown task runner {name!r}; expected local or ray")
+def default_runner() -> Any:
+    """The task runner named by the environment (`VIDEOREFER_RUNNER`; default: a process per core)."""
+    return make_task_runner(RunnerSettings.from_env())
 
 
 @contextlib.contextmanager
-def _gpu_request(stage: str, config: EngineConfig) -> Iterator[None]:
-    """On Ray, a GPU stage's task asks for one GPU; elsewhere this does nothing."""
-    if not needs_gpu(stage, config):
+def _placement(stage: str, config: EngineConfig) -> Iterator[None]:
+    """On Ray, a GPU stage's task asks for the GPU resource and a CPU stage's spreads; elsewhere nothing."""
+    from prefect.context import FlowRunContext
+
+    context = FlowRunContext.get()
+    if context is None or not is_ray_runner(context.task_runner):
         yield
         return
-    try:
-        from prefect_ray.context import remote_options
-    except ImportError:
-        yield
-        return
-    with remote_options(num_gpus=1):
+    from prefect_ray.context import remote_options
+
+    settings = RunnerSettings.from_env()
+    with remote_options(**ray_options(is_gpu_stage(stage, needs_gpu(stage, config), settings), settings)):
         yield
 
 
@@ -208,7 +225,9 @@ def submit_stages(
     upstream holds a runner slot, and this order keeps the first slots busy with work that can run now.
     """
     wanted = [stage for stage in SHARD_STAGES if stage in set(stages)]
-    tasks = {stage: stage_task.with_options(tags=sorted(backend_tags(stage, config))) for stage in wanted}
+    tasks = {stage: STAGE_TASKS[stage].with_options(tags=sorted(backend_tags(stage, config))) for stage in wanted}
+    if _holds_slots_while_waiting():
+        return _submit_when_ready(tasks, root, config, shard_ids, wanted, force)
     submitted: list[tuple[str, str, PrefectFuture[StageReport]]] = []
     futures: dict[tuple[str, str], PrefectFuture[StageReport]] = {}
     for stage in wanted:
@@ -216,11 +235,55 @@ def submit_stages(
             if only is not None and (stage, shard) not in only:
                 continue  # done for this config: planned as skipped, no task run (flows.pipeline.planning)
             upstream = [futures[(parent, shard)] for parent in STAGE_PARENTS[stage] if (parent, shard) in futures]
-            with _gpu_request(stage, config):
+            with _placement(stage, config):
                 future = tasks[stage].submit(root, stage, shard, config, force, wait_for=upstream)
             futures[(stage, shard)] = future
             submitted.append((stage, shard, future))
     return submitted
+
+
+def _holds_slots_while_waiting() -> bool:
+    """Task workers (`PrefectTaskRunner`) take a run, then wait for its upstream runs in a slot: a run waiting for
+    one that no worker has taken yet could hold every slot, so such runs are only submitted once ready."""
+    from prefect.context import FlowRunContext
+
+    context = FlowRunContext.get()
+    return context is not None and type(context.task_runner).__name__ == "PrefectTaskRunner"
+
+
+def _submit_when_ready(tasks: dict[str, Any], root: str, config: EngineConfig, shard_ids: Sequence[str],
+                       wanted: Sequence[str], force: bool) -> list[tuple[str, str, PrefectFuture[StageReport]]]:
+    """Submit each (stage, shard) once its upstream tasks finished (a failed upstream: never submitted, so it is
+    reported as blocked, as on the other runners); returns once every submitted task is final."""
+    from prefect.futures import as_completed
+
+    order = [(stage, shard) for stage in wanted for shard in shard_ids]
+    futures: dict[tuple[str, str], PrefectFuture[StageReport]] = {}
+    final: set[tuple[str, str]] = set()
+    while True:
+        for stage, shard in order:
+            parents = [(parent, shard) for parent in STAGE_PARENTS[stage] if (parent, shard) in futures
+                       or parent in wanted]
+            if (stage, shard) in futures or not all(parent in final for parent in parents):
+                continue
+            if all(futures[parent].state.is_completed() for parent in parents):
+                futures[(stage, shard)] = tasks[stage].submit(root, stage, shard, config, force)
+        running = {id(future): key for key, future in futures.items() if key not in final}
+        if not running:
+            return [(stage, shard, future) for (stage, shard), future in futures.items()]
+        done = next(as_completed([futures[key] for key in running.values()]))
+        _settle(done)
+        final.add(running[id(done)])
+
+
+def _settle(future: Any) -> None:
+    """Give a task worker's finished run its final state from the completion event Prefect's `TaskRunWaiter` saw
+    (what `PrefectDistributedFuture.wait` does; its API read of the run can come before the run's state exists)."""
+    from prefect.task_runs import TaskRunWaiter
+    from prefect.utilities.asyncutils import run_coro_as_sync
+
+    if getattr(future, "_final_state", None) is None:
+        future._final_state = run_coro_as_sync(TaskRunWaiter.wait_for_task_run(future.task_run_id))  # noqa: SLF001
 
 
 def collect(

@@ -285,8 +285,9 @@ def run_name(kind: str, *keys: str) -> Any:
     return name
 
 
-def run_flow(flow_obj: Any, *, runner: str = "local", **params: Any) -> Any:
-    """Call an engine flow with `params` on the chosen task runner (`local` threads or `ray`).
+def run_flow(flow_obj: Any, *, runner: str | None = None, **params: Any) -> Any:
+    """Call an engine flow with `params` on the chosen task runner (`flows.task_runners`; None: the environment's,
+    by default a process per core).
 
     Prefect's settings name no API (no PREFECT_API_URL, no harness): the flow runs against this process's local
     API (`start_local_api`, started now unless the command already started it), which announces itself.
@@ -295,6 +296,9 @@ def run_flow(flow_obj: Any, *, runner: str = "local", **params: Any) -> Any:
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
     with contextlib.ExitStack() as stack:
+        if runner == "prefect" and not os.environ.get("PREFECT_API_URL"):
+            raise ConfigError("--runner prefect hands stage tasks to `videorefer worker` processes through a Prefect "
+                              "server: start `prefect server start` and set PREFECT_API_URL for the build and workers")
         if PREFECT_API_URL.value():
             if not os.environ.get("PREFECT_API_URL"):
                 stop_local_api()  # a profile or harness names a server: the early start was not needed
@@ -305,8 +309,9 @@ def run_flow(flow_obj: Any, *, runner: str = "local", **params: Any) -> Any:
             stack.enter_context(temporary_settings(updates={PREFECT_API_URL: url}))
             stack.enter_context(_environ("PREFECT_API_URL", url))  # worker processes (Ray) find the same API
         stack.enter_context(fast_prefect())
-        if runner != "local":
-            from flows.engine_flows import task_runner
+        if runner is not None:
+            from flows.task_runners import RUNNER_ENV, RunnerSettings, check_runner, make_task_runner
 
-            flow_obj = flow_obj.with_options(task_runner=task_runner(runner))
+            stack.enter_context(_environ(RUNNER_ENV, check_runner(runner)))  # worker processes see the same choice
+            flow_obj = flow_obj.with_options(task_runner=make_task_runner(RunnerSettings.from_env()))
         return flow_obj(**params)

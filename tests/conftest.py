@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import secrets
 import tempfile
 from pathlib import Path
 
@@ -17,6 +18,14 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.pop("PREFECT_API_URL", None)
+# Flow tests run stage tasks on threads (a process pool spawns interpreters per flow: ~2.5x the time of the flow
+# tests); the default process runner, Ray and task workers have tests of their own that name their runner.
+os.environ.setdefault("VIDEOREFER_RUNNER", "thread")
+# Ray reads its auth mode once, when first imported: Ray clusters of the tests use token auth (ENVIRONMENT.md), so
+# the session says so before anything imports ray, with a token of its own (tests/flows/test_ray_cluster.py).
+os.environ.setdefault("RAY_AUTH_MODE", "token")
+os.environ.setdefault("RAY_AUTH_TOKEN", secrets.token_hex(32))
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 MEDIA_DIR = REPO_ROOT.parent / "shared" / "media"

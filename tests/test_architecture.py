@@ -2,7 +2,8 @@
 
 engine <- storage <- agents <- flows; model imports only engine and storage; only flows imports prefect;
 torch, transformers, prefect, sam2, decord and openai are never imported when engine, storage or agents
-modules are merely imported (heavy libraries load lazily inside their one adapter).
+modules are merely imported (heavy libraries load lazily inside their one adapter); and no two first-party modules
+import each other, directly or through others (lazy imports inside functions included).
 """
 
 from __future__ import annotations
@@ -101,3 +102,49 @@ def test_only_the_web_adapter_imports_gradio() -> None:
         if "gradio" in _imported_roots(path)
     )
     assert users == ["flows/webapp.py"], users
+
+
+def _module_name(path: Path) -> str:
+    return ".".join(path.relative_to(REPO).with_suffix("").parts).removesuffix(".__init__")
+
+
+def _first_party_imports(name: str, path: Path, modules: set[str]) -> set[str]:
+    """The first-party modules `name` imports anywhere in its file (`from pkg import submodule` counts as the
+    submodule; a name that is not a module counts as the module defining it)."""
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                package = name.split(".") if path.name == "__init__.py" else name.split(".")[:-1]
+                base = ".".join(package[: len(package) - node.level + 1] + ([base] if base else []))
+            for alias in node.names:
+                found.add(f"{base}.{alias.name}" if f"{base}.{alias.name}" in modules else base)
+    resolved = set()
+    for target in found:
+        while target and target not in modules:
+            target = target.rpartition(".")[0]
+        if target and target != name:
+            resolved.add(target)
+    return resolved
+
+
+def test_no_import_circles_between_modules() -> None:
+    paths = {_module_name(path): path for package in PACKAGES for path in _modules(package)}
+    graph = {name: _first_party_imports(name, path, set(paths)) for name, path in paths.items()}
+    circles = []
+    for start in sorted(graph):  # a path back to `start`, found by depth-first search
+        stack, seen = [(start, (start,))], set()
+        while stack:
+            node, trail = stack.pop()
+            for target in sorted(graph[node]):
+                if target == start:
+                    circles.append(" -> ".join((*trail, start)))
+                    stack = []
+                    break
+                if target not in seen:
+                    seen.add(target)
+                    stack.append((target, (*trail, target)))
+    assert not circles, "import circles:\n" + "\n".join(circles)

@@ -3,7 +3,9 @@
 A stage report is stored beside the stage's output (`reports/stages/<stage>/<shard_id>.json`) before the
 stage's done marker, so a skipped stage still contributes its counts to the figures of a later run. A run
 report (items in/out, rejects per reason and seconds per stage) is written as JSON under `<root>/reports/`
-and checked against `max_reject_fraction` at the end of a run.
+and checked against `max_reject_fraction` at the end of a run. Each stage report also says where its task ran
+(`node`: the Ray node's address or the host name; `pid`: the worker process), and the run report lists that per
+task, so a cluster run shows which stage ran on which node.
 """
 
 from __future__ import annotations
@@ -35,6 +37,8 @@ class StageReport:
     skipped: bool = False
     decodes: int = 0  # frame decode calls of the task (its frame cache's misses)
     clips: int = 0  # distinct clips the task ran (decodes / clips: how often a clip was decoded)
+    node: str = ""  # where the task ran: the Ray node's address, else the host name ("" when not recorded)
+    pid: int = 0  # the process that ran it
 
     @property
     def rejected(self) -> int:
@@ -52,6 +56,8 @@ class StageReport:
             "skipped": self.skipped,
             "decodes": self.decodes,
             "clips": self.clips,
+            "node": self.node,
+            "pid": self.pid,
         }
 
     @classmethod
@@ -67,6 +73,8 @@ class StageReport:
             skipped=bool(data.get("skipped", False)),
             decodes=int(data.get("decodes", 0)),
             clips=int(data.get("clips", 0)),
+            node=str(data.get("node", "")),
+            pid=int(data.get("pid", 0)),
         )
 
 
@@ -100,6 +108,7 @@ class RunReport:
     stages: tuple[StageFigures, ...]
     wall_seconds: float
     created: str
+    tasks: tuple[StageReport, ...] = ()  # every (stage, shard) task of the run, with where it ran
 
     @classmethod
     def from_stage_reports(cls, reports: Sequence[StageReport], *, run_id: str, wall_seconds: float) -> RunReport:
@@ -128,7 +137,8 @@ class RunReport:
                 )
             )
         created = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-        return cls(run_id=run_id, stages=tuple(figures), wall_seconds=wall_seconds, created=created)
+        return cls(run_id=run_id, stages=tuple(figures), wall_seconds=wall_seconds, created=created,
+                   tasks=tuple(reports))
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -148,6 +158,11 @@ class RunReport:
                     "seconds": round(f.seconds, 3),
                 }
                 for f in self.stages
+            ],
+            "tasks": [
+                {"stage": r.stage, "shard_id": r.shard_id, "node": r.node, "pid": r.pid, "skipped": r.skipped,
+                 "seconds": round(r.seconds, 3)}
+                for r in self.tasks
             ],
         }
 
