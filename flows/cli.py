@@ -37,8 +37,14 @@ def _print_version(value: bool) -> None:
 def _main(
     show_version: bool = typer.Option(False, "--version", callback=_print_version, is_eager=True,
                                       help="Print the version and exit."),
+    debug: bool = typer.Option(False, "--debug", help="Also print Prefect's logs of a failed run, with its "
+                               "traceback, on the terminal (they always go to the Prefect log)."),
 ) -> None:
     """VideoRefer suite: data engine, shard export, model, training and VideoRefer-Bench."""
+    if debug:
+        import os
+
+        os.environ[cli_engine.DEBUG_ENV] = "1"
 
 for _module in (cli_engine, cli_model, cli_train, cli_bench, cli_report, cli_audit, cli_app):
     _module.register(app)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import os
 import sys
 import threading
 from collections.abc import Iterator
@@ -75,7 +76,7 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Probe the manifest's new rows and pin them into new shards."""
         _quiet()
-        with _engine_errors(), _writer_lock(root):
+        with _says_what_ingest_rejected(root), _engine_errors(), _writer_lock(root):
             from flows import engine_flows
             from flows.runtime import run_flow
 
@@ -95,7 +96,8 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Run every stage on every shard (only what is not done for this config), then export."""
         _quiet()
-        with _engine_errors(), _writer_lock(root):
+        with (_says_what_ingest_rejected(root) if manifest else contextlib.nullcontext()), _engine_errors(), \
+                _writer_lock(root):
             report = _run_build(root, manifest=_opt(manifest), config=_opt(config), runner=runner, shards=shard)
             _print_report(report)
 
@@ -257,9 +259,14 @@ def _quiet() -> None:
     _typed_errors_without_traceback()
 
 
+DEBUG_ENV = "VIDEOREFER_DEBUG"  # `videorefer --debug`: Prefect's error logs reach the terminal too
+
+
 class _NoTracebackForTypedErrors:
-    """A logging filter: Prefect logs a failed task or flow with its traceback; for an error of the engine's
-    taxonomy (or a file system fault) the command prints its one `error:` line, so the log keeps one line too."""
+    """A logging filter on Prefect's flow- and task-run loggers: a run that fails with an error of the engine's
+    taxonomy (or a file system fault) is logged by Prefect with its traceback. The command prints its own one
+    `error:` line for it, so the record is marked and the terminal's handler drops it (`_SkipMarked`), while the
+    Prefect log (the API handler) keeps it whole, traceback included. `--debug` keeps it on the terminal too."""
 
     def filter(self, record: Any) -> bool:
         from engine.errors import VideoReferError
@@ -267,10 +274,31 @@ class _NoTracebackForTypedErrors:
         error = record.exc_info[1] if record.exc_info else None
         engine_flows = sys.modules.get("flows.engine_flows")
         failed = engine_flows is not None and isinstance(error, engine_flows.StageFailedError)
-        if isinstance(error, VideoReferError) or failed or (error is not None and _storage_fault(error) is not None):
-            record.exc_info = None
-            record.exc_text = None
+        storage = error is not None and _storage_fault(error) is not None
+        typed = isinstance(error, VideoReferError) or failed or storage
+        if typed and os.environ.get(DEBUG_ENV) != "1":
+            record.videorefer_printed_by_cli = True
+            _terminal_skips_marked_records()
         return True
+
+
+class _SkipMarked:
+    """A filter for the terminal's log handler: records the command reports itself (`_NoTracebackForTypedErrors`)."""
+
+    def filter(self, record: Any) -> bool:
+        return not getattr(record, "videorefer_printed_by_cli", False)
+
+
+def _terminal_skips_marked_records() -> None:
+    """Put `_SkipMarked` on the handlers that write to the terminal (Prefect's console handler on the root logger,
+    set up when prefect was imported; the API handler is not among them)."""
+    import logging
+
+    for logger in (logging.getLogger(), logging.getLogger("prefect")):
+        for handler in logger.handlers:
+            if isinstance(handler, logging.StreamHandler) and not any(
+                    isinstance(f, _SkipMarked) for f in handler.filters):
+                handler.addFilter(_SkipMarked())
 
 
 def _typed_errors_without_traceback() -> None:
@@ -328,6 +356,9 @@ def _engine_errors() -> Iterator[None]:
         if not (isinstance(exc, VideoReferError) or failed):
             raise
         typer.secho(f"error: {type(exc).__name__}: {bounded(exc)}", fg=typer.colors.RED, err=True)
+        report = getattr(exc, "run_report", None)  # a run that failed still says what it did (finish_run)
+        if isinstance(report, dict) and report.get("stages"):
+            _print_report(report)
         raise typer.Exit(1) from exc
 
 
@@ -443,6 +474,31 @@ def _progress(root: str, config: str | None) -> Iterator[None]:
         finally:
             stop.set()
             watcher.join(timeout=2)
+
+
+@contextlib.contextmanager
+def _says_what_ingest_rejected(root: str) -> Iterator[None]:
+    """After the block (an ingest), the rows it rejected by reason, with examples and how to allow a folder: the
+    reject batches that were not there before it (a row once rejected is never rejected again in a root)."""
+    from engine.errors import VideoReferError
+    from flows.pipeline import layout
+    from flows.pipeline.ingest import ingest_reject_lines
+
+    def batches() -> set[str]:
+        return layout.ingest_reject_batches(layout.open_root(root))
+
+    try:
+        before = batches()
+    except (OSError, ValueError, VideoReferError):  # no root yet (or none at all: the command says so itself)
+        before = set()
+    try:
+        yield
+    finally:
+        with contextlib.suppress(OSError, ValueError, VideoReferError):  # said even when the run failed after it
+            droot = layout.open_root(root)
+            new = batches() - before
+            for line in ingest_reject_lines(layout.ingest_rejects(droot, new)):
+                typer.echo(line, err=True)
 
 
 def _print_report(report: dict[str, Any]) -> None:

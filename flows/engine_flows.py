@@ -41,6 +41,7 @@ from prefect.futures import PrefectFuture, wait
 
 from engine.config import EngineConfig
 from engine.errors import BackendUnavailableError, ConfigError, TransientBackendError
+from engine.parsing import bounded
 from flows.pipeline import layout
 from flows.pipeline.backends import close_worker_pool
 from flows.pipeline.ingest import ingest as ingest_manifest
@@ -323,6 +324,9 @@ def finish_run(
     droot = layout.open_root(root)
     data = run.to_json()
     data["failures"] = [{"stage": s, "shard_id": sh, "error": f"{type(e).__name__}: {e}"} for s, sh, e in failures]
+    error = run_error(failures) or run.reject_fraction_error(config.max_reject_fraction)
+    data["outcome"] = "ok" if error is None else "failed"
+    data["failed_because"] = None if error is None else f"{type(error).__name__}: {bounded(error)}"
     idle = is_idle(reports, failures)  # nothing ran: the root stays as it is (figures in the artifact only)
     if not idle:
         droot.write_json(f"{layout.run_reports_dir()}/runs/{run.run_id}.json", data)
@@ -333,15 +337,24 @@ def finish_run(
 
         report = write_report_safely(droot)
     _artifact(run, failures, name=name, report=report)
-    if failures:
-        unreachable = [f for f in failures if isinstance(f[2], BackendUnavailableError)]
-        stage, shard, exc = (unreachable or list(failures))[0]
-        if unreachable:
-            raise exc
-        lines = "; ".join(f"{s}/{sh}: {type(e).__name__}: {e}" for s, sh, e in failures)
-        raise StageFailedError(f"{len(failures)} stage task(s) failed: {lines}") from exc
-    run.check_reject_fraction(config.max_reject_fraction)
+    if error is not None:
+        error.run_report = data  # the CLI prints the stage table before its one error line
+        raise error
     return run
+
+
+def run_error(failures: Sequence[tuple[str, str, BaseException]]) -> BaseException | None:
+    """What a run with failed stage tasks raises: a backend that stayed down as it is (its message says what to
+    do), any other failure as one `StageFailedError` naming each (stage, shard)."""
+    if not failures:
+        return None
+    unreachable = [f for f in failures if isinstance(f[2], BackendUnavailableError)]
+    if unreachable:
+        return unreachable[0][2]
+    lines = "; ".join(f"{s}/{sh}: {type(e).__name__}: {e}" for s, sh, e in failures)
+    error = StageFailedError(f"{len(failures)} stage task(s) failed: {lines}")
+    error.__cause__ = failures[0][2]
+    return error
 
 
 def _run_suffix() -> str:

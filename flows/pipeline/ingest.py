@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import stat
 import threading
 import time
@@ -383,3 +384,32 @@ def source_changed_rejects(
             rejects.append(Reject(stage=stage, item_id=item_id(item), clip_id=clip.clip_id,
                                   reason=RejectReason.SOURCE_CHANGED, message=problem))
     return kept, rejects
+
+
+_RESOLVED = re.compile(r" resolves to (.+?), outside the allowed roots")
+
+
+def ingest_reject_lines(rejects: Sequence[Reject], *, examples: int = 3) -> list[str]:
+    """What the terminal says after an ingest that rejected rows: the count per reason, a few messages of each, and
+    for `path_not_allowed` the config lines that allow the folders (and how to have the rows checked again)."""
+    if not rejects:
+        return []
+    by_reason: dict[str, list[Reject]] = {}
+    for reject in rejects:
+        by_reason.setdefault(str(reject.reason), []).append(reject)
+    counts = ", ".join(f"{reason} {len(rows)}" for reason, rows in sorted(by_reason.items()))
+    lines = [f"rejected rows: {counts}"]
+    for reason, rows in sorted(by_reason.items()):
+        lines += [f"  {reason}: {bounded(row.message, 300)}" for row in rows[:examples]]
+        if len(rows) > examples:
+            lines.append(f"  {reason}: ... and {len(rows) - examples} more")
+    not_allowed = by_reason.get(str(RejectReason.PATH_NOT_ALLOWED), [])
+    folders = sorted({str(Path(found.group(1)).parent) for row in not_allowed
+                      if (found := _RESOLVED.search(row.message))})
+    if not_allowed:
+        lines.append("to allow those videos, add their folders to the config you pass with --config:")
+        lines.append("  paths:")
+        lines.append(f"    allowed_roots: [{', '.join(folders) if folders else '/path/to/videos'}]")
+        lines.append("  (or `allow_outside: true` for any path); rows once rejected stay rejected in a root: delete "
+                     "its rejects/ingest/ folder, then ingest again")
+    return lines

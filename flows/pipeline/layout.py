@@ -8,7 +8,7 @@ before the stage's done marker, so a skipped stage still reports its counts.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -100,11 +100,18 @@ def write_ingest_rejects(root: DatasetRoot, rejects: Sequence[Reject]) -> None:
     tables.write_rejects(root, INGEST_STAGE, batch, rejects)
 
 
-def ingest_rejects(root: DatasetRoot) -> list[Reject]:
+def ingest_reject_batches(root: DatasetRoot) -> set[str]:
+    """The ingest reject batches of a root (one per ingest call that rejected rows)."""
+    return {name.removesuffix(".parquet") for name in root.listdir(f"{REJECTS_DIR}/{INGEST_STAGE}")
+            if name.endswith(".parquet")}
+
+
+def ingest_rejects(root: DatasetRoot, batches: Iterable[str] | None = None) -> list[Reject]:
+    """The rows ingest rejected: every batch, or only `batches`."""
+    chosen = ingest_reject_batches(root) if batches is None else set(batches)
     out: list[Reject] = []
-    for name in root.listdir(f"{REJECTS_DIR}/{INGEST_STAGE}"):
-        if name.endswith(".parquet"):
-            out.extend(tables.read_rejects(root, INGEST_STAGE, name.removesuffix(".parquet")))
+    for batch in sorted(chosen):
+        out.extend(tables.read_rejects(root, INGEST_STAGE, batch))
     return out
 
 

@@ -170,18 +170,23 @@ class RunReport:
         """Stages whose rejected fraction is above the bound."""
         return [f for f in self.stages if f.items_in and f.reject_fraction > max_reject_fraction]
 
+    def reject_fraction_error(self, max_reject_fraction: float) -> RejectFractionExceededError | None:
+        """The `RejectFractionExceededError` naming every stage above the bound, or None."""
+        over = self.over_limit(max_reject_fraction)
+        if not over:
+            return None
+        lines = ", ".join(
+            f"{f.stage}: {sum(f.rejects.values())}/{f.items_in} rejected ({f.reject_fraction:.0%}; "
+            f"{', '.join(f'{k}={v}' for k, v in f.rejects.items())})"
+            for f in over
+        )
+        return RejectFractionExceededError(f"reject fraction above max_reject_fraction={max_reject_fraction}: {lines}")
+
     def check_reject_fraction(self, max_reject_fraction: float) -> None:
         """Raise `RejectFractionExceededError` naming every stage above the bound."""
-        over = self.over_limit(max_reject_fraction)
-        if over:
-            lines = ", ".join(
-                f"{f.stage}: {sum(f.rejects.values())}/{f.items_in} rejected ({f.reject_fraction:.0%}; "
-                f"{', '.join(f'{k}={v}' for k, v in f.rejects.items())})"
-                for f in over
-            )
-            raise RejectFractionExceededError(
-                f"reject fraction above max_reject_fraction={max_reject_fraction}: {lines}"
-            )
+        error = self.reject_fraction_error(max_reject_fraction)
+        if error is not None:
+            raise error
 
     def to_markdown(self) -> str:
         """A table for the Prefect artifact and the CLI."""

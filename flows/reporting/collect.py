@@ -112,6 +112,7 @@ class RunSummary:
     skipped: int  # tasks skipped as already done
     failures: int
     rejected: int
+    failed_because: str = ""  # why the run failed (a failed stage task, too many rejects); "" when it did not
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -484,7 +485,8 @@ def _runs(root: DatasetRoot) -> tuple[RunSummary, ...]:
         out.append(RunSummary(run_id=str(data.get("run_id") or name.removesuffix(".json")),
                               created=str(data.get("created", "")), wall_seconds=float(data.get("wall_seconds", 0.0)),
                               ran=shards - skipped, skipped=skipped, failures=len(data.get("failures") or ()),
-                              rejected=sum(int(s.get("rejected", 0)) for s in stages)))
+                              rejected=sum(int(s.get("rejected", 0)) for s in stages),
+                              failed_because=str(data.get("failed_because") or "")))
     return tuple(out)
 
 

@@ -57,7 +57,9 @@ def _overview(figures: RootFigures) -> dict[str, Any]:
     if export is not None:
         line = {"tars": export.tars, "megabytes": f"{export.bytes / 1e6:.1f}", "json_files": export.json_files,
                 "reasons": ", ".join(f"{k} {v}" for k, v in export.rejects.items()) or "none"}
-    return {"tiles": tiles, "export": line, "notes": figures.notes}
+    latest = figures.runs[-1] if figures.runs else None
+    failed = {"run_id": latest.run_id, "why": latest.failed_because} if latest and latest.failed_because else None
+    return {"tiles": tiles, "export": line, "notes": figures.notes, "failed": failed}
 
 
 def _funnel(figures: RootFigures) -> dict[str, Any]:
@@ -155,8 +157,8 @@ def _segmentation(figures: RootFigures, worst: Sequence[tuple[str | None, Mappin
 
 
 def _runs(figures: RootFigures) -> dict[str, Any]:
-    rows = [(r.run_id, r.created, f"{r.wall_seconds:.1f}", r.ran, r.skipped, r.rejected, r.failures)
-            for r in reversed(figures.runs)]
+    rows = [(r.run_id, r.created, f"{r.wall_seconds:.1f}", r.ran, r.skipped, r.rejected, r.failures,
+             r.failed_because or "ok") for r in reversed(figures.runs)]
     return {"rows": rows}
 
 
