@@ -446,7 +446,7 @@ def _run_locked(root: str, config: EngineConfig, stages: Sequence[str], shards: 
 # ---------------------------------------------------------------- flows (parameters: identity only)
 
 
-@flow(name="ingest", task_runner=default_runner(), flow_run_name=run_name("ingest", "root"))
+@flow(name="engine-ingest", task_runner=default_runner(), flow_run_name=run_name("ingest", "root"))
 def ingest(root: str, manifest: str, config_path: str | None = None) -> dict[str, Any]:
     """Probe the manifest's new rows, write their clips, pin them into new shards."""
     return run_stages(root, [], config_path, name="ingest", manifest=manifest).to_json()
@@ -461,7 +461,13 @@ def _stage_flow(stage: Stage) -> Any:
     run.__name__ = run.__qualname__ = stage.name
     run.__doc__ = f"{stage.summary[0].upper()}{stage.summary[1:]}, over the selected shards."
     named = run_name(f"stage-{stage.name}", "root")
-    return flow(name=stage.name, task_runner=default_runner(), flow_run_name=named)(run)
+    return flow(name=flow_name(stage.name), task_runner=default_runner(), flow_run_name=named)(run)
+
+
+def flow_name(stage: str) -> str:
+    """A per-stage flow's Prefect name: `engine-stage-<stage>` (dashes), beside `engine-build`, `engine-ingest`,
+    `engine-import-700k`, `train-stage` and `evaluate-checkpoint`."""
+    return f"engine-stage-{stage.replace('_', '-')}"
 
 
 # One flow per registry stage; module-level names too, so prefect.yaml entrypoints (`flows/engine_flows.py:refine`)
@@ -472,7 +478,7 @@ review, refine, short_captions = STAGE_FLOWS[REVIEW], STAGE_FLOWS[REFINE], STAGE
 generate_qa, export = STAGE_FLOWS[GENERATE_QA], STAGE_FLOWS[EXPORT]
 
 
-@flow(name="build", task_runner=default_runner(), flow_run_name=run_name("build", "root"))
+@flow(name="engine-build", task_runner=default_runner(), flow_run_name=run_name("build", "root"))
 def build(
     root: str,
     manifest: str | None = None,
@@ -499,7 +505,7 @@ def import_700k_task(root: str, json_path: str, video_root: str, shard_id: str, 
     return report
 
 
-@flow(name="import_700k", task_runner=default_runner(), flow_run_name=run_name("import-700k", "root"))
+@flow(name="engine-import-700k", task_runner=default_runner(), flow_run_name=run_name("import-700k", "root"))
 def import_700k(root: str, json_path: str, video_root: str, config_path: str | None = None) -> dict:
     """Shard the released VideoRefer-700K JSON (no engine run): validate, read frames, write WebDataset tars."""
     from flows.pipeline.importing import plan_import

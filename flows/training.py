@@ -24,7 +24,7 @@ class TrainingFailed(RuntimeError):
     """The torchrun subprocess exited with a non-zero code."""
 
 
-@flow(name="train_stage", retries=0, log_prints=False, flow_run_name=run_name("train", "recipe", "out"))
+@flow(name="train-stage", retries=0, log_prints=False, flow_run_name=run_name("train", "recipe", "out"))
 def train_stage(
     recipe: str,
     data: list[str],

@@ -110,7 +110,7 @@ def test_deploy_all_and_run_the_build_deployment_with_a_process_worker(server, t
     listed = _prefect(env, "deployment", "ls")
     assert "engine-build" in listed and "engine-refine" in listed
 
-    out = _prefect(env, "deployment", "run", "build/engine-build")
+    out = _prefect(env, "deployment", "run", "engine-build/engine-build")
     run_id = next(word for line in out.splitlines() if "UUID" in line for word in line.split() if word.count("-") == 4)
     _prefect(env, "worker", "start", "--pool", "videorefer-gpu", "--run-once", timeout=300)
     state = _get(f"{env['PREFECT_API_URL']}/flow_runs/{run_id}")["state"]
