@@ -29,7 +29,7 @@ from engine.parsing import bounded, loads_json, text_limit, text_problem
 from engine.types import Clip, ClipQA, Masklet, ObjectRecord
 from flows.pipeline import layout
 from flows.pipeline.checks import stored_stage_reports, validate_tar
-from flows.pipeline.ingest import read_fingerprints, verify_source
+from flows.pipeline.sources import read_fingerprints, verify_source
 from flows.pipeline.stages import ANALYZE, INGEST, SHARD_STAGES
 from storage.root import DatasetRoot, holder_is_alive, is_temp_name
 

@@ -153,7 +153,7 @@ def export_shard(
     for sample in samples:
         by_clip[sample.clip_id].append(sample)
     clips = {clip.clip_id: clip for clip in layout.shard_clips(droot, shard_id)}
-    from flows.pipeline.ingest import read_fingerprints, verify_source  # the frames must be the ingested clip's
+    from flows.pipeline.sources import read_fingerprints, verify_source  # the frames must be the ingested clip's
 
     fingerprints = read_fingerprints(droot, shard_id)
 

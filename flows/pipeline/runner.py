@@ -65,7 +65,7 @@ def run_stage(
     items = stage_inputs(droot, definition, shard_id)
     previous = PartialOutput() if force else read_partial(droot, definition, shard_id, config_hash)
     todo = [item for item in items if input_id(definition, item) not in previous.finished]
-    from flows.pipeline.ingest import source_changed_rejects  # a clip whose video changed since ingest: rejected
+    from flows.pipeline.sources import source_changed_rejects  # a clip whose video changed since ingest: rejected
 
     todo, changed = source_changed_rejects(droot, shard_id, stage, todo, lambda item: input_id(definition, item))
     with frame_cache() as cache, text_limit(config.limits.max_text_chars):

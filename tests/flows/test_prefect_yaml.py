@@ -107,7 +107,7 @@ def test_deploy_all_and_run_the_build_deployment_with_a_process_worker(server, t
     for pool in ("videorefer-cpu", "videorefer-gpu"):
         _prefect(env, "work-pool", "create", pool, "--type", "process")
     _prefect(env, "deploy", "--all", timeout=240)
-    listed = _prefect(env, "deployment", "ls")
+    listed = _prefect({**env, "COLUMNS": "300"}, "deployment", "ls")  # flow/deployment names in full
     assert "engine-build" in listed and "engine-refine" in listed
 
     out = _prefect(env, "deployment", "run", "engine-build/engine-build")

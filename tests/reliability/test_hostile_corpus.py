@@ -359,7 +359,7 @@ def test_a_changed_source_is_rejected_before_a_stage_reads_it(tmp_path: Path) ->
 
     from engine.errors import SourceChangedError
     from engine.types import Clip
-    from flows.pipeline.ingest import _fingerprint, source_changed_rejects, verify_source
+    from flows.pipeline.sources import _fingerprint, source_changed_rejects, verify_source
 
     videos = tmp_path / "videos"
     a, b = hostile.make_video(videos / "a.mp4", seed=1), hostile.make_video(tmp_path / "b.mp4", seed=2)
