@@ -75,6 +75,36 @@ def suite_imports(source: str) -> list[str]:
     return found
 
 
+_RELATIVE = re.compile(r"^\s*from\s+\.(\w+)\s+import", re.MULTILINE)
+ENTRY_FILES = tuple(sorted({target.split(".")[0] for target in (*AUTO_MAP.values(), *PROCESSOR_AUTO_MAP.values())}))
+
+
+def with_every_file_named_by_its_entry(sources: dict[str, str]) -> dict[str, str]:
+    """`sources` with each entry file (one an `auto_map` names) importing every file it needs directly.
+
+    transformers before 5.23 copies only the relative imports OF THE ENTRY FILE into its module cache, then follows
+    relative imports through all copied files and fails on one it did not copy (`processing_videorefer` ->
+    `types_videorefer` -> `parsing_videorefer`). One import line per file needed further down makes both the
+    old and the new copying rule take every file.
+    """
+    out = dict(sources)
+    for entry in ENTRY_FILES:
+        direct = set(_RELATIVE.findall(sources[entry]))
+        needed, todo = set(direct), list(direct)
+        while todo:
+            for name in _RELATIVE.findall(sources.get(todo.pop(), "")):
+                if name not in needed and name != entry:
+                    needed.add(name)
+                    todo.append(name)
+        missing = sorted(needed - direct)
+        if missing:
+            lines = "".join(f"from .{name} import __name__ as _{name}  # noqa: F401, E402  (copy with the entry)\n"
+                            for name in missing)
+            out[entry] = sources[entry] + "\n\n# Files this module needs through the ones it imports (older "\
+                "transformers copy only an entry file's own relative imports).\n" + lines
+    return out
+
+
 def write_remote_code(directory: str | Path) -> bool:
     """Write the modeling files into `directory` and add `auto_map` to its `config.json`; True when done.
 
@@ -82,7 +112,7 @@ def write_remote_code(directory: str | Path) -> bool:
     and a warning says so: the folder then loads with this package only, as before, and never half-way.
     """
     directory = Path(directory)
-    sources = {theirs: remote_source(ours) for ours, theirs in MODULES.items()}
+    sources = with_every_file_named_by_its_entry({theirs: remote_source(ours) for ours, theirs in MODULES.items()})
     leftover = sorted({name for source in sources.values() for name in suite_imports(source)})
     if leftover:
         warnings.warn(
